@@ -1,0 +1,697 @@
+//! The operator's TOML file, resolved and validated before anything connects.
+//!
+//! Validation happens entirely at load time so that a bad route is refused with
+//! the route and the reason, rather than discovered at 3 a.m. as a mirror
+//! writing into its own source. The schema is fixed by `shared/design.md` §1;
+//! unknown keys are errors so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use globset::{GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, always naming where it is and why it is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    #[serde(default)]
+    pub ensembles: BTreeMap<String, EnsembleConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub id: String,
+    pub listen: String,
+    pub meta_path: String,
+    pub heartbeat_interval_ms: u64,
+    /// Dirty paths a target may accumulate before its worker stops tracking
+    /// them one by one and falls back to a full resync scan (bounded memory).
+    pub max_pending_paths: usize,
+    /// Upper bound on ops in one `multi` write.
+    pub batch_max_ops: usize,
+    /// Upper bound on payload bytes in one `multi` write; well under the
+    /// server's `jute.maxbuffer` (1 MiB) so a batch is never dropped whole.
+    pub batch_max_bytes: usize,
+    /// `multi` requests a worker keeps in flight while copying.
+    pub max_in_flight: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            id: default_bridge_id(),
+            listen: "127.0.0.1:9717".into(),
+            meta_path: "/zkbridge".into(),
+            heartbeat_interval_ms: 1000,
+            max_pending_paths: 100_000,
+            batch_max_ops: 200,
+            batch_max_bytes: 512 * 1024,
+            max_in_flight: 16,
+        }
+    }
+}
+
+fn default_bridge_id() -> String {
+    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "zkbridge".into())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// `host:port,host:port[/chroot]`
+    pub connect: String,
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// `user:secret` for ZooKeeper digest auth.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_session_timeout_ms() -> u64 {
+    10_000
+}
+
+fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => match v.split_once(':') {
+            Some((user, _)) => s.serialize_str(&format!("{user}:<redacted>")),
+            None => s.serialize_str("<redacted>"),
+        },
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    #[serde(default = "yes")]
+    pub verify_hostname: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    SourceWins,
+    TargetWins,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EphemeralMode {
+    Skip,
+    Persistent,
+    Ephemeral,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteMode {
+    Propagate,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AclMode {
+    TargetDefault,
+    Copy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub source: String,
+    pub targets: Vec<String>,
+    #[serde(default = "default_include")]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_conflict")]
+    pub conflict: ConflictPolicy,
+    #[serde(default = "default_max_delete_fraction")]
+    pub max_delete_fraction: f64,
+    #[serde(default = "default_delete_window_s")]
+    pub delete_window_s: u64,
+    #[serde(default)]
+    pub allow_root_delete: bool,
+    #[serde(default = "default_verify_interval_s")]
+    pub verify_interval_s: u64,
+    #[serde(default = "default_ephemerals")]
+    pub ephemerals: EphemeralMode,
+    #[serde(default = "default_deletes")]
+    pub deletes: DeleteMode,
+    #[serde(default = "default_acls")]
+    pub acls: AclMode,
+}
+
+fn default_include() -> Vec<String> {
+    vec!["**".into()]
+}
+fn default_conflict() -> ConflictPolicy {
+    ConflictPolicy::SourceWins
+}
+fn default_max_delete_fraction() -> f64 {
+    0.5
+}
+fn default_delete_window_s() -> u64 {
+    60
+}
+fn default_verify_interval_s() -> u64 {
+    3600
+}
+fn default_ephemerals() -> EphemeralMode {
+    EphemeralMode::Skip
+}
+fn default_deletes() -> DeleteMode {
+    DeleteMode::Propagate
+}
+fn default_acls() -> AclMode {
+    AclMode::TargetDefault
+}
+
+/// `ENSEMBLE:/path`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ensemble: String,
+    pub path: String,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ensemble, self.path)
+    }
+}
+
+/// A route with its endpoints parsed and its filters compiled, shared by the
+/// capture task and every target worker of the route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub source: Endpoint,
+    pub targets: Vec<Endpoint>,
+    pub filter: PathFilter,
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// Include/exclude globs, evaluated on paths relative to the route's source
+/// path (`""` is the route root, `"a/b"` a descendant).
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+    /// `meta_path` relative to the source, when the source contains it:
+    /// zkbridge's own znodes are never mirrored.
+    meta: Option<String>,
+}
+
+impl PathFilter {
+    pub fn new(include: &[String], exclude: &[String], key: &str) -> Result<Self, ConfigError> {
+        let build = |globs: &[String], which: &str| -> Result<GlobSet, ConfigError> {
+            let mut set = GlobSetBuilder::new();
+            for (i, glob) in globs.iter().enumerate() {
+                let glob = globset::GlobBuilder::new(glob).literal_separator(true).build().map_err(|e| {
+                    ConfigError::invalid(format!("{key}.{which}[{i}]"), format!("invalid glob {glob:?}: {e}"))
+                })?;
+                set.add(glob);
+            }
+            set.build().map_err(|e| ConfigError::invalid(format!("{key}.{which}"), e.to_string()))
+        };
+        Ok(PathFilter { include: build(include, "include")?, exclude: build(exclude, "exclude")?, meta: None })
+    }
+
+    /// Whether the route manages the node at `relative`: it matches an
+    /// include glob and neither it nor an ancestor matches an exclude glob
+    /// (excluding `tmp` excludes what lives under it). The route root is
+    /// always managed: it is the anchor every other node hangs from.
+    pub fn managed(&self, relative: &str) -> bool {
+        relative.is_empty() || (self.include.is_match(relative) && !self.excluded(relative))
+    }
+
+    /// Whether `relative` or one of its ancestors is excluded; scans do not
+    /// descend into such nodes.
+    pub fn excluded(&self, relative: &str) -> bool {
+        if relative.is_empty() {
+            return false;
+        }
+        if let Some(meta) = &self.meta {
+            if is_within(relative, meta) {
+                return true;
+            }
+        }
+        if self.exclude.is_empty() {
+            return false;
+        }
+        relative
+            .match_indices('/')
+            .map(|(i, _)| &relative[..i])
+            .chain(std::iter::once(relative))
+            .any(|prefix| self.exclude.is_match(prefix))
+    }
+}
+
+/// The loaded configuration, ready for the bridge.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl Resolved {
+    pub fn ensemble(&self, name: &str) -> &EnsembleConfig {
+        &self.config.ensembles[name]
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name() == name)
+    }
+}
+
+/// Loads `path`, applies `ZKBRIDGE_…` environment overrides and validates.
+pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Parse(format!("{}: no such file", path.display())));
+    }
+    load_figment(Figment::from(Toml::file(path)))
+}
+
+/// Loads a configuration given as TOML text (tests, tools).
+pub fn load_str(toml: &str) -> Result<Resolved, ConfigError> {
+    load_figment(Figment::from(Toml::string(toml)))
+}
+
+fn load_figment(figment: Figment) -> Result<Resolved, ConfigError> {
+    // Ensemble names in env keys are matched case-insensitively with `_` and
+    // `-` alike, so `ZKBRIDGE_ENSEMBLES__EU_WEST__CONNECT` reaches `eu-west`.
+    let names: Arc<Vec<String>> = Arc::new(
+        figment
+            .extract_inner::<BTreeMap<String, figment::value::Value>>("ensembles")
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default(),
+    );
+    let env = Env::prefixed("ZKBRIDGE_").split("__").map(move |key| {
+        let key = key.as_str();
+        let mut parts: Vec<String> = key.split('.').map(str::to_string).collect();
+        if parts.len() >= 2 && parts[0] == "ensembles" {
+            let wanted = parts[1].replace('_', "-").to_lowercase();
+            if let Some(name) = names.iter().find(|n| n.replace('_', "-").to_lowercase() == wanted) {
+                parts[1] = name.clone();
+            }
+        }
+        parts.join(".").into()
+    });
+    let config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(describe_figment(e)))?;
+    validate(config)
+}
+
+fn describe_figment(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let kind = e.kind.to_string();
+            match (&e.metadata, key.is_empty()) {
+                (Some(md), false) => format!("{key}: {kind} (in {})", md.name),
+                (Some(md), true) => format!("{kind} (in {})", md.name),
+                (None, false) => format!("{key}: {kind}"),
+                (None, true) => kind,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A path ZooKeeper accepts: absolute, no empty, `.` or `..` segments, no
+/// trailing slash except for `/` itself, no NUL or control characters.
+pub fn validate_zk_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not absolute"));
+    }
+    if path == "/" {
+        return Ok(());
+    }
+    if path.ends_with('/') {
+        return Err(format!("{path:?} ends with '/'"));
+    }
+    for segment in path[1..].split('/') {
+        if segment.is_empty() {
+            return Err(format!("{path:?} has an empty segment"));
+        }
+        if segment == "." || segment == ".." {
+            return Err(format!("{path:?} has a relative segment {segment:?}"));
+        }
+        if segment.chars().any(|c| c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c)) {
+            return Err(format!("{path:?} contains a character ZooKeeper refuses"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `inner` is `outer` or lies beneath it.
+pub fn is_within(inner: &str, outer: &str) -> bool {
+    outer == "/" || inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'))
+}
+
+fn parse_endpoint(value: &str, key: &str, ensembles: &BTreeMap<String, EnsembleConfig>) -> Result<Endpoint, ConfigError> {
+    let (ensemble, path) = value
+        .split_once(':')
+        .ok_or_else(|| ConfigError::invalid(key, format!("{value:?} is not ENSEMBLE:/path")))?;
+    if !ensembles.contains_key(ensemble) {
+        return Err(ConfigError::invalid(key, format!("unknown ensemble {ensemble:?} (not under [ensembles])")));
+    }
+    validate_zk_path(path).map_err(|reason| ConfigError::invalid(key, format!("invalid ZooKeeper path: {reason}")))?;
+    Ok(Endpoint { ensemble: ensemble.into(), path: path.into() })
+}
+
+fn validate(config: Config) -> Result<Resolved, ConfigError> {
+    let bridge = &config.bridge;
+    validate_zk_path(&bridge.meta_path).map_err(|r| ConfigError::invalid("bridge.meta_path", r))?;
+    if bridge.meta_path == "/" {
+        return Err(ConfigError::invalid("bridge.meta_path", "must not be the root"));
+    }
+    if bridge.id.is_empty() {
+        return Err(ConfigError::invalid("bridge.id", "must not be empty"));
+    }
+    bridge
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| ConfigError::invalid("bridge.listen", format!("{:?} is not HOST:PORT: {e}", bridge.listen)))?;
+    if bridge.heartbeat_interval_ms == 0 {
+        return Err(ConfigError::invalid("bridge.heartbeat_interval_ms", "must be positive"));
+    }
+    if bridge.batch_max_ops == 0 || bridge.max_in_flight == 0 || bridge.max_pending_paths == 0 {
+        return Err(ConfigError::invalid("bridge", "batch_max_ops, max_in_flight and max_pending_paths must be positive"));
+    }
+    if !(1024..=1_000_000).contains(&bridge.batch_max_bytes) {
+        return Err(ConfigError::invalid(
+            "bridge.batch_max_bytes",
+            "must be between 1024 and 1000000 (a multi over jute.maxbuffer is dropped by the server)",
+        ));
+    }
+    for (name, ensemble) in &config.ensembles {
+        let key = format!("ensembles.{name}");
+        if ensemble.connect.trim().is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.connect"), "must not be empty"));
+        }
+        if let Some((_, chroot)) = ensemble.connect.split_once('/') {
+            validate_zk_path(&format!("/{chroot}"))
+                .map_err(|r| ConfigError::invalid(format!("{key}.connect"), format!("invalid chroot: {r}")))?;
+        }
+        if ensemble.session_timeout_ms < 1000 {
+            return Err(ConfigError::invalid(format!("{key}.session_timeout_ms"), "must be at least 1000"));
+        }
+        if ensemble.digest.is_some() && ensemble.digest_file.is_some() {
+            return Err(ConfigError::invalid(key, "set digest or digest_file, not both"));
+        }
+        if ensemble.tls.is_some() {
+            return Err(ConfigError::invalid(format!("{key}.tls"), "TLS is not supported by this version of zkbridge yet"));
+        }
+        if let Some(digest) = &ensemble.digest {
+            if !digest.contains(':') {
+                return Err(ConfigError::invalid(format!("{key}.digest"), "must be user:secret"));
+            }
+        }
+    }
+
+    let mut routes: Vec<Arc<Route>> = Vec::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let key = if rc.name.is_empty() { format!("routes[{i}]") } else { format!("routes[{i}] ({})", rc.name) };
+        if rc.name.is_empty() || !rc.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+            return Err(ConfigError::invalid(format!("{key}.name"), format!("{:?} must match [a-z0-9_-]+", rc.name)));
+        }
+        if routes.iter().any(|r| r.name() == rc.name) {
+            return Err(ConfigError::invalid(format!("{key}.name"), format!("duplicate route name {:?}", rc.name)));
+        }
+        let source = parse_endpoint(&rc.source, &format!("{key}.source"), &config.ensembles)?;
+        if rc.targets.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.targets"), "needs at least one target"));
+        }
+        let mut targets: Vec<Endpoint> = Vec::new();
+        for (j, t) in rc.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}]");
+            let target = parse_endpoint(t, &tkey, &config.ensembles)?;
+            if target.ensemble == source.ensemble {
+                if target.path == source.path {
+                    return Err(ConfigError::invalid(tkey, "target is the route's own source"));
+                }
+                if is_within(&target.path, &source.path) {
+                    return Err(ConfigError::invalid(tkey, format!("target is inside the route's source {source}")));
+                }
+                if is_within(&source.path, &target.path) {
+                    return Err(ConfigError::invalid(tkey, format!("target contains the route's source {source}")));
+                }
+            }
+            if targets.iter().any(|other| other.ensemble == target.ensemble) {
+                return Err(ConfigError::invalid(
+                    tkey,
+                    format!("route already has a target in ensemble {:?} (one target per ensemble: checkpoints are kept per target ensemble)", target.ensemble),
+                ));
+            }
+            for other in &routes {
+                for ot in &other.targets {
+                    if ot.ensemble == target.ensemble && (is_within(&target.path, &ot.path) || is_within(&ot.path, &target.path)) {
+                        return Err(ConfigError::invalid(
+                            tkey,
+                            format!("target {target} overlaps route {:?}'s target {ot}", other.name()),
+                        ));
+                    }
+                }
+            }
+            targets.push(target);
+        }
+        for (what, ep) in std::iter::once(("source", &source)).chain(targets.iter().map(|t| ("target", t))) {
+            if is_within(&ep.path, &bridge.meta_path) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{what}"),
+                    format!("{ep} is inside meta_path {} (zkbridge's own znodes)", bridge.meta_path),
+                ));
+            }
+        }
+        for (j, target) in targets.iter().enumerate() {
+            if is_within(&bridge.meta_path, &target.path) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.targets[{j}]"),
+                    format!("{target} contains meta_path {}; deletes there would remove zkbridge's own znodes", bridge.meta_path),
+                ));
+            }
+        }
+        // The bridge must never write into a subtree it mirrors: a target
+        // overlapping any route's source would feed its own writes back in.
+        let sources = routes.iter().map(|r| (r.name().to_string(), &r.source)).chain(std::iter::once((rc.name.clone(), &source)));
+        for (other, src) in sources {
+            for (j, target) in targets.iter().enumerate() {
+                let overlaps = is_within(&target.path, &src.path) || is_within(&src.path, &target.path);
+                if target.ensemble == src.ensemble && overlaps && other != rc.name {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.targets[{j}]"),
+                        format!("target {target} overlaps route {other:?}'s source {src}: zkbridge never writes into a subtree it mirrors"),
+                    ));
+                }
+            }
+        }
+        for other in &routes {
+            for ot in &other.targets {
+                if ot.ensemble == source.ensemble && (is_within(&source.path, &ot.path) || is_within(&ot.path, &source.path)) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.source"),
+                        format!("source {source} overlaps route {:?}'s target {ot}: zkbridge never writes into a subtree it mirrors", other.name()),
+                    ));
+                }
+            }
+        }
+        if !(rc.max_delete_fraction > 0.0 && rc.max_delete_fraction <= 1.0) {
+            return Err(ConfigError::invalid(format!("{key}.max_delete_fraction"), "must be in (0, 1]"));
+        }
+        if rc.ephemerals != EphemeralMode::Skip {
+            return Err(ConfigError::invalid(
+                format!("{key}.ephemerals"),
+                "only \"skip\" is supported by this version of zkbridge",
+            ));
+        }
+        let mut filter = PathFilter::new(&rc.include, &rc.exclude, &key)?;
+        if is_within(&bridge.meta_path, &source.path) {
+            filter.meta = crate::tree::relative(&source.path, &bridge.meta_path).map(str::to_string);
+        }
+        routes.push(Arc::new(Route { config: rc.clone(), source, targets, filter }));
+    }
+    Ok(Resolved { config, routes })
+}
+
+/// Reads a digest secret from a file that only its owner may read.
+pub fn read_digest_file(path: &str, key: &str) -> Result<String, ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::invalid(key, format!("{path} is readable by group or others; chmod 600 it")));
+        }
+    }
+    let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
+    let secret = secret.trim().to_string();
+    if !secret.contains(':') {
+        return Err(ConfigError::invalid(key, format!("{path} must hold user:secret")));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [ensembles.a]
+        connect = "127.0.0.1:2181"
+        [ensembles.b]
+        connect = "127.0.0.1:2182"
+    "#;
+
+    fn route(extra: &str) -> String {
+        format!("{BASE}\n[[routes]]\n{extra}")
+    }
+
+    fn err(toml: &str) -> String {
+        load_str(toml).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn accepts_a_minimal_route_with_defaults() {
+        let r = load_str(&route(r#"name = "r1"
+source = "a:/config"
+targets = ["b:/config"]"#))
+        .unwrap();
+        let route = &r.routes[0];
+        assert_eq!(route.source, Endpoint { ensemble: "a".into(), path: "/config".into() });
+        assert_eq!(route.config.conflict, ConflictPolicy::SourceWins);
+        assert_eq!(r.config.bridge.meta_path, "/zkbridge");
+    }
+
+    #[test]
+    fn filters_are_relative_and_respect_separators() {
+        let f = PathFilter::new(&["**".into()], &["locks/**".into(), "tmp".into()], "r").unwrap();
+        assert!(f.managed(""));
+        assert!(f.managed("a/b"));
+        assert!(!f.managed("tmp"));
+        assert!(!f.managed("tmp/inner"));
+        assert!(f.managed("tmp2"));
+        assert!(!f.managed("locks/x/y"));
+        let only = PathFilter::new(&["app/*".into()], &[], "r").unwrap();
+        assert!(only.managed("app/x"));
+        assert!(!only.managed("app/x/y"));
+    }
+
+    #[test]
+    fn is_within_is_segment_aware() {
+        assert!(is_within("/a/b", "/a"));
+        assert!(is_within("/a", "/a"));
+        assert!(!is_within("/ab", "/a"));
+        assert!(is_within("/x", "/"));
+    }
+
+    #[test]
+    fn rejections_name_the_route_and_reason() {
+        let cases = [
+            (r#"name = "r1"
+source = "a:/c"
+targets = ["a:/c"]"#, "routes[0] (r1).targets[0]: target is the route's own source"),
+            (r#"name = "r1"
+source = "a:/c"
+targets = ["a:/c/m"]"#, "inside the route's source"),
+            (r#"name = "r1"
+source = "a:/c/d"
+targets = ["a:/c"]"#, "contains the route's source"),
+            (r#"name = "r1"
+source = "zz:/c"
+targets = ["b:/c"]"#, "routes[0] (r1).source: unknown ensemble \"zz\""),
+            (r#"name = "r1"
+source = "a:c"
+targets = ["b:/c"]"#, "invalid ZooKeeper path"),
+            (r#"name = "r1"
+source = "a:/c/"
+targets = ["b:/c"]"#, "ends with '/'"),
+            (r#"name = "r1"
+source = "a:/zkbridge/x"
+targets = ["b:/c"]"#, "inside meta_path"),
+            (r#"name = "R!"
+source = "a:/c"
+targets = ["b:/c"]"#, "must match [a-z0-9_-]+"),
+        ];
+        for (body, want) in cases {
+            let got = err(&route(body));
+            assert!(got.contains(want), "want {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_duplicates_and_nested_targets_across_routes() {
+        let two = format!(
+            "{BASE}\n[[routes]]\nname = \"r1\"\nsource = \"a:/x\"\ntargets = [\"b:/m\"]\n[[routes]]\nname = \"r1\"\nsource = \"a:/y\"\ntargets = [\"b:/n\"]"
+        );
+        assert!(err(&two).contains("duplicate route name"));
+        let nested = format!(
+            "{BASE}\n[[routes]]\nname = \"r1\"\nsource = \"a:/x\"\ntargets = [\"b:/m\"]\n[[routes]]\nname = \"r2\"\nsource = \"a:/y\"\ntargets = [\"b:/m/n\"]"
+        );
+        let e = err(&nested);
+        assert!(e.contains("routes[1] (r2).targets[0]") && e.contains("overlaps route \"r1\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!("{BASE}\n[bridge]\nlisten_addr = \"x\""));
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = err(&route("name = \"r\"\nsource = \"a:/c\"\ntargets = [\"b:/c\"]\nconflcit = \"fail\""));
+        assert!(e.contains("conflcit"), "{e}");
+    }
+
+    #[test]
+    fn digest_is_redacted_when_printed() {
+        let r = load_str(&format!("{BASE}\n[ensembles.c]\nconnect = \"h:1\"\ndigest = \"alice:s3cret\"")).unwrap();
+        let shown = toml_string(&r.config);
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("alice:<redacted>"));
+    }
+
+    fn toml_string(c: &Config) -> String {
+        serde_json::to_string(c).unwrap()
+    }
+}

@@ -1,0 +1,73 @@
+//! `zkbridge diff`: what the bridge would still change, per route/target.
+//!
+//! It runs the same scans and the same plan as the worker's resync, so "diff
+//! is clean" means exactly "the bridge has nothing left to do".
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use zookeeper_client::Client;
+
+use crate::config::Resolved;
+use crate::plan::{self, Op};
+use crate::tree::{self, join};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Difference {
+    pub route: String,
+    pub target: String,
+    /// `missing`: in the source, not in the target; `extra`: in the target
+    /// only; `different`: data differs.
+    pub kind: &'static str,
+    pub source_path: String,
+    pub target_path: String,
+}
+
+/// Compares every (or one) route's source with each of its targets.
+pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result<Vec<Difference>> {
+    let routes: Vec<_> = config.routes.iter().filter(|r| only_route.is_none_or(|n| r.name() == n)).collect();
+    if let Some(name) = only_route {
+        anyhow::ensure!(!routes.is_empty(), "--route {name}: no such route in the configuration");
+    }
+    let in_flight = config.config.bridge.max_in_flight;
+    let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+    let mut out = Vec::new();
+    for route in routes {
+        let source_client = client(config, &mut clients, &route.source.ensemble).await?;
+        let source = tree::scan(&source_client, &route.source.path, in_flight, |rel| !route.filter.excluded(rel))
+            .await
+            .map_err(|e| anyhow::anyhow!("route {}: reading source {}: {e}", route.name(), route.source))?;
+        for target in &route.targets {
+            let target_client = client(config, &mut clients, &target.ensemble).await?;
+            let tgt = tree::scan(&target_client, &target.path, in_flight, |rel| !route.filter.excluded(rel))
+                .await
+                .map_err(|e| anyhow::anyhow!("route {}: reading target {target}: {e}", route.name()))?;
+            for op in plan::plan(route, &source, &tgt) {
+                let kind = match op {
+                    Op::Create { .. } => "missing",
+                    Op::Set { .. } => "different",
+                    Op::Delete { .. } => "extra",
+                };
+                out.push(Difference {
+                    route: route.name().to_string(),
+                    target: target.ensemble.clone(),
+                    kind,
+                    source_path: join(&route.source.path, op.rel()),
+                    target_path: join(&target.path, op.rel()),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn client(config: &Resolved, clients: &mut BTreeMap<String, Client>, name: &str) -> anyhow::Result<Client> {
+    if let Some(c) = clients.get(name) {
+        return Ok(c.clone());
+    }
+    let c = crate::zk::connect(config.ensemble(name))
+        .await
+        .map_err(|e| anyhow::anyhow!("ensemble {name} ({}): {e}", config.ensemble(name).connect))?;
+    clients.insert(name.to_string(), c.clone());
+    Ok(c)
+}

@@ -1,0 +1,19 @@
+//! zkbridge mirrors ZooKeeper subtrees from a source ensemble into target
+//! ensembles in other regions.
+//!
+//! Data flows one way: [`capture`] turns a persistent recursive watch into
+//! dirty paths, [`queue`] coalesces and bounds them per target, and
+//! [`apply`] reconciles each path to the source's current state with the
+//! decisions of [`plan`]. See `docs/architecture.md`.
+
+pub mod apply;
+pub mod bridge;
+pub mod capture;
+pub mod config;
+pub mod diff;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod queue;
+pub mod tree;
+pub mod zk;

@@ -1,0 +1,219 @@
+//! The `zkbridge` command line (design §3).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use zkbridge::config;
+
+#[derive(Parser)]
+#[command(name = "zkbridge", version, about = "Mirrors ZooKeeper subtrees across ensembles in different regions")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mirror every route until SIGINT or SIGTERM.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print it resolved, secrets redacted (exit 2 when invalid).
+    CheckConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Compare each source subtree with its targets (exit 0 in sync, 1 drift, 2 error).
+    Diff {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the routes once and exit.
+    Sync {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::CheckConfig { config } => check_config(&config),
+            Command::Run { config } => run(&config).await,
+            Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
+            Command::Sync { config, route } => sync(&config, route.as_deref()).await,
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Resolved, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("zkbridge: invalid configuration {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(resolved) => {
+            match toml_string(&resolved.config) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("zkbridge: cannot print configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            eprintln!("configuration is valid: {} route(s), {} ensemble(s)", resolved.routes.len(), resolved.config.ensembles.len());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn toml_string(config: &config::Config) -> Result<String, String> {
+    // serde_json first, so the redacting serializers run; then TOML text.
+    let value = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    let value: figment::value::Value = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?))
+}
+
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("signal received");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(path: &std::path::Path) -> ExitCode {
+    let resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match zkbridge::bridge::run(resolved, shutdown_on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zkbridge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCode {
+    let resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match zkbridge::diff::diff(&resolved, route).await {
+        Ok(differences) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&differences).expect("JSON"));
+            } else if differences.is_empty() {
+                println!("in sync");
+            } else {
+                for d in &differences {
+                    let side = match d.kind {
+                        "missing" => "only in source",
+                        "extra" => "only in target",
+                        _ => "data differs",
+                    };
+                    println!("{}/{} {:<9} {} -> {} ({side})", d.route, d.target, d.kind, d.source_path, d.target_path);
+                }
+                println!("{} difference(s)", differences.len());
+            }
+            if differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("zkbridge diff: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
+    let mut resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Some(name) = route {
+        resolved.routes.retain(|r| r.name() == name);
+        if resolved.routes.is_empty() {
+            eprintln!("zkbridge sync: --route {name}: no such route in the configuration");
+            return ExitCode::from(2);
+        }
+    }
+    let (tx, rx) = watch::channel(false);
+    let metrics = std::sync::Arc::new(zkbridge::metrics::Metrics::new());
+    let (bridge, tasks) = zkbridge::bridge::start(&resolved, metrics, &rx);
+    let outcome = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let all_synced = bridge.not_ready().is_none();
+        if all_synced && bridge.workers.iter().all(|w| w.queue.is_idle()) {
+            break ExitCode::SUCCESS;
+        }
+        let parked: Vec<_> = bridge.workers.iter().filter(|w| w.queue.parked_count() > 0).collect();
+        if all_synced && !parked.is_empty() && bridge.workers.iter().all(|w| w.queue.is_idle() || w.queue.only_parked()) {
+            for w in parked {
+                eprintln!(
+                    "zkbridge sync: {}/{}: {} node(s) refused by the target: {}",
+                    w.route,
+                    w.target,
+                    w.queue.parked_count(),
+                    w.status.last_error.lock().unwrap().clone().unwrap_or_default()
+                );
+            }
+            break ExitCode::from(1);
+        }
+    };
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+    for s in bridge.status().routes {
+        println!("{}/{}: synced", s.route, s.target);
+    }
+    outcome
+}

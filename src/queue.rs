@@ -1,0 +1,235 @@
+//! The hand-off between capture and apply: a per-target set of dirty paths.
+//!
+//! Events carry no data, so repeated events for one path coalesce into one
+//! entry; the worker later reads the source's *current* state. The set is
+//! bounded: past `max_pending` entries it is dropped in favour of a full
+//! resync request, which costs one scan but keeps memory flat however long a
+//! target stays unreachable.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+
+/// Why a full scan of the route into the target is needed (the `reason`
+/// label of `zkbridge_resyncs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncReason {
+    Startup,
+    Reconnect,
+    SessionExpired,
+    Overflow,
+    SourceRoot,
+}
+
+impl ResyncReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::Startup => "startup",
+            ResyncReason::Reconnect => "reconnect",
+            ResyncReason::SessionExpired => "session_expired",
+            ResyncReason::Overflow => "overflow",
+            ResyncReason::SourceRoot => "source_root",
+        }
+    }
+}
+
+/// A dirty path: when it was first seen dirty (for the latency histogram)
+/// and whether it only needs to exist (scaffolding for a mirrored child).
+#[derive(Debug, Clone, Copy)]
+pub struct Dirty {
+    pub since: Instant,
+    pub scaffold: bool,
+}
+
+#[derive(Default)]
+struct State {
+    dirty: BTreeMap<String, Dirty>,
+    /// Paths that failed for a reason that will not clear by itself soon
+    /// (no permission, data too large): retried at the given instant, and
+    /// still counted as pending meanwhile.
+    parked: BTreeMap<String, (Dirty, Instant)>,
+    resync: Option<ResyncReason>,
+}
+
+impl State {
+    fn pending(&self) -> i64 {
+        (self.dirty.len() + self.parked.len()) as i64
+    }
+}
+
+pub struct TargetQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    max_pending: usize,
+    pending_gauge: IntGauge,
+}
+
+/// Work taken from the queue by the worker.
+pub enum Work {
+    Resync(ResyncReason),
+    Paths(Vec<(String, Dirty)>),
+}
+
+impl TargetQueue {
+    pub fn new(max_pending: usize, pending_gauge: IntGauge) -> Self {
+        TargetQueue { state: Mutex::default(), notify: Notify::new(), max_pending, pending_gauge }
+    }
+
+    /// Marks a path (relative to the route root) dirty.
+    pub fn mark(&self, rel: &str, scaffold: bool) {
+        let mut st = self.state.lock().unwrap();
+        if st.resync.is_some() {
+            // A pending full scan covers this change already.
+            return;
+        }
+        match st.dirty.get_mut(rel) {
+            Some(d) => d.scaffold &= scaffold,
+            None => {
+                if st.dirty.len() >= self.max_pending {
+                    st.dirty.clear();
+                    st.parked.clear();
+                    st.resync = Some(ResyncReason::Overflow);
+                } else {
+                    st.dirty.insert(rel.to_string(), Dirty { since: Instant::now(), scaffold });
+                }
+            }
+        }
+        self.pending_gauge.set(st.pending());
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Sets a path aside until `until`; it stays pending meanwhile.
+    pub fn park(&self, rel: String, dirty: Dirty, until: Instant) {
+        let mut st = self.state.lock().unwrap();
+        if st.resync.is_none() {
+            st.parked.insert(rel, (dirty, until));
+        }
+        self.pending_gauge.set(st.pending());
+    }
+
+    /// When the earliest parked path is due, if any.
+    pub fn next_parked_due(&self) -> Option<Instant> {
+        self.state.lock().unwrap().parked.values().map(|(_, t)| *t).min()
+    }
+
+    /// Puts paths back after a failed attempt, keeping their first-seen time.
+    pub fn requeue(&self, paths: impl IntoIterator<Item = (String, Dirty)>) {
+        let mut st = self.state.lock().unwrap();
+        if st.resync.is_none() {
+            for (rel, d) in paths {
+                let e = st.dirty.entry(rel).or_insert(d);
+                e.since = e.since.min(d.since);
+                e.scaffold &= d.scaffold;
+            }
+        }
+        self.pending_gauge.set(st.pending());
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Requests a full scan; supersedes every dirty path.
+    pub fn request_resync(&self, reason: ResyncReason) {
+        let mut st = self.state.lock().unwrap();
+        st.dirty.clear();
+        st.parked.clear();
+        if st.resync.is_none() || reason == ResyncReason::SessionExpired {
+            st.resync = Some(reason);
+        }
+        self.pending_gauge.set(0);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Takes the next piece of work, at most `max` paths, without waiting.
+    pub fn take(&self, max: usize) -> Option<Work> {
+        let mut st = self.state.lock().unwrap();
+        if let Some(reason) = st.resync.take() {
+            // The scan that follows reads after this instant, so it covers
+            // every change marked so far.
+            st.dirty.clear();
+            st.parked.clear();
+            self.pending_gauge.set(0);
+            return Some(Work::Resync(reason));
+        }
+        let now = Instant::now();
+        let due: Vec<String> = st.parked.iter().filter(|(_, (_, t))| *t <= now).map(|(r, _)| r.clone()).collect();
+        for rel in due {
+            if let Some((d, _)) = st.parked.remove(&rel) {
+                st.dirty.entry(rel).or_insert(d);
+            }
+        }
+        if st.dirty.is_empty() {
+            return None;
+        }
+        let mut taken = Vec::with_capacity(max.min(st.dirty.len()));
+        while taken.len() < max {
+            match st.dirty.pop_first() {
+                Some(entry) => taken.push(entry),
+                None => break,
+            }
+        }
+        self.pending_gauge.set(st.pending() + taken.len() as i64);
+        Some(Work::Paths(taken))
+    }
+
+    /// Updates the pending gauge once taken paths are settled.
+    pub fn refresh_gauge(&self) {
+        let st = self.state.lock().unwrap();
+        self.pending_gauge.set(st.pending());
+    }
+
+    /// Waits until work may be available.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn parked_count(&self) -> usize {
+        self.state.lock().unwrap().parked.len()
+    }
+
+    /// Nothing left but parked paths (which wait for an operator or time).
+    pub fn only_parked(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.dirty.is_empty() && st.resync.is_none()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.dirty.is_empty() && st.parked.is_empty() && st.resync.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(max: usize) -> TargetQueue {
+        TargetQueue::new(max, IntGauge::new("p", "p").unwrap())
+    }
+
+    #[test]
+    fn coalesces_and_orders_parents_first() {
+        let q = queue(10);
+        q.mark("a/b", false);
+        q.mark("a", false);
+        q.mark("a/b", false);
+        let Some(Work::Paths(p)) = q.take(10) else { panic!("expected paths") };
+        let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, vec!["a", "a/b"]);
+        assert!(q.take(10).is_none());
+    }
+
+    #[test]
+    fn overflow_turns_into_one_resync() {
+        let q = queue(2);
+        for p in ["a", "b", "c", "d"] {
+            q.mark(p, false);
+        }
+        assert!(matches!(q.take(10), Some(Work::Resync(ResyncReason::Overflow))));
+        assert!(q.take(10).is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! One ZooKeeper session per ensemble, kept alive for the life of the bridge.
+//!
+//! The client reconnects by itself while its session lives, but once the
+//! session expires nothing reconnects: a new `Client` must be built. The
+//! supervisor here does that, and publishes each session as a new
+//! *generation* so that users can tell "the same session, reconnected" (watches
+//! survive, events may be lost) from "a new session" (watches must be re-armed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use zookeeper_client::{Client, SessionState};
+
+use crate::config::{read_digest_file, EnsembleConfig};
+use crate::metrics::Metrics;
+
+/// A live session, tagged with the generation it belongs to.
+#[derive(Clone)]
+pub struct Session {
+    pub client: Client,
+    pub generation: u64,
+}
+
+/// Handle on an ensemble's current session. Cheap to clone.
+#[derive(Clone)]
+pub struct Ensemble {
+    pub name: String,
+    current: watch::Receiver<Option<Session>>,
+}
+
+impl Ensemble {
+    /// Starts the session supervisor. Returns at once; the first session is
+    /// published as soon as the ensemble answers.
+    pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
+        let (tx, rx) = watch::channel(None);
+        let supervisor = Supervisor { name: name.to_string(), config: config.clone(), metrics, publish: tx };
+        tokio::spawn(supervisor.run(shutdown));
+        Ensemble { name: name.to_string(), current: rx }
+    }
+
+    /// The current session, waiting for one if the ensemble is unreachable.
+    pub async fn session(&self) -> Session {
+        self.session_after(0).await
+    }
+
+    /// A session of a generation newer than `generation`: used after an
+    /// operation failed with `SessionExpired` on that generation.
+    pub async fn session_after(&self, generation: u64) -> Session {
+        let mut rx = self.current.clone();
+        loop {
+            if let Some(s) = rx.borrow_and_update().as_ref() {
+                if s.generation > generation {
+                    return s.clone();
+                }
+            }
+            if rx.changed().await.is_err() {
+                // Supervisor gone (shutdown): nothing newer will come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+struct Supervisor {
+    name: String,
+    config: EnsembleConfig,
+    metrics: Arc<Metrics>,
+    publish: watch::Sender<Option<Session>>,
+}
+
+impl Supervisor {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let state_gauge = self.metrics.session_state.with_label_values(&[&self.name]);
+        let mut generation = 0u64;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let client = tokio::select! {
+                c = connect(&self.config) => c,
+                _ = shutdown.changed() => break,
+            };
+            let client = match client {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(ensemble = %self.name, error = %e, "cannot establish ZooKeeper session; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            generation += 1;
+            info!(ensemble = %self.name, session = %client.session_id(), generation, "ZooKeeper session established");
+            state_gauge.set(1);
+            let mut states = client.state_watcher();
+            self.publish.send_replace(Some(Session { client: client.clone(), generation }));
+            drop(client);
+            let terminal = loop {
+                let state = tokio::select! {
+                    s = states.changed() => s,
+                    _ = shutdown.changed() => { state_gauge.set(0); self.publish.send_replace(None); return; }
+                };
+                state_gauge.set(matches!(state, SessionState::SyncConnected | SessionState::ConnectedReadOnly) as i64);
+                match state {
+                    SessionState::Disconnected => warn!(ensemble = %self.name, "ZooKeeper connection lost; reconnecting"),
+                    SessionState::SyncConnected => info!(ensemble = %self.name, "ZooKeeper connection restored"),
+                    s if s.is_terminated() => break s,
+                    _ => {}
+                }
+            };
+            state_gauge.set(0);
+            self.publish.send_replace(None);
+            if terminal == SessionState::Expired {
+                self.metrics.session_expirations.with_label_values(&[&self.name]).inc();
+                warn!(ensemble = %self.name, generation, "ZooKeeper session expired; opening a new one");
+            } else {
+                warn!(ensemble = %self.name, state = ?terminal, "ZooKeeper session ended; opening a new one");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+        state_gauge.set(0);
+        self.publish.send_replace(None);
+    }
+}
+
+/// Opens a session with the ensemble's settings (timeout, digest auth).
+pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
+    let mut connector = Client::connector().with_session_timeout(Duration::from_millis(config.session_timeout_ms));
+    let digest = match (&config.digest, &config.digest_file) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(file)) => Some(read_digest_file(file, "digest_file")?),
+        _ => None,
+    };
+    if let Some(d) = digest {
+        connector = connector.with_auth("digest", d.as_bytes());
+    }
+    Ok(connector.connect(&config.connect).await?)
+}
+
+/// Whether an error is worth retrying on the same or a new session, as
+/// opposed to a property of the node or request that will not change by itself.
+pub fn is_transient(error: &zookeeper_client::Error) -> bool {
+    use zookeeper_client::Error as E;
+    !matches!(
+        error,
+        E::NoAuth
+            | E::InvalidAcl
+            | E::BadArguments(_)
+            | E::MarshallingError
+            | E::NoChildrenForEphemerals
+            | E::QuotaExceeded
+            | E::Unimplemented
+            | E::AuthFailed
+    )
+}
+
+/// A short, stable name for an error, used as the `kind` label of
+/// `zkbridge_errors_total` (bounded: one per ZooKeeper error code).
+pub fn error_kind(error: &zookeeper_client::Error) -> &'static str {
+    use zookeeper_client::Error as E;
+    match error {
+        E::NoNode => "no_node",
+        E::NoAuth => "no_auth",
+        E::BadVersion => "bad_version",
+        E::NodeExists => "node_exists",
+        E::NotEmpty => "not_empty",
+        E::SessionExpired => "session_expired",
+        E::ConnectionLoss => "connection_loss",
+        E::Timeout => "timeout",
+        E::MarshallingError => "marshalling",
+        E::InvalidAcl => "invalid_acl",
+        E::AuthFailed => "auth_failed",
+        E::QuotaExceeded => "quota_exceeded",
+        E::Throttled => "throttled",
+        E::ClientClosed => "client_closed",
+        E::NoChildrenForEphemerals => "no_children_for_ephemerals",
+        _ => "other",
+    }
+}
