@@ -1,0 +1,439 @@
+//! Test harness: real Apache ZooKeeper servers (Debian's `zookeeper`
+//! package) on loopback ports chosen at run time, and the real `zkbridge`
+//! binary. Everything started here is killed on drop — also when a test
+//! panics — and, through PR_SET_PDEATHSIG, when the test process dies.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn die_with_parent(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Sends a four-letter command and returns the reply.
+pub fn four_letter(port: u16, cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// One ZooKeeper server process (standalone or a member of an ensemble).
+pub struct ZkServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ZkServer {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", CLASSPATH])
+            .arg("-Dzookeeper.extendedTypesEnabled=true")
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().expect("start java (is the zookeeper package installed?)"));
+    }
+
+    pub fn is_serving(&self) -> bool {
+        four_letter(self.port, "srvr").is_some_and(|r| r.contains("Mode:"))
+    }
+
+    pub fn mode(&self) -> Option<String> {
+        four_letter(self.port, "srvr")?
+            .lines()
+            .find_map(|l| l.strip_prefix("Mode: ").map(|m| m.trim().to_string()))
+    }
+
+    fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.is_serving() {
+            assert!(Instant::now() < deadline, "ZooKeeper on port {} did not start; log in {}", self.port, self.dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process (SIGKILL: ZooKeeper's log is durable, so this is a
+    /// crash from the client's point of view).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A standalone server or an ensemble, with its data in a temporary dir.
+pub struct Zk {
+    pub servers: Vec<ZkServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Zk {
+    /// A standalone server, serving when this returns.
+    pub fn standalone() -> Zk {
+        Zk::start(1)
+    }
+
+    /// `n` servers: standalone for 1, an ensemble otherwise; returns when
+    /// every member serves.
+    pub fn start(n: usize) -> Zk {
+        let dir = tempfile::Builder::new().prefix("zkbridge-test-zk").tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        let mut servers = Vec::new();
+        for (i, (client, quorum, election)) in ports.iter().enumerate() {
+            let sdir = dir.path().join(format!("s{}", i + 1));
+            std::fs::create_dir_all(sdir.join("data")).unwrap();
+            let mut cfg = format!(
+                "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=srvr,ruok,mntr,cons\nmaxSessionTimeout=60000\n\
+                 minSessionTimeout=1000\n",
+                sdir.join("data").display()
+            );
+            if n > 1 {
+                std::fs::write(sdir.join("data/myid"), format!("{}\n", i + 1)).unwrap();
+                for (j, (_, q, e)) in ports.iter().enumerate() {
+                    cfg.push_str(&format!("server.{}=127.0.0.1:{q}:{e}\n", j + 1));
+                }
+            }
+            let _ = quorum;
+            let _ = election;
+            std::fs::write(sdir.join("zoo.cfg"), cfg).unwrap();
+            let mut server = ZkServer { port: *client, dir: sdir, child: None };
+            server.spawn();
+            servers.push(server);
+        }
+        for s in &servers {
+            s.wait_serving();
+        }
+        Zk { servers, _dir: dir }
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>().join(",")
+    }
+
+    pub async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connector().with_session_timeout(Duration::from_secs(10)).connect(&self.connect_string()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("test client: connect failed ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot connect to {}: {e}", self.connect_string()),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.servers.iter_mut().for_each(ZkServer::kill);
+    }
+
+    /// Restarts every server (keeping data) and waits until they serve.
+    pub fn restart(&mut self) {
+        for s in self.servers.iter_mut() {
+            s.restart();
+        }
+        for s in &self.servers {
+            s.wait_serving();
+        }
+    }
+}
+
+/// Creates `path` and missing ancestors (empty data).
+pub async fn mkdirs(c: &Client, path: &str) {
+    let mut cur = String::new();
+    for seg in path.trim_start_matches('/').split('/') {
+        cur.push('/');
+        cur.push_str(seg);
+        match c.create(&cur, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all())).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(e) => panic!("create {cur}: {e}"),
+        }
+    }
+}
+
+pub async fn create(c: &Client, path: &str, data: &[u8]) {
+    c.create(path, data, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        .await
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+}
+
+/// Creates many nodes quickly, in order, with `multi` batches of at most
+/// ~400 KB (parents must precede children in `nodes`).
+pub async fn create_many(c: &Client, nodes: &[(String, Vec<u8>)]) {
+    let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let mut i = 0;
+    while i < nodes.len() {
+        let mut w = c.new_multi_writer();
+        let mut bytes = 0;
+        let mut n = 0;
+        while i < nodes.len() && n < 200 && (n == 0 || bytes + nodes[i].1.len() < 400_000) {
+            if nodes[i].1.len() > 400_000 {
+                if n > 0 {
+                    break;
+                }
+                create(c, &nodes[i].0, &nodes[i].1).await;
+                i += 1;
+                n = usize::MAX;
+                break;
+            }
+            w.add_create(&nodes[i].0, &nodes[i].1, &opts).unwrap();
+            bytes += nodes[i].1.len();
+            n += 1;
+            i += 1;
+        }
+        if n != usize::MAX {
+            w.commit().await.expect("multi create");
+        }
+    }
+}
+
+pub async fn get(c: &Client, path: &str) -> Option<Vec<u8>> {
+    match c.get_data(path).await {
+        Ok((d, _)) => Some(d),
+        Err(zookeeper_client::Error::NoNode) => None,
+        Err(e) => panic!("get {path}: {e}"),
+    }
+}
+
+pub async fn delete_tree(c: &Client, path: &str) {
+    let children = match c.list_children(path).await {
+        Ok(ch) => ch,
+        Err(zookeeper_client::Error::NoNode) => return,
+        Err(e) => panic!("list {path}: {e}"),
+    };
+    for ch in children {
+        Box::pin(delete_tree(c, &format!("{path}/{ch}"))).await;
+    }
+    match c.delete(path, None).await {
+        Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+        Err(e) => panic!("delete {path}: {e}"),
+    }
+}
+
+/// A running `zkbridge run` process with its own config file and log.
+pub struct Bridge {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub listen: String,
+    pub config_path: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zkbridge")
+}
+
+impl Bridge {
+    /// Starts the bridge with `toml` (a `[bridge]` table with `listen` and
+    /// fast settings is prepended).
+    pub fn start(toml: &str) -> Bridge {
+        let dir = tempfile::Builder::new().prefix("zkbridge-test-bridge").tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let config_path = dir.path().join("zkbridge.toml");
+        std::fs::write(&config_path, format!("[bridge]\nid = \"test-bridge\"\nlisten = \"{listen}\"\n{toml}")).unwrap();
+        let mut bridge = Bridge { child: None, dir, listen, config_path };
+        bridge.spawn();
+        bridge
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,zkbridge=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("bridge.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn config(&self) -> zkbridge::config::Resolved {
+        zkbridge::config::load(&self.config_path).unwrap()
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// GET on the bridge's HTTP listener: (status code, body), or `None`
+    /// while it is not listening.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.listen, path)
+    }
+
+    /// Parsed `/metrics`.
+    pub fn metrics(&self) -> Option<prometheus_parse::Scrape> {
+        let (code, body) = self.http_get("/metrics")?;
+        assert_eq!(code, 200);
+        Some(prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap())
+    }
+
+    /// Sum of a metric's samples whose labels include all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let Some(scrape) = self.metrics() else { return 0.0 };
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- bridge log ----\n{}", self.log());
+        }
+        self.kill();
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    // axum answers small bodies with Content-Length; chunked only if large.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Some((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `zkbridge diff` finds nothing for the bridge's config.
+pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match zkbridge::diff::diff(config, None).await {
+            Ok(d) if d.is_empty() => return,
+            Ok(d) if Instant::now() > deadline => {
+                panic!("not in sync after {timeout:?}: {} difference(s), first: {:?}", d.len(), &d[..d.len().min(5)])
+            }
+            Err(e) if Instant::now() > deadline => panic!("diff failed: {e:#}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The `[ensembles.*]` table for named servers.
+pub fn ensembles(list: &[(&str, &Zk)]) -> String {
+    list.iter()
+        .map(|(name, zk)| format!("[ensembles.{name}]\nconnect = \"{}\"\nsession_timeout_ms = 4000\n", zk.connect_string()))
+        .collect()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
