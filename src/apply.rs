@@ -6,7 +6,7 @@
 //! write only the difference), which is what makes coalesced events, retries
 //! after connection loss and restarts safe.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,7 +47,11 @@ pub struct Limits {
 
 impl From<&BridgeConfig> for Limits {
     fn from(b: &BridgeConfig) -> Self {
-        Limits { batch_max_ops: b.batch_max_ops, batch_max_bytes: b.batch_max_bytes, max_in_flight: b.max_in_flight }
+        Limits {
+            batch_max_ops: b.batch_max_ops,
+            batch_max_bytes: b.batch_max_bytes,
+            max_in_flight: b.max_in_flight,
+        }
     }
 }
 
@@ -81,11 +85,17 @@ impl TargetMetrics {
     }
 
     fn error(&self, kind: &str) {
-        self.metrics.errors.with_label_values(&[&self.labels[0], &self.labels[1], kind]).inc();
+        self.metrics
+            .errors
+            .with_label_values(&[&self.labels[0], &self.labels[1], kind])
+            .inc();
     }
 
     fn resync(&self, reason: ResyncReason) {
-        self.metrics.resyncs.with_label_values(&[&self.labels[0], &self.labels[1], reason.as_str()]).inc();
+        self.metrics
+            .resyncs
+            .with_label_values(&[&self.labels[0], &self.labels[1], reason.as_str()])
+            .inc();
     }
 
     fn committed(&self, op: &Op) {
@@ -128,15 +138,23 @@ impl Worker {
     pub fn new(
         route: Arc<Route>,
         target: Endpoint,
-        source_zk: Ensemble,
-        target_zk: Ensemble,
+        (source_zk, target_zk): (Ensemble, Ensemble),
         queue: Arc<TargetQueue>,
-        limits: Limits,
         status: Arc<WorkerStatus>,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
         let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
-        Worker { route, target, source_zk, target_zk, queue, limits, status, metrics }
+        Worker {
+            route,
+            target,
+            source_zk,
+            target_zk,
+            queue,
+            limits,
+            status,
+            metrics,
+        }
     }
 
     /// Runs until shutdown. A unit of work in progress when shutdown comes
@@ -191,7 +209,10 @@ impl Worker {
     }
 
     async fn clients(&self) -> (Client, Client) {
-        (self.source_zk.session().await.client, self.target_zk.session().await.client)
+        (
+            self.source_zk.session().await.client,
+            self.target_zk.session().await.client,
+        )
     }
 
     /// Full scan of source and target, then the plan that makes them equal.
@@ -200,12 +221,16 @@ impl Worker {
         let started = Instant::now();
         let (src, tgt) = self.clients().await;
         let route = &self.route;
-        let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| !route.filter.excluded(rel))
-            .await
-            .map_err(|source| Interrupted { side: "source", source })?;
-        let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| !route.filter.excluded(rel))
-            .await
-            .map_err(|source| Interrupted { side: "target", source })?;
+        let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
+            !route.filter.excluded(rel)
+        })
+        .await
+        .map_err(|source| Interrupted { side: "source", source })?;
+        let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
+            !route.filter.excluded(rel)
+        })
+        .await
+        .map_err(|source| Interrupted { side: "target", source })?;
         let mut ops = plan::plan(route, &source, &target);
         if source.is_empty() && !route.config.allow_root_delete {
             let held = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
@@ -219,19 +244,36 @@ impl Worker {
                 ops.retain(|o| !matches!(o, Op::Delete { .. }));
             }
         }
-        if ops.first().is_some_and(|o| matches!(o, Op::Create { rel, .. } if rel.is_empty())) {
+        if ops
+            .first()
+            .is_some_and(|o| matches!(o, Op::Create { rel, .. } if rel.is_empty()))
+        {
             self.ensure_target_parent(&tgt).await?;
         }
         let planned = ops.len();
         let since = Instant::now();
         let dirty = BTreeMap::new();
         self.write(&tgt, ops, &dirty, since).await?;
-        let mirrored = source.iter().filter(|(rel, n)| plan::is_mirrored(route, rel, n)).count();
+        let mirrored = source
+            .iter()
+            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
+            .count();
         self.metrics.mirrored.set(mirrored as i64);
         if !self.status.initial_sync_done.swap(true, Ordering::Relaxed) {
-            info!(nodes = mirrored, ops = planned, elapsed_ms = started.elapsed().as_millis() as u64, "initial sync done");
+            info!(
+                nodes = mirrored,
+                ops = planned,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "initial sync done"
+            );
         } else {
-            info!(reason = reason.as_str(), nodes = mirrored, ops = planned, elapsed_ms = started.elapsed().as_millis() as u64, "resync done");
+            info!(
+                reason = reason.as_str(),
+                nodes = mirrored,
+                ops = planned,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "resync done"
+            );
         }
         Ok(())
     }
@@ -239,7 +281,13 @@ impl Worker {
     /// Creates the target path's ancestors (not the path itself, which is the
     /// mirror of the source root and created with its data).
     async fn ensure_target_parent(&self, tgt: &Client) -> Result<(), Interrupted> {
-        let Some(parent) = self.target.path.rsplit_once('/').map(|(p, _)| p).filter(|p| !p.is_empty()) else {
+        let Some(parent) = self
+            .target
+            .path
+            .rsplit_once('/')
+            .map(|(p, _)| p)
+            .filter(|p| !p.is_empty())
+        else {
             return Ok(());
         };
         match tgt.mkdir(parent, &CREATE_OPTIONS).await {
@@ -263,8 +311,16 @@ impl Worker {
         let mut upserts = Vec::new();
         let mut delete_roots = Vec::new();
         for (((rel, dirty), s), t) in paths.iter().zip(source_nodes).zip(target_nodes) {
-            let s = s.map(|(data, stat)| NodeState { data, stat, children: Vec::new() });
-            let t = t.map(|(data, stat)| NodeState { data, stat, children: Vec::new() });
+            let s = s.map(|(data, stat)| NodeState {
+                data,
+                stat,
+                children: Vec::new(),
+            });
+            let t = t.map(|(data, stat)| NodeState {
+                data,
+                stat,
+                children: Vec::new(),
+            });
             match plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.scaffold) {
                 Some(Op::Delete { .. }) if rel.is_empty() && !self.route.config.allow_root_delete => {
                     warn!(source = %self.route.source, "source root was deleted: keeping the target root (allow_root_delete = false)");
@@ -280,9 +336,11 @@ impl Worker {
         // children first, and events for them may have been coalesced or lost.
         let mut deletes = Vec::new();
         if !delete_roots.is_empty() {
-            let subtree = tree::scan_from(&tgt, &self.target.path, delete_roots, self.limits.max_in_flight, |_| true)
-                .await
-                .map_err(|e| fail("target", e, &paths))?;
+            let subtree = tree::scan_from(&tgt, &self.target.path, delete_roots, self.limits.max_in_flight, |_| {
+                true
+            })
+            .await
+            .map_err(|e| fail("target", e, &paths))?;
             deletes.extend(subtree.into_keys().rev().map(|rel| Op::Delete { rel }));
         }
         if upserts.first().is_some_and(|o| o.rel().is_empty()) {
@@ -290,14 +348,22 @@ impl Worker {
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
-        self.write(&tgt, ops, &dirty, Instant::now()).await.map_err(|e| (e, paths))
+        self.write(&tgt, ops, &dirty, Instant::now())
+            .await
+            .map_err(|e| (e, paths))
     }
 
     /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes.
     /// A batch refused for a node-level reason is retried op by op, so one
     /// bad node cannot hold back the others; connection-level failures abort
     /// the attempt for the caller to retry.
-    async fn write(&self, tgt: &Client, ops: Vec<Op>, dirty: &BTreeMap<String, Dirty>, since: Instant) -> Result<(), Interrupted> {
+    async fn write(
+        &self,
+        tgt: &Client,
+        ops: Vec<Op>,
+        dirty: &BTreeMap<String, Dirty>,
+        since: Instant,
+    ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let batches = batch(ops, base.len(), self.limits);
         let mut refused: Vec<Op> = Vec::new();
@@ -309,7 +375,9 @@ impl Worker {
                 let Some(batch) = pending.next() else { break };
                 in_flight.push_back(commit(tgt, base, batch));
             }
-            let Some((batch, result)) = in_flight.next().await else { break };
+            let Some((batch, result)) = in_flight.next().await else {
+                break;
+            };
             match result {
                 Ok(()) => {
                     self.metrics.batches.inc();
@@ -339,7 +407,13 @@ impl Worker {
 
     /// Applies one op alone and sorts out why it failed: races resolve by
     /// reconciling the path again, lasting failures park it.
-    async fn write_one(&self, tgt: &Client, op: Op, dirty: &BTreeMap<String, Dirty>, since: Instant) -> Result<(), Interrupted> {
+    async fn write_one(
+        &self,
+        tgt: &Client,
+        op: Op,
+        dirty: &BTreeMap<String, Dirty>,
+        since: Instant,
+    ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let rel = op.rel().to_string();
         let d = dirty.get(&rel).copied().unwrap_or(Dirty { since, scaffold: false });
@@ -353,10 +427,24 @@ impl Worker {
             Err(Error::NoNode) if matches!(op, Op::Create { .. }) => {
                 // The target lacks the parent: make it exist first.
                 let p = parent(&rel).unwrap_or("").to_string();
-                self.queue.requeue([(p, Dirty { since: d.since, scaffold: true }), (rel, d)]);
+                self.queue.requeue([
+                    (
+                        p,
+                        Dirty {
+                            since: d.since,
+                            scaffold: true,
+                        },
+                    ),
+                    (rel, d),
+                ]);
             }
             Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => self.queue.requeue([(rel, d)]),
-            Err(e) if is_transient(&e) => return Err(Interrupted { side: "target", source: e }),
+            Err(e) if is_transient(&e) => {
+                return Err(Interrupted {
+                    side: "target",
+                    source: e,
+                })
+            }
             Err(e) => {
                 let path = join(base, &rel);
                 warn!(%path, op = op.kind(), error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
@@ -371,7 +459,10 @@ impl Worker {
 
 /// Errors that concern a node rather than the connection.
 fn is_node_level(e: &Error) -> bool {
-    matches!(e, Error::NoNode | Error::NodeExists | Error::NotEmpty | Error::BadVersion)
+    matches!(
+        e,
+        Error::NoNode | Error::NodeExists | Error::NotEmpty | Error::BadVersion
+    )
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -404,7 +495,11 @@ fn batch(ops: Vec<Op>, base_len: usize, limits: Limits) -> Vec<Vec<Op>> {
 
 /// Sends one batch; a batch of a single op goes as a plain request, so a
 /// node near the 1 MiB limit is not pushed over it by `multi` framing.
-fn commit<'a>(tgt: &'a Client, base: &'a str, batch: Vec<Op>) -> impl std::future::Future<Output = (Vec<Op>, Result<(), Error>)> + 'a {
+fn commit<'a>(
+    tgt: &'a Client,
+    base: &'a str,
+    batch: Vec<Op>,
+) -> impl std::future::Future<Output = (Vec<Op>, Result<(), Error>)> + 'a {
     let prepared = if batch.len() == 1 {
         None
     } else {
@@ -440,23 +535,35 @@ async fn commit_single(tgt: &Client, base: &str, op: &Op) -> Result<(), Error> {
     }
 }
 
-/// Set of relative paths, used by tests of batching.
-#[allow(dead_code)]
-fn rels(batches: &[Vec<Op>]) -> Vec<BTreeSet<String>> {
-    batches.iter().map(|b| b.iter().map(|o| o.rel().to_string()).collect()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rels(batches: &[Vec<Op>]) -> Vec<std::collections::BTreeSet<String>> {
+        batches.iter().map(|b| b.iter().map(|o| o.rel().to_string()).collect()).collect()
+    }
+
     #[test]
     fn batches_respect_ops_and_bytes() {
-        let limits = Limits { batch_max_ops: 3, batch_max_bytes: 2000, max_in_flight: 1 };
-        let ops: Vec<Op> = (0..7).map(|i| Op::Create { rel: format!("n{i}"), data: vec![0; 10] }).collect();
+        let limits = Limits {
+            batch_max_ops: 3,
+            batch_max_bytes: 2000,
+            max_in_flight: 1,
+        };
+        let ops: Vec<Op> = (0..7)
+            .map(|i| Op::Create {
+                rel: format!("n{i}"),
+                data: vec![0; 10],
+            })
+            .collect();
         let b = batch(ops, 5, limits);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 1]);
-        let big: Vec<Op> = (0..3).map(|i| Op::Set { rel: format!("b{i}"), data: vec![0; 1500] }).collect();
+        let big: Vec<Op> = (0..3)
+            .map(|i| Op::Set {
+                rel: format!("b{i}"),
+                data: vec![0; 1500],
+            })
+            .collect();
         let b = batch(big, 5, limits);
         assert_eq!(b.len(), 3, "each 1.5 KB op alone under a 2 KB cap: {:?}", rels(&b));
     }

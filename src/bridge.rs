@@ -63,11 +63,19 @@ impl Bridge {
                 // Without leases (a later release) this instance is the only writer.
                 leader: Some(self.id.clone()),
                 initial_sync_done: w.status.initial_sync_done.load(Ordering::Relaxed),
-                pending_paths: self.metrics.pending_paths.with_label_values(&[&w.route, &w.target]).get(),
+                pending_paths: self
+                    .metrics
+                    .pending_paths
+                    .with_label_values(&[&w.route, &w.target])
+                    .get(),
                 last_error: w.status.last_error.lock().unwrap().clone(),
             })
             .collect();
-        Status { bridge: self.id.clone(), version: env!("CARGO_PKG_VERSION"), routes }
+        Status {
+            bridge: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            routes,
+        }
     }
 
     /// `None` when ready, else why not.
@@ -84,7 +92,11 @@ impl Bridge {
 
 /// Starts every session, capture and worker. Returns the shared state and
 /// the tasks to await on shutdown.
-pub fn start(config: &Resolved, metrics: Arc<Metrics>, shutdown: &watch::Receiver<bool>) -> (Arc<Bridge>, Vec<tokio::task::JoinHandle<()>>) {
+pub fn start(
+    config: &Resolved,
+    metrics: Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> (Arc<Bridge>, Vec<tokio::task::JoinHandle<()>>) {
     let mut ensembles: BTreeMap<String, Ensemble> = BTreeMap::new();
     let mut ensemble = |name: &str| {
         ensembles
@@ -109,11 +121,10 @@ pub fn start(config: &Resolved, metrics: Arc<Metrics>, shutdown: &watch::Receive
             let worker = Worker::new(
                 route.clone(),
                 target.clone(),
-                source.clone(),
-                ensemble(&target.ensemble),
+                (source.clone(), ensemble(&target.ensemble)),
                 queue.clone(),
-                limits,
                 status.clone(),
+                limits,
                 metrics.clone(),
             );
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
@@ -126,10 +137,19 @@ pub fn start(config: &Resolved, metrics: Arc<Metrics>, shutdown: &watch::Receive
             });
             queues.push(queue);
         }
-        let capture = Capture { route: route.clone(), source, queues, metrics: metrics.clone() };
+        let capture = Capture {
+            route: route.clone(),
+            source,
+            queues,
+            metrics: metrics.clone(),
+        };
         tasks.push(tokio::spawn(capture.run(shutdown.clone())));
     }
-    let bridge = Arc::new(Bridge { id: config.config.bridge.id.clone(), metrics, workers });
+    let bridge = Arc::new(Bridge {
+        id: config.config.bridge.id.clone(),
+        metrics,
+        workers,
+    });
     (bridge, tasks)
 }
 

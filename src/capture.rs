@@ -39,7 +39,11 @@ impl Capture {
                     _ = shutdown.changed() => break,
                 };
                 generation = session.generation;
-                let mut watcher = match session.client.watch(&self.route.source.path, AddWatchMode::PersistentRecursive).await {
+                let mut watcher = match session
+                    .client
+                    .watch(&self.route.source.path, AddWatchMode::PersistentRecursive)
+                    .await
+                {
                     Ok(w) => w,
                     Err(e) => {
                         warn!(error = %e, "cannot arm the source watch; retrying on a new session");
@@ -79,7 +83,9 @@ impl Capture {
                         },
                         EventType::NodeChildrenChanged => {}
                         kind => {
-                            let Some(rel) = relative(&self.route.source.path, &event.path) else { continue };
+                            let Some(rel) = relative(&self.route.source.path, &event.path) else {
+                                continue;
+                            };
                             let idx = match kind {
                                 EventType::NodeCreated => 0,
                                 EventType::NodeDataChanged => 1,

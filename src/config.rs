@@ -25,7 +25,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -75,7 +78,10 @@ impl Default for BridgeConfig {
 }
 
 fn default_bridge_id() -> String {
-    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "zkbridge".into())
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "zkbridge".into())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,14 +256,22 @@ impl PathFilter {
         let build = |globs: &[String], which: &str| -> Result<GlobSet, ConfigError> {
             let mut set = GlobSetBuilder::new();
             for (i, glob) in globs.iter().enumerate() {
-                let glob = globset::GlobBuilder::new(glob).literal_separator(true).build().map_err(|e| {
-                    ConfigError::invalid(format!("{key}.{which}[{i}]"), format!("invalid glob {glob:?}: {e}"))
-                })?;
+                let glob = globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| {
+                        ConfigError::invalid(format!("{key}.{which}[{i}]"), format!("invalid glob {glob:?}: {e}"))
+                    })?;
                 set.add(glob);
             }
-            set.build().map_err(|e| ConfigError::invalid(format!("{key}.{which}"), e.to_string()))
+            set.build()
+                .map_err(|e| ConfigError::invalid(format!("{key}.{which}"), e.to_string()))
         };
-        Ok(PathFilter { include: build(include, "include")?, exclude: build(exclude, "exclude")?, meta: None })
+        Ok(PathFilter {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+            meta: None,
+        })
     }
 
     /// Whether the route manages the node at `relative`: it matches an
@@ -330,7 +344,7 @@ fn load_figment(figment: Figment) -> Result<Resolved, ConfigError> {
             .unwrap_or_default(),
     );
     let env = Env::prefixed("ZKBRIDGE_").split("__").map(move |key| {
-        let key = key.as_str();
+        let key = key.as_str().to_lowercase();
         let mut parts: Vec<String> = key.split('.').map(str::to_string).collect();
         if parts.len() >= 2 && parts[0] == "ensembles" {
             let wanted = parts[1].replace('_', "-").to_lowercase();
@@ -340,7 +354,10 @@ fn load_figment(figment: Figment) -> Result<Resolved, ConfigError> {
         }
         parts.join(".").into()
     });
-    let config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(describe_figment(e)))?;
+    let config: Config = figment
+        .merge(env)
+        .extract()
+        .map_err(|e| ConfigError::Parse(describe_figment(e)))?;
     validate(config)
 }
 
@@ -380,7 +397,10 @@ pub fn validate_zk_path(path: &str) -> Result<(), String> {
         if segment == "." || segment == ".." {
             return Err(format!("{path:?} has a relative segment {segment:?}"));
         }
-        if segment.chars().any(|c| c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c)) {
+        if segment
+            .chars()
+            .any(|c| c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c))
+        {
             return Err(format!("{path:?} contains a character ZooKeeper refuses"));
         }
     }
@@ -392,15 +412,25 @@ pub fn is_within(inner: &str, outer: &str) -> bool {
     outer == "/" || inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'))
 }
 
-fn parse_endpoint(value: &str, key: &str, ensembles: &BTreeMap<String, EnsembleConfig>) -> Result<Endpoint, ConfigError> {
+fn parse_endpoint(
+    value: &str,
+    key: &str,
+    ensembles: &BTreeMap<String, EnsembleConfig>,
+) -> Result<Endpoint, ConfigError> {
     let (ensemble, path) = value
         .split_once(':')
         .ok_or_else(|| ConfigError::invalid(key, format!("{value:?} is not ENSEMBLE:/path")))?;
     if !ensembles.contains_key(ensemble) {
-        return Err(ConfigError::invalid(key, format!("unknown ensemble {ensemble:?} (not under [ensembles])")));
+        return Err(ConfigError::invalid(
+            key,
+            format!("unknown ensemble {ensemble:?} (not under [ensembles])"),
+        ));
     }
     validate_zk_path(path).map_err(|reason| ConfigError::invalid(key, format!("invalid ZooKeeper path: {reason}")))?;
-    Ok(Endpoint { ensemble: ensemble.into(), path: path.into() })
+    Ok(Endpoint {
+        ensemble: ensemble.into(),
+        path: path.into(),
+    })
 }
 
 fn validate(config: Config) -> Result<Resolved, ConfigError> {
@@ -420,7 +450,10 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         return Err(ConfigError::invalid("bridge.heartbeat_interval_ms", "must be positive"));
     }
     if bridge.batch_max_ops == 0 || bridge.max_in_flight == 0 || bridge.max_pending_paths == 0 {
-        return Err(ConfigError::invalid("bridge", "batch_max_ops, max_in_flight and max_pending_paths must be positive"));
+        return Err(ConfigError::invalid(
+            "bridge",
+            "batch_max_ops, max_in_flight and max_pending_paths must be positive",
+        ));
     }
     if !(1024..=1_000_000).contains(&bridge.batch_max_bytes) {
         return Err(ConfigError::invalid(
@@ -438,13 +471,19 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
                 .map_err(|r| ConfigError::invalid(format!("{key}.connect"), format!("invalid chroot: {r}")))?;
         }
         if ensemble.session_timeout_ms < 1000 {
-            return Err(ConfigError::invalid(format!("{key}.session_timeout_ms"), "must be at least 1000"));
+            return Err(ConfigError::invalid(
+                format!("{key}.session_timeout_ms"),
+                "must be at least 1000",
+            ));
         }
         if ensemble.digest.is_some() && ensemble.digest_file.is_some() {
             return Err(ConfigError::invalid(key, "set digest or digest_file, not both"));
         }
         if ensemble.tls.is_some() {
-            return Err(ConfigError::invalid(format!("{key}.tls"), "TLS is not supported by this version of zkbridge yet"));
+            return Err(ConfigError::invalid(
+                format!("{key}.tls"),
+                "TLS is not supported by this version of zkbridge yet",
+            ));
         }
         if let Some(digest) = &ensemble.digest {
             if !digest.contains(':') {
@@ -455,16 +494,34 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
 
     let mut routes: Vec<Arc<Route>> = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
-        let key = if rc.name.is_empty() { format!("routes[{i}]") } else { format!("routes[{i}] ({})", rc.name) };
-        if rc.name.is_empty() || !rc.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
-            return Err(ConfigError::invalid(format!("{key}.name"), format!("{:?} must match [a-z0-9_-]+", rc.name)));
+        let key = if rc.name.is_empty() {
+            format!("routes[{i}]")
+        } else {
+            format!("routes[{i}] ({})", rc.name)
+        };
+        if rc.name.is_empty()
+            || !rc
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("{:?} must match [a-z0-9_-]+", rc.name),
+            ));
         }
         if routes.iter().any(|r| r.name() == rc.name) {
-            return Err(ConfigError::invalid(format!("{key}.name"), format!("duplicate route name {:?}", rc.name)));
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("duplicate route name {:?}", rc.name),
+            ));
         }
         let source = parse_endpoint(&rc.source, &format!("{key}.source"), &config.ensembles)?;
         if rc.targets.is_empty() {
-            return Err(ConfigError::invalid(format!("{key}.targets"), "needs at least one target"));
+            return Err(ConfigError::invalid(
+                format!("{key}.targets"),
+                "needs at least one target",
+            ));
         }
         let mut targets: Vec<Endpoint> = Vec::new();
         for (j, t) in rc.targets.iter().enumerate() {
@@ -475,10 +532,16 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
                     return Err(ConfigError::invalid(tkey, "target is the route's own source"));
                 }
                 if is_within(&target.path, &source.path) {
-                    return Err(ConfigError::invalid(tkey, format!("target is inside the route's source {source}")));
+                    return Err(ConfigError::invalid(
+                        tkey,
+                        format!("target is inside the route's source {source}"),
+                    ));
                 }
                 if is_within(&source.path, &target.path) {
-                    return Err(ConfigError::invalid(tkey, format!("target contains the route's source {source}")));
+                    return Err(ConfigError::invalid(
+                        tkey,
+                        format!("target contains the route's source {source}"),
+                    ));
                 }
             }
             if targets.iter().any(|other| other.ensemble == target.ensemble) {
@@ -489,7 +552,9 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
             }
             for other in &routes {
                 for ot in &other.targets {
-                    if ot.ensemble == target.ensemble && (is_within(&target.path, &ot.path) || is_within(&ot.path, &target.path)) {
+                    if ot.ensemble == target.ensemble
+                        && (is_within(&target.path, &ot.path) || is_within(&ot.path, &target.path))
+                    {
                         return Err(ConfigError::invalid(
                             tkey,
                             format!("target {target} overlaps route {:?}'s target {ot}", other.name()),
@@ -511,13 +576,19 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
             if is_within(&bridge.meta_path, &target.path) {
                 return Err(ConfigError::invalid(
                     format!("{key}.targets[{j}]"),
-                    format!("{target} contains meta_path {}; deletes there would remove zkbridge's own znodes", bridge.meta_path),
+                    format!(
+                        "{target} contains meta_path {}; deletes there would remove zkbridge's own znodes",
+                        bridge.meta_path
+                    ),
                 ));
             }
         }
         // The bridge must never write into a subtree it mirrors: a target
         // overlapping any route's source would feed its own writes back in.
-        let sources = routes.iter().map(|r| (r.name().to_string(), &r.source)).chain(std::iter::once((rc.name.clone(), &source)));
+        let sources = routes
+            .iter()
+            .map(|r| (r.name().to_string(), &r.source))
+            .chain(std::iter::once((rc.name.clone(), &source)));
         for (other, src) in sources {
             for (j, target) in targets.iter().enumerate() {
                 let overlaps = is_within(&target.path, &src.path) || is_within(&src.path, &target.path);
@@ -531,7 +602,9 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         }
         for other in &routes {
             for ot in &other.targets {
-                if ot.ensemble == source.ensemble && (is_within(&source.path, &ot.path) || is_within(&ot.path, &source.path)) {
+                if ot.ensemble == source.ensemble
+                    && (is_within(&source.path, &ot.path) || is_within(&ot.path, &source.path))
+                {
                     return Err(ConfigError::invalid(
                         format!("{key}.source"),
                         format!("source {source} overlaps route {:?}'s target {ot}: zkbridge never writes into a subtree it mirrors", other.name()),
@@ -540,7 +613,10 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
             }
         }
         if !(rc.max_delete_fraction > 0.0 && rc.max_delete_fraction <= 1.0) {
-            return Err(ConfigError::invalid(format!("{key}.max_delete_fraction"), "must be in (0, 1]"));
+            return Err(ConfigError::invalid(
+                format!("{key}.max_delete_fraction"),
+                "must be in (0, 1]",
+            ));
         }
         if rc.ephemerals != EphemeralMode::Skip {
             return Err(ConfigError::invalid(
@@ -552,7 +628,12 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         if is_within(&bridge.meta_path, &source.path) {
             filter.meta = crate::tree::relative(&source.path, &bridge.meta_path).map(str::to_string);
         }
-        routes.push(Arc::new(Route { config: rc.clone(), source, targets, filter }));
+        routes.push(Arc::new(Route {
+            config: rc.clone(),
+            source,
+            targets,
+            filter,
+        }));
     }
     Ok(Resolved { config, routes })
 }
@@ -564,7 +645,10 @@ pub fn read_digest_file(path: &str, key: &str) -> Result<String, ConfigError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ConfigError::invalid(key, format!("{path} is readable by group or others; chmod 600 it")));
+            return Err(ConfigError::invalid(
+                key,
+                format!("{path} is readable by group or others; chmod 600 it"),
+            ));
         }
     }
     let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
@@ -596,12 +680,20 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_route_with_defaults() {
-        let r = load_str(&route(r#"name = "r1"
+        let r = load_str(&route(
+            r#"name = "r1"
 source = "a:/config"
-targets = ["b:/config"]"#))
+targets = ["b:/config"]"#,
+        ))
         .unwrap();
         let route = &r.routes[0];
-        assert_eq!(route.source, Endpoint { ensemble: "a".into(), path: "/config".into() });
+        assert_eq!(
+            route.source,
+            Endpoint {
+                ensemble: "a".into(),
+                path: "/config".into()
+            }
+        );
         assert_eq!(route.config.conflict, ConflictPolicy::SourceWins);
         assert_eq!(r.config.bridge.meta_path, "/zkbridge");
     }
@@ -631,30 +723,54 @@ targets = ["b:/config"]"#))
     #[test]
     fn rejections_name_the_route_and_reason() {
         let cases = [
-            (r#"name = "r1"
+            (
+                r#"name = "r1"
 source = "a:/c"
-targets = ["a:/c"]"#, "routes[0] (r1).targets[0]: target is the route's own source"),
-            (r#"name = "r1"
+targets = ["a:/c"]"#,
+                "routes[0] (r1).targets[0]: target is the route's own source",
+            ),
+            (
+                r#"name = "r1"
 source = "a:/c"
-targets = ["a:/c/m"]"#, "inside the route's source"),
-            (r#"name = "r1"
+targets = ["a:/c/m"]"#,
+                "inside the route's source",
+            ),
+            (
+                r#"name = "r1"
 source = "a:/c/d"
-targets = ["a:/c"]"#, "contains the route's source"),
-            (r#"name = "r1"
+targets = ["a:/c"]"#,
+                "contains the route's source",
+            ),
+            (
+                r#"name = "r1"
 source = "zz:/c"
-targets = ["b:/c"]"#, "routes[0] (r1).source: unknown ensemble \"zz\""),
-            (r#"name = "r1"
+targets = ["b:/c"]"#,
+                "routes[0] (r1).source: unknown ensemble \"zz\"",
+            ),
+            (
+                r#"name = "r1"
 source = "a:c"
-targets = ["b:/c"]"#, "invalid ZooKeeper path"),
-            (r#"name = "r1"
+targets = ["b:/c"]"#,
+                "invalid ZooKeeper path",
+            ),
+            (
+                r#"name = "r1"
 source = "a:/c/"
-targets = ["b:/c"]"#, "ends with '/'"),
-            (r#"name = "r1"
+targets = ["b:/c"]"#,
+                "ends with '/'",
+            ),
+            (
+                r#"name = "r1"
 source = "a:/zkbridge/x"
-targets = ["b:/c"]"#, "inside meta_path"),
-            (r#"name = "R!"
+targets = ["b:/c"]"#,
+                "inside meta_path",
+            ),
+            (
+                r#"name = "R!"
 source = "a:/c"
-targets = ["b:/c"]"#, "must match [a-z0-9_-]+"),
+targets = ["b:/c"]"#,
+                "must match [a-z0-9_-]+",
+            ),
         ];
         for (body, want) in cases {
             let got = err(&route(body));
@@ -672,20 +788,28 @@ targets = ["b:/c"]"#, "must match [a-z0-9_-]+"),
             "{BASE}\n[[routes]]\nname = \"r1\"\nsource = \"a:/x\"\ntargets = [\"b:/m\"]\n[[routes]]\nname = \"r2\"\nsource = \"a:/y\"\ntargets = [\"b:/m/n\"]"
         );
         let e = err(&nested);
-        assert!(e.contains("routes[1] (r2).targets[0]") && e.contains("overlaps route \"r1\""), "{e}");
+        assert!(
+            e.contains("routes[1] (r2).targets[0]") && e.contains("overlaps route \"r1\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let e = err(&format!("{BASE}\n[bridge]\nlisten_addr = \"x\""));
         assert!(e.contains("listen_addr"), "{e}");
-        let e = err(&route("name = \"r\"\nsource = \"a:/c\"\ntargets = [\"b:/c\"]\nconflcit = \"fail\""));
+        let e = err(&route(
+            "name = \"r\"\nsource = \"a:/c\"\ntargets = [\"b:/c\"]\nconflcit = \"fail\"",
+        ));
         assert!(e.contains("conflcit"), "{e}");
     }
 
     #[test]
     fn digest_is_redacted_when_printed() {
-        let r = load_str(&format!("{BASE}\n[ensembles.c]\nconnect = \"h:1\"\ndigest = \"alice:s3cret\"")).unwrap();
+        let r = load_str(&format!(
+            "{BASE}\n[ensembles.c]\nconnect = \"h:1\"\ndigest = \"alice:s3cret\""
+        ))
+        .unwrap();
         let shown = toml_string(&r.config);
         assert!(!shown.contains("s3cret"));
         assert!(shown.contains("alice:<redacted>"));

@@ -25,7 +25,11 @@ pub struct Difference {
 
 /// Compares every (or one) route's source with each of its targets.
 pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result<Vec<Difference>> {
-    let routes: Vec<_> = config.routes.iter().filter(|r| only_route.is_none_or(|n| r.name() == n)).collect();
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|r| only_route.is_none_or(|n| r.name() == n))
+        .collect();
     if let Some(name) = only_route {
         anyhow::ensure!(!routes.is_empty(), "--route {name}: no such route in the configuration");
     }
@@ -34,14 +38,18 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
     let mut out = Vec::new();
     for route in routes {
         let source_client = client(config, &mut clients, &route.source.ensemble).await?;
-        let source = tree::scan(&source_client, &route.source.path, in_flight, |rel| !route.filter.excluded(rel))
-            .await
-            .map_err(|e| anyhow::anyhow!("route {}: reading source {}: {e}", route.name(), route.source))?;
+        let source = tree::scan(&source_client, &route.source.path, in_flight, |rel| {
+            !route.filter.excluded(rel)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("route {}: reading source {}: {e}", route.name(), route.source))?;
         for target in &route.targets {
             let target_client = client(config, &mut clients, &target.ensemble).await?;
-            let tgt = tree::scan(&target_client, &target.path, in_flight, |rel| !route.filter.excluded(rel))
-                .await
-                .map_err(|e| anyhow::anyhow!("route {}: reading target {target}: {e}", route.name()))?;
+            let tgt = tree::scan(&target_client, &target.path, in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("route {}: reading target {target}: {e}", route.name()))?;
             for op in plan::plan(route, &source, &tgt) {
                 let kind = match op {
                     Op::Create { .. } => "missing",

@@ -32,7 +32,11 @@ pub async fn serve(listener: tokio::net::TcpListener, bridge: Arc<Bridge>, mut s
 }
 
 async fn metrics(State(bridge): State<Arc<Bridge>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], bridge.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        bridge.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(bridge): State<Arc<Bridge>>) -> Response {

@@ -10,7 +10,11 @@ use tokio::sync::watch;
 use zkbridge::config;
 
 #[derive(Parser)]
-#[command(name = "zkbridge", version, about = "Mirrors ZooKeeper subtrees across ensembles in different regions")]
+#[command(
+    name = "zkbridge",
+    version,
+    about = "Mirrors ZooKeeper subtrees across ensembles in different regions"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -61,7 +65,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
             Command::CheckConfig { config } => check_config(&config),
@@ -74,7 +81,9 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -98,7 +107,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            eprintln!("configuration is valid: {} route(s), {} ensemble(s)", resolved.routes.len(), resolved.config.ensembles.len());
+            eprintln!(
+                "configuration is valid: {} route(s), {} ensemble(s)",
+                resolved.routes.len(),
+                resolved.config.ensembles.len()
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -106,16 +119,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 fn toml_string(config: &config::Config) -> Result<String, String> {
-    // serde_json first, so the redacting serializers run; then TOML text.
-    let value = serde_json::to_value(config).map_err(|e| e.to_string())?;
-    let value: figment::value::Value = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    Ok(format!("{}\n", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?))
+    toml::to_string(config).map_err(|e| e.to_string())
 }
 
 fn shutdown_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -158,7 +169,10 @@ async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCo
                         "extra" => "only in target",
                         _ => "data differs",
                     };
-                    println!("{}/{} {:<9} {} -> {} ({side})", d.route, d.target, d.kind, d.source_path, d.target_path);
+                    println!(
+                        "{}/{} {:<9} {} -> {} ({side})",
+                        d.route, d.target, d.kind, d.source_path, d.target_path
+                    );
                 }
                 println!("{} difference(s)", differences.len());
             }
@@ -197,7 +211,13 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
             break ExitCode::SUCCESS;
         }
         let parked: Vec<_> = bridge.workers.iter().filter(|w| w.queue.parked_count() > 0).collect();
-        if all_synced && !parked.is_empty() && bridge.workers.iter().all(|w| w.queue.is_idle() || w.queue.only_parked()) {
+        if all_synced
+            && !parked.is_empty()
+            && bridge
+                .workers
+                .iter()
+                .all(|w| w.queue.is_idle() || w.queue.only_parked())
+        {
             for w in parked {
                 eprintln!(
                     "zkbridge sync: {}/{}: {} node(s) refused by the target: {}",

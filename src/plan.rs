@@ -57,8 +57,11 @@ pub fn is_mirrored(route: &Route, rel: &str, node: &NodeState) -> bool {
 /// The full plan from two scans: deletes first (children before parents),
 /// then creates and sets (parents before children).
 pub fn plan(route: &Route, source: &Tree, target: &Tree) -> Vec<Op> {
-    let mirrored: BTreeSet<&str> =
-        source.iter().filter(|(rel, node)| is_mirrored(route, rel, node)).map(|(rel, _)| rel.as_str()).collect();
+    let mirrored: BTreeSet<&str> = source
+        .iter()
+        .filter(|(rel, node)| is_mirrored(route, rel, node))
+        .map(|(rel, _)| rel.as_str())
+        .collect();
     let mut scaffold: BTreeSet<&str> = BTreeSet::new();
     for rel in &mirrored {
         let mut p = parent(rel);
@@ -85,16 +88,23 @@ pub fn plan(route: &Route, source: &Tree, target: &Tree) -> Vec<Op> {
     deletes.reverse();
 
     let mut writes = deletes;
-    let wanted = mirrored.iter().map(|r| (*r, true)).chain(scaffold.iter().map(|r| (*r, false)));
+    let wanted = mirrored
+        .iter()
+        .map(|r| (*r, true))
+        .chain(scaffold.iter().map(|r| (*r, false)));
     let mut upserts: Vec<(&str, bool)> = wanted.collect();
     upserts.sort_unstable();
     for (rel, is_mirrored) in upserts {
         let src = &source[rel];
         match target.get(rel) {
-            None => writes.push(Op::Create { rel: rel.into(), data: src.data.clone() }),
-            Some(t) if is_mirrored && t.data != src.data => {
-                writes.push(Op::Set { rel: rel.into(), data: src.data.clone() })
-            }
+            None => writes.push(Op::Create {
+                rel: rel.into(),
+                data: src.data.clone(),
+            }),
+            Some(t) if is_mirrored && t.data != src.data => writes.push(Op::Set {
+                rel: rel.into(),
+                data: src.data.clone(),
+            }),
             Some(_) => {}
         }
     }
@@ -115,9 +125,17 @@ pub fn decide(
     let mirrored = source.is_some_and(|s| is_mirrored(route, rel, s));
     let wanted = mirrored || (scaffold && source.is_some_and(|s| !s.is_ephemeral()));
     match (source, target) {
-        (Some(s), None) if wanted => Some(Op::Create { rel: rel.into(), data: s.data.clone() }),
-        (Some(s), Some(t)) if mirrored && s.data != t.data => Some(Op::Set { rel: rel.into(), data: s.data.clone() }),
-        (_, Some(_)) if !wanted && !scaffold && route.filter.managed(rel) && route.config.deletes == DeleteMode::Propagate => {
+        (Some(s), None) if wanted => Some(Op::Create {
+            rel: rel.into(),
+            data: s.data.clone(),
+        }),
+        (Some(s), Some(t)) if mirrored && s.data != t.data => Some(Op::Set {
+            rel: rel.into(),
+            data: s.data.clone(),
+        }),
+        (_, Some(_))
+            if !wanted && !scaffold && route.filter.managed(rel) && route.config.deletes == DeleteMode::Propagate =>
+        {
             // A source node that is excluded keeps its target twin: only an
             // absent (or ephemeral, skipped) source node means delete.
             if source.is_some_and(|s| !s.is_ephemeral()) {
@@ -158,7 +176,11 @@ mod tests {
             data_length: data.len() as i32,
             num_children: 0,
         };
-        NodeState { data: data.as_bytes().to_vec(), stat, children: vec![] }
+        NodeState {
+            data: data.as_bytes().to_vec(),
+            stat,
+            children: vec![],
+        }
     }
 
     fn tree(nodes: &[(&str, &str)]) -> Tree {
@@ -179,7 +201,10 @@ mod tests {
         let src = tree(&[("", "x"), ("a", "1")]);
         let tgt = tree(&[("", "x"), ("a", "1"), ("z", ""), ("z/y", "")]);
         let ops = plan(&r, &src, &tgt);
-        assert_eq!(ops, vec![Op::Delete { rel: "z/y".into() }, Op::Delete { rel: "z".into() }]);
+        assert_eq!(
+            ops,
+            vec![Op::Delete { rel: "z/y".into() }, Op::Delete { rel: "z".into() }]
+        );
     }
 
     #[test]
@@ -217,9 +242,24 @@ mod tests {
         let r = route("exclude = [\"tmp\"]");
         let s = node("new", 0);
         let t = node("old", 0);
-        assert_eq!(decide(&r, "a", Some(&s), None, false), Some(Op::Create { rel: "a".into(), data: b"new".to_vec() }));
-        assert_eq!(decide(&r, "a", Some(&s), Some(&t), false), Some(Op::Set { rel: "a".into(), data: b"new".to_vec() }));
-        assert_eq!(decide(&r, "a", None, Some(&t), false), Some(Op::Delete { rel: "a".into() }));
+        assert_eq!(
+            decide(&r, "a", Some(&s), None, false),
+            Some(Op::Create {
+                rel: "a".into(),
+                data: b"new".to_vec()
+            })
+        );
+        assert_eq!(
+            decide(&r, "a", Some(&s), Some(&t), false),
+            Some(Op::Set {
+                rel: "a".into(),
+                data: b"new".to_vec()
+            })
+        );
+        assert_eq!(
+            decide(&r, "a", None, Some(&t), false),
+            Some(Op::Delete { rel: "a".into() })
+        );
         assert_eq!(decide(&r, "tmp", Some(&s), Some(&t), false), None);
         assert_eq!(decide(&r, "a", Some(&s), Some(&s), false), None);
     }

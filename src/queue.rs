@@ -75,7 +75,12 @@ pub enum Work {
 
 impl TargetQueue {
     pub fn new(max_pending: usize, pending_gauge: IntGauge) -> Self {
-        TargetQueue { state: Mutex::default(), notify: Notify::new(), max_pending, pending_gauge }
+        TargetQueue {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            max_pending,
+            pending_gauge,
+        }
     }
 
     /// Marks a path (relative to the route root) dirty.
@@ -93,7 +98,13 @@ impl TargetQueue {
                     st.parked.clear();
                     st.resync = Some(ResyncReason::Overflow);
                 } else {
-                    st.dirty.insert(rel.to_string(), Dirty { since: Instant::now(), scaffold });
+                    st.dirty.insert(
+                        rel.to_string(),
+                        Dirty {
+                            since: Instant::now(),
+                            scaffold,
+                        },
+                    );
                 }
             }
         }
@@ -156,7 +167,12 @@ impl TargetQueue {
             return Some(Work::Resync(reason));
         }
         let now = Instant::now();
-        let due: Vec<String> = st.parked.iter().filter(|(_, (_, t))| *t <= now).map(|(r, _)| r.clone()).collect();
+        let due: Vec<String> = st
+            .parked
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
         for rel in due {
             if let Some((d, _)) = st.parked.remove(&rel) {
                 st.dirty.entry(rel).or_insert(d);
@@ -217,7 +233,9 @@ mod tests {
         q.mark("a/b", false);
         q.mark("a", false);
         q.mark("a/b", false);
-        let Some(Work::Paths(p)) = q.take(10) else { panic!("expected paths") };
+        let Some(Work::Paths(p)) = q.take(10) else {
+            panic!("expected paths")
+        };
         let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(rels, vec!["a", "a/b"]);
         assert!(q.take(10).is_none());

@@ -38,7 +38,11 @@ impl NodeState {
             data_length: 0,
             num_children: 0,
         };
-        NodeState { data: Vec::new(), stat, children: Vec::new() }
+        NodeState {
+            data: Vec::new(),
+            stat,
+            children: Vec::new(),
+        }
     }
 
     pub fn is_ephemeral(&self) -> bool {
@@ -87,7 +91,12 @@ pub fn parent(relative: &str) -> Option<&str> {
 /// `descend(relative)` holds (the node itself is still read). A missing root
 /// gives an empty tree; nodes deleted while the scan runs are left out (the
 /// caller's watch reports them).
-pub async fn scan(client: &Client, base: &str, max_in_flight: usize, descend: impl Fn(&str) -> bool) -> Result<Tree, Error> {
+pub async fn scan(
+    client: &Client,
+    base: &str,
+    max_in_flight: usize,
+    descend: impl Fn(&str) -> bool,
+) -> Result<Tree, Error> {
     scan_from(client, base, vec![String::new()], max_in_flight, descend).await
 }
 
@@ -115,7 +124,9 @@ pub async fn scan_from(
             let commit = reader.commit();
             in_flight.push(async move { (chunk, commit.await) });
         }
-        let Some((chunk, results)) = in_flight.next().await else { break };
+        let Some((chunk, results)) = in_flight.next().await else {
+            break;
+        };
         let mut results = results?.into_iter();
         for rel in chunk {
             let (data, children) = (results.next(), results.next());
@@ -123,7 +134,11 @@ pub async fn scan_from(
                 (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { mut children })) => {
                     children.sort_unstable();
                     for child in &children {
-                        let child_rel = if rel.is_empty() { child.clone() } else { format!("{rel}/{child}") };
+                        let child_rel = if rel.is_empty() {
+                            child.clone()
+                        } else {
+                            format!("{rel}/{child}")
+                        };
                         if descend(&child_rel) {
                             frontier.push_back(child_rel);
                         } else {
@@ -136,8 +151,14 @@ pub async fn scan_from(
                 }
                 (Some(MultiReadResult::Error { err: Error::NoNode }), _)
                 | (_, Some(MultiReadResult::Error { err: Error::NoNode })) => {}
-                (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => return Err(err),
-                other => return Err(Error::UnexpectedError(format!("unexpected multi-read results {other:?}"))),
+                (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => {
+                    return Err(err)
+                }
+                other => {
+                    return Err(Error::UnexpectedError(format!(
+                        "unexpected multi-read results {other:?}"
+                    )))
+                }
             }
         }
     }
@@ -170,7 +191,11 @@ pub async fn read_nodes(
                 MultiReadResult::Data { data, stat } => Some((data, stat)),
                 MultiReadResult::Error { err: Error::NoNode } => None,
                 MultiReadResult::Error { err } => return Err(err),
-                other => return Err(Error::UnexpectedError(format!("unexpected multi-read result {other:?}"))),
+                other => {
+                    return Err(Error::UnexpectedError(format!(
+                        "unexpected multi-read result {other:?}"
+                    )))
+                }
             });
         }
     }

@@ -35,9 +35,17 @@ impl Ensemble {
     /// published as soon as the ensemble answers.
     pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, rx) = watch::channel(None);
-        let supervisor = Supervisor { name: name.to_string(), config: config.clone(), metrics, publish: tx };
+        let supervisor = Supervisor {
+            name: name.to_string(),
+            config: config.clone(),
+            metrics,
+            publish: tx,
+        };
         tokio::spawn(supervisor.run(shutdown));
-        Ensemble { name: name.to_string(), current: rx }
+        Ensemble {
+            name: name.to_string(),
+            current: rx,
+        }
     }
 
     /// The current session, waiting for one if the ensemble is unreachable.
@@ -100,7 +108,10 @@ impl Supervisor {
             info!(ensemble = %self.name, session = %client.session_id(), generation, "ZooKeeper session established");
             state_gauge.set(1);
             let mut states = client.state_watcher();
-            self.publish.send_replace(Some(Session { client: client.clone(), generation }));
+            self.publish.send_replace(Some(Session {
+                client: client.clone(),
+                generation,
+            }));
             drop(client);
             let terminal = loop {
                 let state = tokio::select! {
@@ -109,7 +120,9 @@ impl Supervisor {
                 };
                 state_gauge.set(matches!(state, SessionState::SyncConnected | SessionState::ConnectedReadOnly) as i64);
                 match state {
-                    SessionState::Disconnected => warn!(ensemble = %self.name, "ZooKeeper connection lost; reconnecting"),
+                    SessionState::Disconnected => {
+                        warn!(ensemble = %self.name, "ZooKeeper connection lost; reconnecting")
+                    }
                     SessionState::SyncConnected => info!(ensemble = %self.name, "ZooKeeper connection restored"),
                     s if s.is_terminated() => break s,
                     _ => {}

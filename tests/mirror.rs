@@ -11,7 +11,10 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 fn route(name: &str, source: &str, targets: &[&str], extra: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    format!("[[routes]]\nname = \"{name}\"\nsource = \"{source}\"\ntargets = [{}]\n{extra}\n", targets.join(", "))
+    format!(
+        "[[routes]]\nname = \"{name}\"\nsource = \"{source}\"\ntargets = [{}]\n{extra}\n",
+        targets.join(", ")
+    )
 }
 
 /// A tree of `n` nodes under `base`, fan-out 10, with data of mixed sizes:
@@ -45,7 +48,13 @@ async fn initial_sync_copies_a_mixed_tree_exactly_and_removes_strays() {
     let tree = mixed_tree("/config", 2000);
     create_many(&s, &tree).await;
     // An ephemeral node in the source is skipped (ephemerals = "skip").
-    s.create("/config/session-lock", b"me", &CreateMode::Ephemeral.with_acls(Acls::anyone_all())).await.unwrap();
+    s.create(
+        "/config/session-lock",
+        b"me",
+        &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
     // A stray node already in the target goes; its subtree with it.
     mkdirs(&t, "/config/stale/deeper").await;
 
@@ -56,13 +65,31 @@ async fn initial_sync_copies_a_mixed_tree_exactly_and_removes_strays() {
     ));
     await_in_sync(&bridge.config(), CONVERGE).await;
 
-    for (path, data) in tree.iter().step_by(97).chain(tree.iter().filter(|(_, d)| d.len() >= 1_000_000)) {
+    for (path, data) in tree
+        .iter()
+        .step_by(97)
+        .chain(tree.iter().filter(|(_, d)| d.len() >= 1_000_000))
+    {
         assert_eq!(get(&t, path).await.as_deref(), Some(data.as_slice()), "{path} differs");
     }
-    assert_eq!(get(&t, "/config/session-lock").await, None, "ephemeral must not be copied");
-    assert_eq!(get(&t, "/config/stale").await, None, "stray target node must be deleted");
-    eventually("readyz turns 200", CONVERGE, async || bridge.http_get("/readyz").is_some_and(|(c, _)| c == 200)).await;
-    assert_eq!(bridge.metric("zkbridge_mirrored_nodes", &[("route", "config"), ("target", "eu-west")]), 2000.0);
+    assert_eq!(
+        get(&t, "/config/session-lock").await,
+        None,
+        "ephemeral must not be copied"
+    );
+    assert_eq!(
+        get(&t, "/config/stale").await,
+        None,
+        "stray target node must be deleted"
+    );
+    eventually("readyz turns 200", CONVERGE, async || {
+        bridge.http_get("/readyz").is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert_eq!(
+        bridge.metric("zkbridge_mirrored_nodes", &[("route", "config"), ("target", "eu-west")]),
+        2000.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +105,21 @@ async fn live_changes_reach_a_remapped_filtered_target() {
     let mut bridge = Bridge::start(&format!(
         "{}{}",
         ensembles(&[("us-east", &src), ("eu-west", &dst)]),
-        route("app", "us-east:/app", &["eu-west:/mirror/us-east/app"], "exclude = [\"locks/**\", \"tmp\"]")
+        route(
+            "app",
+            "us-east:/app",
+            &["eu-west:/mirror/us-east/app"],
+            "exclude = [\"locks/**\", \"tmp\"]"
+        )
     ));
     await_in_sync(&bridge.config(), CONVERGE).await;
     assert!(get(&t, "/mirror/us-east/app/services/api").await.is_some());
     assert_eq!(get(&t, "/mirror/us-east/app/tmp").await, None, "excluded node copied");
-    assert_eq!(get(&t, "/mirror/us-east/app/locks/l1").await, None, "excluded subtree copied");
+    assert_eq!(
+        get(&t, "/mirror/us-east/app/locks/l1").await,
+        None,
+        "excluded subtree copied"
+    );
 
     // Creates, updates, a subtree delete, and changes to excluded paths.
     create(&s, "/app/services/api/v1", b"{\"port\":8080}").await;
@@ -92,23 +128,38 @@ async fn live_changes_reach_a_remapped_filtered_target() {
     create(&s, "/app/locks/l2", b"x").await;
     s.set_data("/app/tmp", b"changed", None).await.unwrap();
     mkdirs(&s, "/app/doomed/x/y").await;
-    eventually("doomed subtree mirrored", CONVERGE, async || get(&t, "/mirror/us-east/app/doomed/x/y").await.is_some()).await;
+    eventually("doomed subtree mirrored", CONVERGE, async || {
+        get(&t, "/mirror/us-east/app/doomed/x/y").await.is_some()
+    })
+    .await;
     delete_tree(&s, "/app/doomed").await;
     // Rapid successive writes coalesce; the last value must win.
     for i in 0..50 {
-        s.set_data("/app/services/api/v1", format!("v{i}").as_bytes(), None).await.unwrap();
+        s.set_data("/app/services/api/v1", format!("v{i}").as_bytes(), None)
+            .await
+            .unwrap();
     }
 
     await_in_sync(&bridge.config(), CONVERGE).await;
-    assert_eq!(get(&t, "/mirror/us-east/app/services/api").await.as_deref(), Some(&b"updated"[..]));
-    assert_eq!(get(&t, "/mirror/us-east/app/services/api/v1").await.as_deref(), Some(&b"v49"[..]));
+    assert_eq!(
+        get(&t, "/mirror/us-east/app/services/api").await.as_deref(),
+        Some(&b"updated"[..])
+    );
+    assert_eq!(
+        get(&t, "/mirror/us-east/app/services/api/v1").await.as_deref(),
+        Some(&b"v49"[..])
+    );
     assert!(get(&t, "/mirror/us-east/app/services/web/a/b/c").await.is_some());
     assert_eq!(get(&t, "/mirror/us-east/app/doomed").await, None);
     assert_eq!(get(&t, "/mirror/us-east/app/locks/l2").await, None);
     assert_eq!(get(&t, "/mirror/us-east/app/tmp").await, None);
     let applied = bridge.metric("zkbridge_applied_ops_total", &[("route", "app"), ("target", "eu-west")]);
     assert!(applied > 0.0);
-    assert_eq!(bridge.stop().map(|s| s.code()), Some(Some(0)), "clean stop on SIGTERM exits 0");
+    assert_eq!(
+        bridge.stop().map(|s| s.code()),
+        Some(Some(0)),
+        "clean stop on SIGTERM exits 0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +183,11 @@ async fn a_stopped_target_catches_up_while_the_other_keeps_receiving() {
     }
     s.set_data("/svc", b"new-root-data", None).await.unwrap();
     // Target a converges while b is down.
-    eventually("target a receives all 100 nodes while b is down", CONVERGE, async || {
-        get(&ta, "/svc/n99").await.is_some() && ta.list_children("/svc").await.unwrap().len() == 100
-    })
+    eventually(
+        "target a receives all 100 nodes while b is down",
+        CONVERGE,
+        async || get(&ta, "/svc/n99").await.is_some() && ta.list_children("/svc").await.unwrap().len() == 100,
+    )
     .await;
     assert_eq!(get(&ta, "/svc").await.as_deref(), Some(&b"new-root-data"[..]));
 
@@ -163,7 +216,9 @@ async fn source_connection_loss_and_session_expiry_lose_nothing() {
     src.restart();
     let s = src.client().await;
     create(&s, "/data/after-restart", b"2").await;
-    s.set_data("/data/before", b"changed-after-restart", None).await.unwrap();
+    s.set_data("/data/before", b"changed-after-restart", None)
+        .await
+        .unwrap();
     await_in_sync(&bridge.config(), CONVERGE).await;
 
     // Session expiry: the server stays away longer than the session timeout
@@ -182,7 +237,10 @@ async fn source_connection_loss_and_session_expiry_lose_nothing() {
     let t = dst.client().await;
     assert_eq!(get(&t, "/data/after-expiry").await.as_deref(), Some(&b"3"[..]));
     assert_eq!(get(&t, "/data/after-restart").await, None);
-    assert_eq!(get(&t, "/data/before").await.as_deref(), Some(&b"changed-after-restart"[..]));
+    assert_eq!(
+        get(&t, "/data/before").await.as_deref(),
+        Some(&b"changed-after-restart"[..])
+    );
     assert!(bridge.metric("zkbridge_resyncs_total", &[("reason", "session_expired")]) >= 1.0);
 }
 
@@ -203,11 +261,20 @@ async fn deleted_and_recreated_source_root_reaches_the_target() {
     await_in_sync(&bridge.config(), CONVERGE).await;
 
     delete_tree(&s, "/open").await;
-    eventually("open root deleted in target", CONVERGE, async || get(&t, "/open").await.is_none()).await;
+    eventually("open root deleted in target", CONVERGE, async || {
+        get(&t, "/open").await.is_none()
+    })
+    .await;
 
     delete_tree(&s, "/guarded").await;
-    eventually("guarded root's children deleted", CONVERGE, async || get(&t, "/guarded/a").await.is_none()).await;
-    assert!(get(&t, "/guarded").await.is_some(), "allow_root_delete = false keeps the target root");
+    eventually("guarded root's children deleted", CONVERGE, async || {
+        get(&t, "/guarded/a").await.is_none()
+    })
+    .await;
+    assert!(
+        get(&t, "/guarded").await.is_some(),
+        "allow_root_delete = false keeps the target root"
+    );
     assert!(bridge.metric("zkbridge_deletes_blocked_total", &[("route", "guarded")]) >= 1.0);
 
     create(&s, "/guarded", b"reborn").await;

@@ -47,15 +47,25 @@ pub struct ZkServer {
 
 impl ZkServer {
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
         let mut cmd = Command::new("java");
-        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", CLASSPATH])
-            .arg("-Dzookeeper.extendedTypesEnabled=true")
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(self.dir.join("zoo.cfg"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.args([
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            CLASSPATH,
+        ])
+        .arg("-Dzookeeper.extendedTypesEnabled=true")
+        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+        .arg(self.dir.join("zoo.cfg"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().expect("start java (is the zookeeper package installed?)"));
     }
@@ -73,7 +83,12 @@ impl ZkServer {
     fn wait_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.is_serving() {
-            assert!(Instant::now() < deadline, "ZooKeeper on port {} did not start; log in {}", self.port, self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "ZooKeeper on port {} did not start; log in {}",
+                self.port,
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -140,7 +155,11 @@ impl Zk {
             let _ = quorum;
             let _ = election;
             std::fs::write(sdir.join("zoo.cfg"), cfg).unwrap();
-            let mut server = ZkServer { port: *client, dir: sdir, child: None };
+            let mut server = ZkServer {
+                port: *client,
+                dir: sdir,
+                child: None,
+            };
             server.spawn();
             servers.push(server);
         }
@@ -151,13 +170,21 @@ impl Zk {
     }
 
     pub fn connect_string(&self) -> String {
-        self.servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>().join(",")
+        self.servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub async fn client(&self) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Client::connector().with_session_timeout(Duration::from_secs(10)).connect(&self.connect_string()).await {
+            match Client::connector()
+                .with_session_timeout(Duration::from_secs(10))
+                .connect(&self.connect_string())
+                .await
+            {
                 Ok(c) => return c,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("test client: connect failed ({e}); retrying");
@@ -189,7 +216,10 @@ pub async fn mkdirs(c: &Client, path: &str) {
     for seg in path.trim_start_matches('/').split('/') {
         cur.push('/');
         cur.push_str(seg);
-        match c.create(&cur, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all())).await {
+        match c
+            .create(&cur, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+            .await
+        {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
             Err(e) => panic!("create {cur}: {e}"),
         }
@@ -271,17 +301,33 @@ impl Bridge {
     /// Starts the bridge with `toml` (a `[bridge]` table with `listen` and
     /// fast settings is prepended).
     pub fn start(toml: &str) -> Bridge {
-        let dir = tempfile::Builder::new().prefix("zkbridge-test-bridge").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("zkbridge-test-bridge")
+            .tempdir()
+            .unwrap();
         let listen = format!("127.0.0.1:{}", free_port());
         let config_path = dir.path().join("zkbridge.toml");
-        std::fs::write(&config_path, format!("[bridge]\nid = \"test-bridge\"\nlisten = \"{listen}\"\n{toml}")).unwrap();
-        let mut bridge = Bridge { child: None, dir, listen, config_path };
+        std::fs::write(
+            &config_path,
+            format!("[bridge]\nid = \"test-bridge\"\nlisten = \"{listen}\"\n{toml}"),
+        )
+        .unwrap();
+        let mut bridge = Bridge {
+            child: None,
+            dir,
+            listen,
+            config_path,
+        };
         bridge.spawn();
         bridge
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("-c")
@@ -358,7 +404,9 @@ impl Bridge {
             .iter()
             .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => 0.0,
             })
             .sum()
@@ -383,7 +431,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     // axum answers small bodies with Content-Length; chunked only if large.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Some((code, body))
 }
 
@@ -407,7 +459,10 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -419,7 +474,11 @@ pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duratio
         match zkbridge::diff::diff(config, None).await {
             Ok(d) if d.is_empty() => return,
             Ok(d) if Instant::now() > deadline => {
-                panic!("not in sync after {timeout:?}: {} difference(s), first: {:?}", d.len(), &d[..d.len().min(5)])
+                panic!(
+                    "not in sync after {timeout:?}: {} difference(s), first: {:?}",
+                    d.len(),
+                    &d[..d.len().min(5)]
+                )
             }
             Err(e) if Instant::now() > deadline => panic!("diff failed: {e:#}"),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -430,7 +489,12 @@ pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duratio
 /// The `[ensembles.*]` table for named servers.
 pub fn ensembles(list: &[(&str, &Zk)]) -> String {
     list.iter()
-        .map(|(name, zk)| format!("[ensembles.{name}]\nconnect = \"{}\"\nsession_timeout_ms = 4000\n", zk.connect_string()))
+        .map(|(name, zk)| {
+            format!(
+                "[ensembles.{name}]\nconnect = \"{}\"\nsession_timeout_ms = 4000\n",
+                zk.connect_string()
+            )
+        })
         .collect()
 }
 

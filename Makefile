@@ -1,0 +1,22 @@
+# zkbridge: `make run` for the quick start, `make test` for the test suite.
+.PHONY: run test lint build clean
+
+run:
+	scripts/run-local.sh
+
+# Integration tests start real ZooKeeper servers (JVMs); two at a time suits
+# a 2-core machine.
+test:
+	scripts/install-deps.sh
+	cargo test --all-targets -- --test-threads=2
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+build:
+	cargo build --release
+
+clean:
+	cargo clean
+	rm -rf .run
