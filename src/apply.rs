@@ -540,7 +540,10 @@ mod tests {
     use super::*;
 
     fn rels(batches: &[Vec<Op>]) -> Vec<std::collections::BTreeSet<String>> {
-        batches.iter().map(|b| b.iter().map(|o| o.rel().to_string()).collect()).collect()
+        batches
+            .iter()
+            .map(|b| b.iter().map(|o| o.rel().to_string()).collect())
+            .collect()
     }
 
     #[test]
