@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error, MultiWriteError};
 
+use crate::checkpoint::{
+    checkpoint_path, ensemble_id, get_json, now_ms, progress_path, put_json, Checkpoint, Progress,
+};
 use crate::config::{BridgeConfig, Endpoint, Route};
 use crate::metrics::Metrics;
 use crate::plan::{self, Op};
@@ -35,6 +38,8 @@ const CREATE_OPTIONS: CreateOptions<'static> = CreateMode::Persistent.with_acls(
 pub struct WorkerStatus {
     pub initial_sync_done: AtomicBool,
     pub last_error: Mutex<Option<String>>,
+    /// The last checkpoint this worker committed.
+    pub checkpoint: Mutex<Option<Checkpoint>>,
 }
 
 /// Limits for writing to a target.
@@ -55,6 +60,13 @@ impl From<&BridgeConfig> for Limits {
     }
 }
 
+/// Who this instance is and where its own znodes live.
+#[derive(Clone)]
+pub struct Identity {
+    pub bridge_id: String,
+    pub meta_path: String,
+}
+
 /// Metric handles of one route/target, resolved once.
 struct TargetMetrics {
     creates: IntCounter,
@@ -64,6 +76,10 @@ struct TargetMetrics {
     latency: Histogram,
     mirrored: IntGauge,
     deletes_blocked: IntCounter,
+    checkpoint_zxid: IntGauge,
+    resume_scanned: IntCounter,
+    resume_reads: IntCounter,
+    resume_writes: IntCounter,
     metrics: Arc<Metrics>,
     labels: [String; 2],
 }
@@ -79,6 +95,10 @@ impl TargetMetrics {
             latency: metrics.replication_latency.with_label_values(&[route, target]),
             mirrored: metrics.mirrored_nodes.with_label_values(&[route, target]),
             deletes_blocked: metrics.deletes_blocked.with_label_values(&[route, target]),
+            checkpoint_zxid: metrics.checkpoint_zxid.with_label_values(&[route, target]),
+            resume_scanned: metrics.resume_nodes_scanned.with_label_values(&[route, target]),
+            resume_reads: metrics.resume_target_reads.with_label_values(&[route, target]),
+            resume_writes: metrics.resume_target_writes.with_label_values(&[route, target]),
             labels: [route.to_string(), target.to_string()],
             metrics,
         }
@@ -123,6 +143,9 @@ pub struct Worker {
     limits: Limits,
     status: Arc<WorkerStatus>,
     metrics: TargetMetrics,
+    identity: Identity,
+    /// The source ensemble's id, learnt at the first (re)sync.
+    source_id: Mutex<Option<String>>,
 }
 
 /// Why an attempt must be retried later as a whole.
@@ -141,10 +164,11 @@ impl Worker {
         (source_zk, target_zk): (Ensemble, Ensemble),
         queue: Arc<TargetQueue>,
         status: Arc<WorkerStatus>,
-        limits: Limits,
+        (limits, identity): (Limits, Identity),
         metrics: Arc<Metrics>,
     ) -> Self {
         let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
+        let source_id = Mutex::new(None);
         Worker {
             route,
             target,
@@ -154,6 +178,8 @@ impl Worker {
             limits,
             status,
             metrics,
+            identity,
+            source_id,
         }
     }
 
@@ -167,6 +193,7 @@ impl Worker {
                 if *shutdown.borrow() {
                     break;
                 }
+                self.maybe_checkpoint().await;
                 let Some(work) = self.queue.take(self.limits.batch_max_ops * 4) else {
                     let parked = self.queue.next_parked_due();
                     tokio::select! {
@@ -180,7 +207,7 @@ impl Worker {
                     Work::Resync(reason) => self.resync(reason).await.map_err(|e| (e, Some(reason), Vec::new())),
                     Work::Paths(paths) => self.reconcile(paths).await.map_err(|(e, p)| (e, None, p)),
                 };
-                self.queue.refresh_gauge();
+                self.queue.settle();
                 match result {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);
@@ -215,23 +242,116 @@ impl Worker {
         )
     }
 
-    /// Full scan of source and target, then the plan that makes them equal.
+    /// Commits the newest fully applied heartbeat barrier as the checkpoint
+    /// (target) and as progress (source). Written only after the data it
+    /// covers, so a crash can leave the checkpoint behind the data, never
+    /// ahead of it.
+    async fn maybe_checkpoint(&self) {
+        let Some(barrier) = self.queue.reached_barrier() else {
+            return;
+        };
+        let last = self
+            .status
+            .checkpoint
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|c| c.source_zxid)
+            .unwrap_or(-1);
+        if barrier.zxid <= last {
+            return;
+        }
+        let Some(source_id) = self.source_id.lock().unwrap().clone() else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            version: 1,
+            source_ensemble_id: source_id,
+            source_zxid: barrier.zxid,
+            heartbeat_ts_ms: barrier.ts_ms,
+            bridge: self.identity.bridge_id.clone(),
+            updated_ms: now_ms(),
+        };
+        let (src, tgt) = self.clients().await;
+        let (route, target) = (self.route.name(), self.target.ensemble.as_str());
+        let meta = &self.identity.meta_path;
+        if let Err(e) = put_json(&tgt, &checkpoint_path(meta, route, target), &checkpoint).await {
+            warn!(error = %e, "cannot write checkpoint; the next heartbeat retries");
+            self.metrics.error(error_kind(&e));
+            return;
+        }
+        self.metrics.checkpoint_zxid.set(barrier.zxid);
+        *self.status.checkpoint.lock().unwrap() = Some(checkpoint);
+        let progress = Progress {
+            source_zxid: barrier.zxid,
+            ts_ms: barrier.ts_ms,
+        };
+        if let Err(e) = put_json(&src, &progress_path(meta, route, target), &progress).await {
+            debug!(error = %e, "cannot write progress to the source; the next checkpoint retries");
+        }
+    }
+
+    /// Full scan of the source; then either a full scan of the target and
+    /// the plan that makes them equal, or — with a valid checkpoint C — a
+    /// resume that reads and writes the target only where the source changed
+    /// after C.
     async fn resync(&self, reason: ResyncReason) -> Result<(), Interrupted> {
-        self.metrics.resync(reason);
         let started = Instant::now();
         let (src, tgt) = self.clients().await;
         let route = &self.route;
+        let meta = &self.identity.meta_path;
+        let source_id = ensemble_id(&src, meta)
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+        ensemble_id(&tgt, meta)
+            .await
+            .map_err(|source| Interrupted { side: "target", source })?;
+        *self.source_id.lock().unwrap() = Some(source_id.clone());
+        let stored: Option<Checkpoint> = get_json(&tgt, &checkpoint_path(meta, route.name(), &self.target.ensemble))
+            .await
+            .map_err(|source| Interrupted { side: "target", source })?;
+        let resume_from = match (&stored, reason) {
+            (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => None,
+            (Some(c), _) if c.source_ensemble_id == source_id => Some(c.source_zxid),
+            (Some(c), _) => {
+                warn!(
+                    checkpoint_source = %c.source_ensemble_id,
+                    current_source = %source_id,
+                    "checkpoint belongs to another source ensemble (rebuilt or re-pointed): full resync"
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let mismatch = stored.as_ref().is_some_and(|c| c.source_ensemble_id != source_id);
+        self.metrics.resync(if mismatch {
+            ResyncReason::CheckpointMismatch
+        } else {
+            reason
+        });
+        if self.status.checkpoint.lock().unwrap().is_none() && !mismatch {
+            if let Some(c) = &stored {
+                self.metrics.checkpoint_zxid.set(c.source_zxid);
+                *self.status.checkpoint.lock().unwrap() = Some(c.clone());
+            }
+        }
+
         let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
             !route.filter.excluded(rel)
         })
         .await
         .map_err(|source| Interrupted { side: "source", source })?;
-        let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
-            !route.filter.excluded(rel)
-        })
-        .await
-        .map_err(|source| Interrupted { side: "target", source })?;
-        let mut ops = plan::plan(route, &source, &target);
+        let mut ops = match resume_from {
+            Some(c) if !source.is_empty() => self.resume_plan(&tgt, &source, c).await?,
+            _ => {
+                let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
+                    !route.filter.excluded(rel)
+                })
+                .await
+                .map_err(|source| Interrupted { side: "target", source })?;
+                plan::plan(route, &source, &target)
+            }
+        };
         if source.is_empty() && !route.config.allow_root_delete {
             let held = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
             if held > 0 {
@@ -251,6 +371,9 @@ impl Worker {
             self.ensure_target_parent(&tgt).await?;
         }
         let planned = ops.len();
+        if resume_from.is_some() {
+            self.metrics.resume_writes.inc_by(planned as u64);
+        }
         let since = Instant::now();
         let dirty = BTreeMap::new();
         self.write(&tgt, ops, &dirty, since).await?;
@@ -259,23 +382,107 @@ impl Worker {
             .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
             .count();
         self.metrics.mirrored.set(mirrored as i64);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let how = if resume_from.is_some() {
+            "resumed from checkpoint"
+        } else {
+            "full"
+        };
         if !self.status.initial_sync_done.swap(true, Ordering::Relaxed) {
-            info!(
-                nodes = mirrored,
-                ops = planned,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "initial sync done"
-            );
+            info!(nodes = mirrored, ops = planned, elapsed_ms, how, "initial sync done");
         } else {
             info!(
                 reason = reason.as_str(),
                 nodes = mirrored,
                 ops = planned,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms,
+                how,
                 "resync done"
             );
         }
         Ok(())
+    }
+
+    /// The ops a resume from checkpoint `c` needs: the target is read only
+    /// for source nodes changed after `c` (`mzxid > c`) and for the child
+    /// lists of source nodes whose children changed after `c` (`pzxid > c`,
+    /// the only place a delete can hide).
+    async fn resume_plan(&self, tgt: &Client, source: &tree::Tree, c: i64) -> Result<Vec<Op>, Interrupted> {
+        let route = &self.route;
+        let read = |n: &NodeState| n.stat.ephemeral_owner != -1;
+        let changed: Vec<String> = source
+            .iter()
+            .filter(|(_, n)| read(n) && n.stat.mzxid > c)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let reparented: Vec<String> = source
+            .iter()
+            .filter(|(_, n)| read(n) && n.stat.pzxid > c)
+            .map(|(r, _)| r.clone())
+            .collect();
+        self.metrics.resume_scanned.inc_by(source.len() as u64);
+        self.metrics
+            .resume_reads
+            .inc_by((changed.len() + reparented.len()) as u64);
+        let fail = |source| Interrupted { side: "target", source };
+        let target_nodes = tree::read_nodes(tgt, &self.target.path, &changed, self.limits.max_in_flight)
+            .await
+            .map_err(fail)?;
+        let target_lists = tree::scan_from(
+            tgt,
+            &self.target.path,
+            reparented.clone(),
+            self.limits.max_in_flight,
+            |_| false,
+        )
+        .await
+        .map_err(fail)?;
+
+        let mut upserts = Vec::new();
+        for (rel, t) in changed.iter().zip(target_nodes) {
+            let t = t.map(|(data, stat)| NodeState {
+                data,
+                stat,
+                children: Vec::new(),
+            });
+            if let Some(op) = plan::decide(route, rel, source.get(rel), t.as_ref(), false) {
+                upserts.push(op);
+            }
+        }
+        let mut delete_roots = Vec::new();
+        for parent_rel in &reparented {
+            let Some(listed) = target_lists.get(parent_rel) else {
+                continue;
+            };
+            for child in &listed.children {
+                let rel = if parent_rel.is_empty() {
+                    child.clone()
+                } else {
+                    format!("{parent_rel}/{child}")
+                };
+                let present = NodeState {
+                    data: Vec::new(),
+                    stat: listed.stat,
+                    children: Vec::new(),
+                };
+                if let Some(Op::Delete { rel }) = plan::decide(route, &rel, source.get(&rel), Some(&present), false) {
+                    delete_roots.push(rel);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        if !delete_roots.is_empty() {
+            let subtree = tree::scan_from(tgt, &self.target.path, delete_roots, self.limits.max_in_flight, |_| {
+                true
+            })
+            .await
+            .map_err(fail)?;
+            self.metrics.resume_reads.inc_by(subtree.len() as u64);
+            ops.extend(subtree.into_keys().rev().map(|rel| Op::Delete { rel }));
+        }
+        upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
+        ops.extend(upserts);
+        Ok(ops)
     }
 
     /// Creates the target path's ancestors (not the path itself, which is the
@@ -416,7 +623,11 @@ impl Worker {
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let rel = op.rel().to_string();
-        let d = dirty.get(&rel).copied().unwrap_or(Dirty { since, scaffold: false });
+        let d = dirty.get(&rel).copied().unwrap_or(Dirty {
+            since,
+            scaffold: false,
+            seq: 0,
+        });
         match commit_single(tgt, base, &op).await {
             Ok(()) => {
                 self.metrics.batches.inc();
@@ -427,16 +638,7 @@ impl Worker {
             Err(Error::NoNode) if matches!(op, Op::Create { .. }) => {
                 // The target lacks the parent: make it exist first.
                 let p = parent(&rel).unwrap_or("").to_string();
-                self.queue.requeue([
-                    (
-                        p,
-                        Dirty {
-                            since: d.since,
-                            scaffold: true,
-                        },
-                    ),
-                    (rel, d),
-                ]);
+                self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
             }
             Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => self.queue.requeue([(rel, d)]),
             Err(e) if is_transient(&e) => {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::apply::{Limits, Worker, WorkerStatus};
+use crate::apply::{Identity, Limits, Worker, WorkerStatus};
 use crate::capture::Capture;
 use crate::config::Resolved;
 use crate::metrics::Metrics;
@@ -24,6 +24,13 @@ pub struct WorkerHandle {
     pub target_path: String,
     pub status: Arc<WorkerStatus>,
     pub queue: Arc<TargetQueue>,
+}
+
+impl WorkerHandle {
+    fn lag_seconds(&self) -> Option<f64> {
+        let ts = self.status.checkpoint.lock().unwrap().as_ref()?.heartbeat_ts_ms;
+        Some(((crate::checkpoint::now_ms() - ts) as f64 / 1000.0).max(0.0))
+    }
 }
 
 /// Shared state of a running bridge.
@@ -40,6 +47,10 @@ pub struct RouteTargetStatus {
     pub target_path: String,
     pub leader: Option<String>,
     pub initial_sync_done: bool,
+    /// Source zxid of the last checkpoint, `0x…`.
+    pub checkpoint_zxid: Option<String>,
+    /// Now minus the heartbeat time of the last checkpoint.
+    pub lag_seconds: Option<f64>,
     pub pending_paths: i64,
     pub last_error: Option<String>,
 }
@@ -63,6 +74,14 @@ impl Bridge {
                 // Without leases (a later release) this instance is the only writer.
                 leader: Some(self.id.clone()),
                 initial_sync_done: w.status.initial_sync_done.load(Ordering::Relaxed),
+                checkpoint_zxid: w
+                    .status
+                    .checkpoint
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|c| format!("{:#x}", c.source_zxid)),
+                lag_seconds: w.lag_seconds(),
                 pending_paths: self
                     .metrics
                     .pending_paths
@@ -107,6 +126,10 @@ pub fn start(
     let mut tasks = Vec::new();
     let mut workers = Vec::new();
     let limits = Limits::from(&config.config.bridge);
+    let identity = Identity {
+        bridge_id: config.config.bridge.id.clone(),
+        meta_path: config.config.bridge.meta_path.clone(),
+    };
     for route in &config.routes {
         let source = ensemble(&route.source.ensemble);
         let mut queues = Vec::new();
@@ -124,7 +147,7 @@ pub fn start(
                 (source.clone(), ensemble(&target.ensemble)),
                 queue.clone(),
                 status.clone(),
-                limits,
+                (limits, identity.clone()),
                 metrics.clone(),
             );
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
@@ -142,6 +165,9 @@ pub fn start(
             source,
             queues,
             metrics: metrics.clone(),
+            bridge_id: config.config.bridge.id.clone(),
+            meta_path: config.config.bridge.meta_path.clone(),
+            heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
         };
         tasks.push(tokio::spawn(capture.run(shutdown.clone())));
     }
@@ -150,7 +176,29 @@ pub fn start(
         metrics,
         workers,
     });
+    tasks.push(tokio::spawn(track_lag(bridge.clone(), shutdown.clone())));
     (bridge, tasks)
+}
+
+/// Keeps `zkbridge_lag_seconds` current: lag grows while a target is away,
+/// so it cannot wait for the next checkpoint to be updated.
+async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.changed() => return,
+        }
+        for w in &bridge.workers {
+            if let Some(lag) = w.lag_seconds() {
+                bridge
+                    .metrics
+                    .lag_seconds
+                    .with_label_values(&[&w.route, &w.target])
+                    .set(lag);
+            }
+        }
+    }
 }
 
 /// Runs the bridge until `shutdown` turns true, then stops every task,

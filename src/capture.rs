@@ -8,10 +8,13 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
+use prometheus::IntCounter;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
+use crate::checkpoint::{heartbeat_path, now_ms, put_json, Heartbeat};
 use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::queue::{ResyncReason, TargetQueue};
@@ -23,6 +26,14 @@ pub struct Capture {
     pub source: Ensemble,
     pub queues: Vec<Arc<TargetQueue>>,
     pub metrics: Arc<Metrics>,
+    pub bridge_id: String,
+    pub meta_path: String,
+    pub heartbeat_interval: std::time::Duration,
+}
+
+enum Flow {
+    Continue,
+    SessionEnded,
 }
 
 impl Capture {
@@ -60,57 +71,106 @@ impl Capture {
                 info!(session = %session.client.session_id(), "source watch armed");
                 self.resync_all(reason);
                 let mut disconnected = false;
+                let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let event = tokio::select! {
                         e = watcher.changed() => e,
+                        _ = heartbeat.tick() => {
+                            self.heartbeat(&session.client, &mut watcher, &kinds, &mut disconnected).await;
+                            continue;
+                        }
                         _ = shutdown.changed() => return,
                     };
-                    match event.event_type {
-                        EventType::Session => match event.session_state {
-                            SessionState::Disconnected => disconnected = true,
-                            SessionState::SyncConnected | SessionState::ConnectedReadOnly if disconnected => {
-                                // Events may have been lost while away.
-                                disconnected = false;
-                                info!("source reconnected; rescanning to cover events lost in the gap");
-                                self.resync_all(ResyncReason::Reconnect);
-                            }
-                            s if s.is_terminated() => {
-                                warn!(state = ?s, "source session ended; re-arming on a new session");
-                                reason = ResyncReason::SessionExpired;
-                                break;
-                            }
-                            _ => {}
-                        },
-                        EventType::NodeChildrenChanged => {}
-                        kind => {
-                            let Some(rel) = relative(&self.route.source.path, &event.path) else {
-                                continue;
-                            };
-                            let idx = match kind {
-                                EventType::NodeCreated => 0,
-                                EventType::NodeDataChanged => 1,
-                                _ => 2,
-                            };
-                            kinds[idx].inc();
-                            if self.route.filter.excluded(rel) {
-                                continue;
-                            }
-                            if rel.is_empty() && kind == EventType::NodeCreated {
-                                // A re-created root: what it holds now may
-                                // differ from the target in any way.
-                                self.resync_all(ResyncReason::SourceRoot);
-                                continue;
-                            }
-                            for q in &self.queues {
-                                q.mark(rel, false);
-                            }
-                        }
+                    if let Flow::SessionEnded = self.handle(event, &kinds, &mut disconnected) {
+                        reason = ResyncReason::SessionExpired;
+                        break;
                     }
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes the route's heartbeat in the source and, once the reply (zxid
+    /// H) is back, hands every target a barrier at H. The client's session
+    /// task pushes a watch event into the watcher's channel before it
+    /// completes any reply that follows it on the wire, and the server sends
+    /// a session's events and replies in zxid order; so after the reply,
+    /// draining the channel handles every event of a transaction ≤ H before
+    /// the barrier is placed.
+    async fn heartbeat(
+        &self,
+        client: &zookeeper_client::Client,
+        watcher: &mut zookeeper_client::PersistentWatcher,
+        kinds: &[IntCounter; 3],
+        disconnected: &mut bool,
+    ) {
+        let ts_ms = now_ms();
+        let beat = Heartbeat {
+            bridge: self.bridge_id.clone(),
+            ts_ms,
+        };
+        match put_json(client, &heartbeat_path(&self.meta_path, self.route.name()), &beat).await {
+            Ok(zxid) => {
+                while let Some(event) = watcher.changed().now_or_never() {
+                    if let Flow::SessionEnded = self.handle(event, kinds, disconnected) {
+                        // The next changed() call would panic; the main loop
+                        // sees the same terminal state via the session.
+                        return;
+                    }
+                }
+                for q in &self.queues {
+                    q.barrier(zxid, ts_ms);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot write heartbeat to the source; checkpoints wait"),
+        }
+    }
+
+    fn handle(&self, event: zookeeper_client::WatchedEvent, kinds: &[IntCounter; 3], disconnected: &mut bool) -> Flow {
+        match event.event_type {
+            EventType::Session => match event.session_state {
+                SessionState::Disconnected => *disconnected = true,
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly if *disconnected => {
+                    // Events may have been lost while away.
+                    *disconnected = false;
+                    info!("source reconnected; rescanning to cover events lost in the gap");
+                    self.resync_all(ResyncReason::Reconnect);
+                }
+                s if s.is_terminated() => {
+                    warn!(state = ?s, "source session ended; re-arming on a new session");
+                    return Flow::SessionEnded;
+                }
+                _ => {}
+            },
+            EventType::NodeChildrenChanged => {}
+            kind => {
+                let Some(rel) = relative(&self.route.source.path, &event.path) else {
+                    return Flow::Continue;
+                };
+                let idx = match kind {
+                    EventType::NodeCreated => 0,
+                    EventType::NodeDataChanged => 1,
+                    _ => 2,
+                };
+                kinds[idx].inc();
+                if self.route.filter.excluded(rel) {
+                    return Flow::Continue;
+                }
+                if rel.is_empty() && kind == EventType::NodeCreated {
+                    // A re-created root: what it holds now may differ from
+                    // the target in any way.
+                    self.resync_all(ResyncReason::SourceRoot);
+                    return Flow::Continue;
+                }
+                for q in &self.queues {
+                    q.mark(rel, false);
+                }
+            }
+        }
+        Flow::Continue
     }
 
     fn resync_all(&self, reason: ResyncReason) {

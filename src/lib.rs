@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod bridge;
 pub mod capture;
+pub mod checkpoint;
 pub mod config;
 pub mod diff;
 pub mod http;

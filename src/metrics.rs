@@ -29,6 +29,9 @@ pub struct Metrics {
     pub deletes_blocked: IntCounterVec,
     pub drift_nodes: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub resume_nodes_scanned: IntCounterVec,
+    pub resume_target_reads: IntCounterVec,
+    pub resume_target_writes: IntCounterVec,
 }
 
 const RT: &[&str] = &["route", "target"];
@@ -164,6 +167,27 @@ impl Metrics {
                 "zkbridge_build_info",
                 "Always 1; the version label says which build runs",
                 &["version"],
+                r
+            )
+            .unwrap(),
+            resume_nodes_scanned: register_int_counter_vec_with_registry!(
+                "zkbridge_resume_nodes_scanned_total",
+                "Source nodes scanned by resumes from a checkpoint",
+                RT,
+                r
+            )
+            .unwrap(),
+            resume_target_reads: register_int_counter_vec_with_registry!(
+                "zkbridge_resume_target_reads_total",
+                "Target nodes read by resumes from a checkpoint",
+                RT,
+                r
+            )
+            .unwrap(),
+            resume_target_writes: register_int_counter_vec_with_registry!(
+                "zkbridge_resume_target_writes_total",
+                "Target writes issued by resumes from a checkpoint",
+                RT,
                 r
             )
             .unwrap(),

@@ -22,6 +22,7 @@ pub enum ResyncReason {
     SessionExpired,
     Overflow,
     SourceRoot,
+    CheckpointMismatch,
 }
 
 impl ResyncReason {
@@ -32,6 +33,7 @@ impl ResyncReason {
             ResyncReason::SessionExpired => "session_expired",
             ResyncReason::Overflow => "overflow",
             ResyncReason::SourceRoot => "source_root",
+            ResyncReason::CheckpointMismatch => "checkpoint_mismatch",
         }
     }
 }
@@ -42,6 +44,18 @@ impl ResyncReason {
 pub struct Dirty {
     pub since: Instant,
     pub scaffold: bool,
+    /// Order in which the path was (first) marked: a heartbeat barrier is
+    /// reached once nothing marked before it is still pending.
+    pub seq: u64,
+}
+
+/// A point in the source's event stream: every event received before the
+/// heartbeat reply with zxid `zxid` was marked before this barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub zxid: i64,
+    pub ts_ms: i64,
+    seq: u64,
 }
 
 #[derive(Default)]
@@ -52,6 +66,12 @@ struct State {
     /// still counted as pending meanwhile.
     parked: BTreeMap<String, (Dirty, Instant)>,
     resync: Option<ResyncReason>,
+    /// A resync taken by the worker and not yet finished.
+    resync_active: bool,
+    /// Smallest seq among paths taken by the worker and not yet settled.
+    in_flight_min: Option<u64>,
+    next_seq: u64,
+    barriers: std::collections::VecDeque<Barrier>,
 }
 
 impl State {
@@ -86,6 +106,8 @@ impl TargetQueue {
     /// Marks a path (relative to the route root) dirty.
     pub fn mark(&self, rel: &str, scaffold: bool) {
         let mut st = self.state.lock().unwrap();
+        st.next_seq += 1;
+        let seq = st.next_seq;
         if st.resync.is_some() {
             // A pending full scan covers this change already.
             return;
@@ -103,6 +125,7 @@ impl TargetQueue {
                         Dirty {
                             since: Instant::now(),
                             scaffold,
+                            seq,
                         },
                     );
                 }
@@ -135,6 +158,7 @@ impl TargetQueue {
                 let e = st.dirty.entry(rel).or_insert(d);
                 e.since = e.since.min(d.since);
                 e.scaffold &= d.scaffold;
+                e.seq = e.seq.min(d.seq);
             }
         }
         self.pending_gauge.set(st.pending());
@@ -161,6 +185,7 @@ impl TargetQueue {
         if let Some(reason) = st.resync.take() {
             // The scan that follows reads after this instant, so it covers
             // every change marked so far.
+            st.resync_active = true;
             st.dirty.clear();
             st.parked.clear();
             self.pending_gauge.set(0);
@@ -189,13 +214,54 @@ impl TargetQueue {
             }
         }
         self.pending_gauge.set(st.pending() + taken.len() as i64);
+        st.in_flight_min = taken.iter().map(|(_, d)| d.seq).min();
         Some(Work::Paths(taken))
     }
 
-    /// Updates the pending gauge once taken paths are settled.
-    pub fn refresh_gauge(&self) {
-        let st = self.state.lock().unwrap();
+    /// Records that the work last taken is finished (committed, re-queued
+    /// or parked), and updates the pending gauge.
+    pub fn settle(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.resync_active = false;
+        st.in_flight_min = None;
         self.pending_gauge.set(st.pending());
+    }
+
+    /// Records a heartbeat barrier: everything marked so far precedes it.
+    pub fn barrier(&self, zxid: i64, ts_ms: i64) {
+        let mut st = self.state.lock().unwrap();
+        let seq = st.next_seq;
+        st.barriers.push_back(Barrier { zxid, ts_ms, seq });
+        // A target that is away must not make barriers pile up: only the
+        // newest few matter.
+        while st.barriers.len() > 64 {
+            st.barriers.pop_front();
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// The newest barrier that is fully applied — nothing marked before it
+    /// is dirty, parked or in flight, and no resync is pending or running —
+    /// consuming it and older ones.
+    pub fn reached_barrier(&self) -> Option<Barrier> {
+        let mut st = self.state.lock().unwrap();
+        if st.resync.is_some() || st.resync_active {
+            return None;
+        }
+        let oldest_pending = st
+            .dirty
+            .values()
+            .map(|d| d.seq)
+            .chain(st.parked.values().map(|(d, _)| d.seq))
+            .chain(st.in_flight_min)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut reached = None;
+        while st.barriers.front().is_some_and(|b| b.seq < oldest_pending) {
+            reached = st.barriers.pop_front();
+        }
+        reached
     }
 
     /// Waits until work may be available.
@@ -225,6 +291,31 @@ mod tests {
 
     fn queue(max: usize) -> TargetQueue {
         TargetQueue::new(max, IntGauge::new("p", "p").unwrap())
+    }
+
+    #[test]
+    fn barrier_waits_for_paths_marked_before_it() {
+        let q = queue(10);
+        q.mark("a", false);
+        q.barrier(100, 1);
+        q.mark("b", false);
+        assert_eq!(q.reached_barrier(), None, "a is still dirty");
+        let Some(Work::Paths(p)) = q.take(1) else { panic!() };
+        assert_eq!(p[0].0, "a");
+        assert_eq!(q.reached_barrier(), None, "a is in flight");
+        q.settle();
+        assert_eq!(
+            q.reached_barrier().map(|b| b.zxid),
+            Some(100),
+            "b came after the barrier"
+        );
+        q.request_resync(ResyncReason::Startup);
+        q.barrier(200, 2);
+        assert_eq!(q.reached_barrier(), None, "resync pending");
+        assert!(matches!(q.take(10), Some(Work::Resync(_))));
+        assert_eq!(q.reached_barrier(), None, "resync running");
+        q.settle();
+        assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(200));
     }
 
     #[test]

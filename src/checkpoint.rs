@@ -1,0 +1,111 @@
+//! zkbridge's own znodes (design §2): ensemble identity, heartbeats in the
+//! source, checkpoints in the target, progress back in the source.
+//!
+//! A checkpoint says "every source change up to zxid C is applied in this
+//! target". It is only ever written *after* the data it covers is committed,
+//! so after a crash at any instant the target holds at least what the
+//! checkpoint claims; a restart re-reconciles everything after C, which is
+//! idempotent. See docs/architecture.md ("Checkpoints").
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client::{Acls, Client, CreateMode, Error};
+
+const OPEN: zookeeper_client::CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub source_ensemble_id: String,
+    pub source_zxid: i64,
+    pub heartbeat_ts_ms: i64,
+    pub bridge: String,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub bridge: String,
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub source_zxid: i64,
+    pub ts_ms: i64,
+}
+
+pub fn checkpoint_path(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/routes/{route}/{target_ensemble}/checkpoint")
+}
+
+pub fn heartbeat_path(meta: &str, route: &str) -> String {
+    format!("{meta}/heartbeats/{route}")
+}
+
+pub fn progress_path(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/progress/{route}/{target_ensemble}")
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The ensemble's identity, created once (a UUID) and read ever after. A
+/// rebuilt ensemble gets a new one, which invalidates checkpoints against it.
+pub async fn ensemble_id(client: &Client, meta: &str) -> Result<String, Error> {
+    let path = format!("{meta}/ensemble-id");
+    loop {
+        match client.get_data(&path).await {
+            Ok((data, _)) => return Ok(String::from_utf8_lossy(&data).into_owned()),
+            Err(Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+        match client.mkdir(meta, &OPEN).await {
+            Ok(()) | Err(Error::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        match client.create(&path, id.as_bytes(), &OPEN).await {
+            Ok(_) => return Ok(id),
+            // Another instance won the race: read theirs.
+            Err(Error::NodeExists) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes JSON to `path`, creating it (and its parents) when missing.
+/// Returns the zxid of the write.
+pub async fn put_json(client: &Client, path: &str, value: &impl Serialize) -> Result<i64, Error> {
+    let data = serde_json::to_vec(value).expect("JSON of plain structs");
+    match client.set_data(path, &data, None).await {
+        Ok(stat) => Ok(stat.mzxid),
+        Err(Error::NoNode) => {
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                match client.mkdir(parent, &OPEN).await {
+                    Ok(()) | Err(Error::NodeExists) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match client.create(path, &data, &OPEN).await {
+                Ok((stat, _)) if !stat.is_invalid() => Ok(stat.mzxid),
+                Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, &data, None).await?.mzxid),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a JSON znode; `None` when it does not exist or does not parse
+/// (a damaged checkpoint means a full resync, never a guess).
+pub async fn get_json<T: for<'de> Deserialize<'de>>(client: &Client, path: &str) -> Result<Option<T>, Error> {
+    match client.get_data(path).await {
+        Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+        Err(Error::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
