@@ -199,6 +199,22 @@ impl Zk {
         self.servers.iter_mut().for_each(ZkServer::kill);
     }
 
+    /// Kills every server, deletes its data and starts it empty: a rebuilt
+    /// ensemble on the same addresses.
+    pub fn wipe_and_restart(&mut self) {
+        self.kill();
+        for s in &self.servers {
+            let data = s.dir.join("data");
+            let myid = std::fs::read(data.join("myid")).ok();
+            std::fs::remove_dir_all(&data).unwrap();
+            std::fs::create_dir_all(&data).unwrap();
+            if let Some(id) = myid {
+                std::fs::write(data.join("myid"), id).unwrap();
+            }
+        }
+        self.restart();
+    }
+
     /// Restarts every server (keeping data) and waits until they serve.
     pub fn restart(&mut self) {
         for s in self.servers.iter_mut() {
