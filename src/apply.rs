@@ -470,19 +470,22 @@ impl Worker {
                 }
             }
         }
-        let mut ops = Vec::new();
-        if !delete_roots.is_empty() {
-            let subtree = tree::scan_from(tgt, &self.target.path, delete_roots, self.limits.max_in_flight, |_| {
-                true
-            })
-            .await
-            .map_err(fail)?;
-            self.metrics.resume_reads.inc_by(subtree.len() as u64);
-            ops.extend(subtree.into_keys().rev().map(|rel| Op::Delete { rel }));
-        }
+        let mut ops = self.subtree_deletes(tgt, delete_roots).await.map_err(fail)?;
+        self.metrics.resume_reads.inc_by(ops.len() as u64);
         upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
         ops.extend(upserts);
         Ok(ops)
+    }
+
+    /// Delete ops, children first, for the whole target subtrees at `roots`:
+    /// a delete covers the node's subtree, since ZooKeeper deletes children
+    /// first and events for them may have been coalesced or lost.
+    async fn subtree_deletes(&self, tgt: &Client, roots: Vec<String>) -> Result<Vec<Op>, Error> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subtree = tree::scan_from(tgt, &self.target.path, roots, self.limits.max_in_flight, |_| true).await?;
+        Ok(subtree.into_keys().rev().map(|rel| Op::Delete { rel }).collect())
     }
 
     /// Creates the target path's ancestors (not the path itself, which is the
@@ -539,17 +542,10 @@ impl Worker {
             }
         }
 
-        // A delete covers the node's whole target subtree: ZooKeeper deletes
-        // children first, and events for them may have been coalesced or lost.
-        let mut deletes = Vec::new();
-        if !delete_roots.is_empty() {
-            let subtree = tree::scan_from(&tgt, &self.target.path, delete_roots, self.limits.max_in_flight, |_| {
-                true
-            })
+        let deletes = self
+            .subtree_deletes(&tgt, delete_roots)
             .await
             .map_err(|e| fail("target", e, &paths))?;
-            deletes.extend(subtree.into_keys().rev().map(|rel| Op::Delete { rel }));
-        }
         if upserts.first().is_some_and(|o| o.rel().is_empty()) {
             self.ensure_target_parent(&tgt).await.map_err(|e| (e, paths.clone()))?;
         }
