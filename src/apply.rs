@@ -15,12 +15,13 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error, MultiWriteError};
+use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, CreateOptions, Error};
 
 use crate::checkpoint::{
     checkpoint_path, ensemble_id, get_json, now_ms, progress_path, put_json, Checkpoint, Progress,
 };
 use crate::config::{BridgeConfig, Endpoint, Route};
+use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::plan::{self, Op};
 use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
@@ -36,6 +37,9 @@ const CREATE_OPTIONS: CreateOptions<'static> = CreateMode::Persistent.with_acls(
 /// What `/status` and `/readyz` need to know about a worker.
 #[derive(Default)]
 pub struct WorkerStatus {
+    /// This instance holds the route/target's lease.
+    pub leading: AtomicBool,
+    /// The initial sync since this instance took the lead is finished.
     pub initial_sync_done: AtomicBool,
     pub last_error: Mutex<Option<String>>,
     /// The last checkpoint this worker committed.
@@ -65,6 +69,9 @@ impl From<&BridgeConfig> for Limits {
 pub struct Identity {
     pub bridge_id: String,
     pub meta_path: String,
+    /// Shared by every worker of this instance: spreads leases.
+    pub balancer: Arc<Balancer>,
+    pub lease_record: LeaseRecord,
 }
 
 /// Metric handles of one route/target, resolved once.
@@ -77,6 +84,8 @@ struct TargetMetrics {
     mirrored: IntGauge,
     deletes_blocked: IntCounter,
     checkpoint_zxid: IntGauge,
+    leader: IntGauge,
+    fencing_rejections: IntCounter,
     resume_scanned: IntCounter,
     resume_reads: IntCounter,
     resume_writes: IntCounter,
@@ -96,6 +105,8 @@ impl TargetMetrics {
             mirrored: metrics.mirrored_nodes.with_label_values(&[route, target]),
             deletes_blocked: metrics.deletes_blocked.with_label_values(&[route, target]),
             checkpoint_zxid: metrics.checkpoint_zxid.with_label_values(&[route, target]),
+            leader: metrics.leader.with_label_values(&[route, target]),
+            fencing_rejections: metrics.fencing_rejections.with_label_values(&[route, target]),
             resume_scanned: metrics.resume_nodes_scanned.with_label_values(&[route, target]),
             resume_reads: metrics.resume_target_reads.with_label_values(&[route, target]),
             resume_writes: metrics.resume_target_writes.with_label_values(&[route, target]),
@@ -157,6 +168,22 @@ struct Interrupted {
     source: Error,
 }
 
+impl Interrupted {
+    /// The target refused the write because the lease is gone (fenced), or
+    /// the session that owned the lease ended: this worker must stop.
+    fn lease_lost(&self) -> bool {
+        self.side == "target" && matches!(self.source, Error::RuntimeInconsistent | Error::SessionExpired)
+    }
+}
+
+/// Why a worker stopped leading.
+enum LeadEnd {
+    Shutdown,
+    LeaseLost,
+    /// Handed back to spread work over instances.
+    Surplus,
+}
+
 impl Worker {
     pub fn new(
         route: Arc<Route>,
@@ -183,49 +210,48 @@ impl Worker {
         }
     }
 
-    /// Runs until shutdown. A unit of work in progress when shutdown comes
-    /// finishes (its writes are idempotent either way).
+    /// Runs until shutdown: competes for the route/target's lease, leads
+    /// while it holds it, stands by otherwise. On shutdown the lease is
+    /// released at once so a standby takes over without waiting for the
+    /// session timeout.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let span = tracing::info_span!("worker", route = %self.route.name(), target = %self.target.ensemble);
         async move {
-            let mut backoff = Duration::from_millis(100);
+            let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             loop {
+                self.queue.set_leading(false);
                 if *shutdown.borrow() {
                     break;
                 }
-                self.maybe_checkpoint().await;
-                let Some(work) = self.queue.take(self.limits.batch_max_ops * 4) else {
-                    let parked = self.queue.next_parked_due();
-                    tokio::select! {
-                        _ = self.queue.notified() => {},
-                        _ = sleep_until(parked) => {},
-                        _ = shutdown.changed() => {},
-                    }
-                    continue;
+                let lease = tokio::select! {
+                    lease = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record) => lease,
+                    _ = shutdown.changed() => continue,
                 };
-                let result = match work {
-                    Work::Resync(reason) => self.resync(reason).await.map_err(|e| (e, Some(reason), Vec::new())),
-                    Work::Paths(paths) => self.reconcile(paths).await.map_err(|(e, p)| (e, None, p)),
-                };
-                self.queue.settle();
-                match result {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(100);
-                        *self.status.last_error.lock().unwrap() = None;
+                info!(lease = %lease.path(), session = %lease.client().session_id(), "holding the lease: leading");
+                self.identity.balancer.gained();
+                self.metrics.leader.set(1);
+                self.status.initial_sync_done.store(false, Ordering::Relaxed);
+                self.status.leading.store(true, Ordering::Relaxed);
+                self.queue.set_leading(true);
+                let end = self.lead(&lease, &mut shutdown).await;
+                self.queue.set_leading(false);
+                self.status.leading.store(false, Ordering::Relaxed);
+                self.metrics.leader.set(0);
+                match end {
+                    LeadEnd::Shutdown => {
+                        self.identity.balancer.lost();
+                        lease.release().await;
                     }
-                    Err((e, reason, paths)) => {
-                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
-                        self.metrics.error(error_kind(&e.source));
-                        *self.status.last_error.lock().unwrap() = Some(e.to_string());
-                        match reason {
-                            Some(reason) => self.queue.request_resync(reason),
-                            None => self.queue.requeue(paths),
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {},
-                            _ = shutdown.changed() => {},
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    LeadEnd::Surplus => {
+                        info!(
+                            fair_share = self.identity.balancer.fair_share(),
+                            "handing the lease to another instance"
+                        );
+                        lease.release().await;
+                    }
+                    LeadEnd::LeaseLost => {
+                        self.identity.balancer.lost();
+                        warn!("lease lost: stopped writing; standing by");
                     }
                 }
             }
@@ -235,21 +261,85 @@ impl Worker {
         .await
     }
 
-    async fn clients(&self) -> (Client, Client) {
-        (
-            self.source_zk.session().await.client,
-            self.target_zk.session().await.client,
-        )
+    /// Mirrors while `lease` is held. A unit of work in progress when
+    /// shutdown comes finishes (its writes are idempotent either way).
+    async fn lead(&self, lease: &Lease, shutdown: &mut watch::Receiver<bool>) -> LeadEnd {
+        let since = Instant::now();
+        let lost = lease.lost();
+        tokio::pin!(lost);
+        let mut balance_check = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return LeadEnd::Shutdown;
+            }
+            if balance_check.elapsed() >= Duration::from_secs(1) {
+                balance_check = Instant::now();
+                if self.identity.balancer.should_release(since) {
+                    return LeadEnd::Surplus;
+                }
+            }
+            self.maybe_checkpoint(lease).await;
+            let Some(work) = self.queue.take(self.limits.batch_max_ops * 4) else {
+                let parked = self.queue.next_parked_due();
+                tokio::select! {
+                    _ = self.queue.notified() => {},
+                    _ = sleep_until(parked) => {},
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = shutdown.changed() => {},
+                    _ = &mut lost => return LeadEnd::LeaseLost,
+                }
+                continue;
+            };
+            let result = match work {
+                Work::Resync(reason) => self
+                    .resync(lease, reason)
+                    .await
+                    .map_err(|e| (e, Some(reason), Vec::new())),
+                Work::Paths(paths) => self.reconcile(lease, paths).await.map_err(|(e, p)| (e, None, p)),
+            };
+            self.queue.settle();
+            match result {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    *self.status.last_error.lock().unwrap() = None;
+                }
+                Err((e, reason, paths)) => {
+                    if e.lease_lost() {
+                        if e.source == Error::RuntimeInconsistent {
+                            self.metrics.fencing_rejections.inc();
+                        }
+                        return LeadEnd::LeaseLost;
+                    }
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
+                    self.metrics.error(error_kind(&e.source));
+                    *self.status.last_error.lock().unwrap() = Some(e.to_string());
+                    match reason {
+                        Some(reason) => self.queue.request_resync(reason),
+                        None => self.queue.requeue(paths),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => {},
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            let error = self.status.last_error.lock().unwrap().clone();
+            lease.publish_error(error).await;
+        }
     }
 
-    /// Commits the newest fully applied heartbeat barrier as the checkpoint
-    /// (target) and as progress (source). Written only after the data it
-    /// covers, so a crash can leave the checkpoint behind the data, never
-    /// ahead of it.
-    async fn maybe_checkpoint(&self) {
-        let Some(barrier) = self.queue.reached_barrier() else {
-            return;
-        };
+    /// The source's current session, and the target session that holds the
+    /// lease (the only one this worker may write with).
+    async fn clients(&self, lease: &Lease) -> (Client, Client) {
+        (self.source_zk.session().await.client, lease.client().clone())
+    }
+
+    /// The checkpoint for barrier `barrier`, if it is newer than the last.
+    fn checkpoint_for(&self, barrier: Option<crate::queue::Barrier>) -> Option<Checkpoint> {
+        let barrier = barrier?;
         let last = self
             .status
             .checkpoint
@@ -259,34 +349,66 @@ impl Worker {
             .map(|c| c.source_zxid)
             .unwrap_or(-1);
         if barrier.zxid <= last {
-            return;
+            return None;
         }
-        let Some(source_id) = self.source_id.lock().unwrap().clone() else {
-            return;
-        };
-        let checkpoint = Checkpoint {
+        let source_id = self.source_id.lock().unwrap().clone()?;
+        Some(Checkpoint {
             version: 1,
             source_ensemble_id: source_id,
             source_zxid: barrier.zxid,
             heartbeat_ts_ms: barrier.ts_ms,
             bridge: self.identity.bridge_id.clone(),
             updated_ms: now_ms(),
-        };
-        let (src, tgt) = self.clients().await;
-        let (route, target) = (self.route.name(), self.target.ensemble.as_str());
-        let meta = &self.identity.meta_path;
-        if let Err(e) = put_json(&tgt, &checkpoint_path(meta, route, target), &checkpoint).await {
-            warn!(error = %e, "cannot write checkpoint; the next heartbeat retries");
-            self.metrics.error(error_kind(&e));
+        })
+    }
+
+    /// A checkpoint that can ride in the same `multi` as the last writes of
+    /// the work in flight: only over an existing checkpoint node (a first
+    /// checkpoint is created alone).
+    fn ride_along_checkpoint(&self) -> Option<Checkpoint> {
+        self.status.checkpoint.lock().unwrap().as_ref()?;
+        self.checkpoint_for(self.queue.barrier_completed_by_in_flight())
+    }
+
+    /// Commits the newest fully applied heartbeat barrier as the checkpoint
+    /// on its own: used when there were no writes to carry it, or the
+    /// batch that carried one was refused. Never ahead of the data: the
+    /// barrier is only reached once everything before it is committed.
+    async fn maybe_checkpoint(&self, lease: &Lease) {
+        let Some(checkpoint) = self.checkpoint_for(self.queue.reached_barrier()) else {
             return;
-        }
-        self.metrics.checkpoint_zxid.set(barrier.zxid);
-        *self.status.checkpoint.lock().unwrap() = Some(checkpoint);
-        let progress = Progress {
-            source_zxid: barrier.zxid,
-            ts_ms: barrier.ts_ms,
         };
-        if let Err(e) = put_json(&src, &progress_path(meta, route, target), &progress).await {
+        let tgt = lease.client();
+        let path = checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
+        let mut result = fenced_put(lease, &path, &data).await;
+        if result == Err(Error::NoNode) {
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                let _ = tgt.mkdir(parent, &CREATE_OPTIONS).await;
+            }
+            result = fenced_put(lease, &path, &data).await;
+        }
+        match result {
+            Ok(()) => self.checkpoint_committed(checkpoint).await,
+            Err(e) => {
+                warn!(error = %e, "cannot write checkpoint; the next heartbeat retries");
+                self.metrics.error(error_kind(&e));
+            }
+        }
+    }
+
+    /// Records a committed checkpoint and reports progress to the source
+    /// (for `zkbridge wait` and `zkbridge status`).
+    async fn checkpoint_committed(&self, checkpoint: Checkpoint) {
+        let progress = Progress {
+            source_zxid: checkpoint.source_zxid,
+            ts_ms: checkpoint.heartbeat_ts_ms,
+        };
+        self.metrics.checkpoint_zxid.set(checkpoint.source_zxid);
+        *self.status.checkpoint.lock().unwrap() = Some(checkpoint);
+        let src = self.source_zk.session().await.client;
+        let path = progress_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        if let Err(e) = put_json(&src, &path, &progress).await {
             debug!(error = %e, "cannot write progress to the source; the next checkpoint retries");
         }
     }
@@ -295,9 +417,9 @@ impl Worker {
     /// the plan that makes them equal, or — with a valid checkpoint C — a
     /// resume that reads and writes the target only where the source changed
     /// after C.
-    async fn resync(&self, reason: ResyncReason) -> Result<(), Interrupted> {
+    async fn resync(&self, lease: &Lease, reason: ResyncReason) -> Result<(), Interrupted> {
         let started = Instant::now();
-        let (src, tgt) = self.clients().await;
+        let (src, tgt) = self.clients(lease).await;
         let route = &self.route;
         let meta = &self.identity.meta_path;
         let source_id = ensemble_id(&src, meta)
@@ -329,10 +451,12 @@ impl Worker {
         } else {
             reason
         });
-        if self.status.checkpoint.lock().unwrap().is_none() && !mismatch {
-            if let Some(c) = &stored {
+        if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
+            // Another instance may have led since this one last did.
+            let mut known = self.status.checkpoint.lock().unwrap();
+            if known.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
                 self.metrics.checkpoint_zxid.set(c.source_zxid);
-                *self.status.checkpoint.lock().unwrap() = Some(c.clone());
+                *known = Some(c.clone());
             }
         }
 
@@ -376,7 +500,8 @@ impl Worker {
         }
         let since = Instant::now();
         let dirty = BTreeMap::new();
-        self.write(&tgt, ops, &dirty, since).await?;
+        let checkpoint = self.ride_along_checkpoint();
+        self.write(lease, ops, &dirty, since, checkpoint).await?;
         let mirrored = source
             .iter()
             .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
@@ -507,8 +632,12 @@ impl Worker {
     }
 
     /// Reconciles a batch of dirty paths to the source's current state.
-    async fn reconcile(&self, paths: Vec<(String, Dirty)>) -> Result<(), (Interrupted, Vec<(String, Dirty)>)> {
-        let (src, tgt) = self.clients().await;
+    async fn reconcile(
+        &self,
+        lease: &Lease,
+        paths: Vec<(String, Dirty)>,
+    ) -> Result<(), (Interrupted, Vec<(String, Dirty)>)> {
+        let (src, tgt) = self.clients(lease).await;
         let rels: Vec<String> = paths.iter().map(|(r, _)| r.clone()).collect();
         let fail = |side, source, paths: &Vec<(String, Dirty)>| (Interrupted { side, source }, paths.clone());
         let source_nodes = tree::read_nodes(&src, &self.route.source.path, &rels, self.limits.max_in_flight)
@@ -551,32 +680,54 @@ impl Worker {
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
-        self.write(&tgt, ops, &dirty, Instant::now())
+        let checkpoint = self.ride_along_checkpoint();
+        self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths))
     }
 
-    /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes.
-    /// A batch refused for a node-level reason is retried op by op, so one
-    /// bad node cannot hold back the others; connection-level failures abort
-    /// the attempt for the caller to retry.
+    /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes,
+    /// each fenced by the lease. A batch refused for a node-level reason is
+    /// retried op by op, so one bad node cannot hold back the others;
+    /// connection-level failures abort the attempt for the caller to retry.
+    ///
+    /// `checkpoint` (the barrier this work completes) rides in the last
+    /// batch, sent once every earlier batch is known to have committed, so
+    /// the checkpoint commits atomically with the last writes it covers.
+    /// When that cannot be (a refused op, nothing to write), it is left to
+    /// `maybe_checkpoint`.
     async fn write(
         &self,
-        tgt: &Client,
+        lease: &Lease,
         ops: Vec<Op>,
         dirty: &BTreeMap<String, Dirty>,
         since: Instant,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
-        let batches = batch(ops, base.len(), self.limits);
+        let mut batches = batch(ops, base.len(), self.limits);
+        let mut last = checkpoint.as_ref().and_then(|_| batches.pop());
         let mut refused: Vec<Op> = Vec::new();
         let mut interrupted: Option<Error> = None;
         let mut in_flight = FuturesOrdered::new();
         let mut pending = batches.into_iter();
+        let checkpoint_write = checkpoint.as_ref().map(|c| {
+            (
+                checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble),
+                serde_json::to_vec(c).expect("JSON of a plain struct"),
+            )
+        });
+        let mut carried = false;
         loop {
             while in_flight.len() < self.limits.max_in_flight {
                 let Some(batch) = pending.next() else { break };
-                in_flight.push_back(commit(tgt, base, batch));
+                in_flight.push_back(commit(lease, base, batch, None));
+            }
+            if in_flight.is_empty() && interrupted.is_none() && refused.is_empty() {
+                if let Some(batch) = last.take() {
+                    carried = true;
+                    in_flight.push_back(commit(lease, base, batch, checkpoint_write.as_ref()));
+                }
             }
             let Some((batch, result)) = in_flight.next().await else {
                 break;
@@ -588,6 +739,11 @@ impl Worker {
                         self.metrics.committed(op);
                         let first_seen = dirty.get(op.rel()).map(|d| d.since).unwrap_or(since);
                         self.metrics.latency.observe(first_seen.elapsed().as_secs_f64());
+                    }
+                    if carried && in_flight.is_empty() && pending.len() == 0 {
+                        if let Some(c) = checkpoint.clone() {
+                            self.checkpoint_committed(c).await;
+                        }
                     }
                 }
                 Err(e) if is_transient(&e) && !is_node_level(&e) => {
@@ -602,8 +758,11 @@ impl Worker {
         if let Some(source) = interrupted {
             return Err(Interrupted { side: "target", source });
         }
+        // The batch that would have carried the checkpoint, when an earlier
+        // one was refused.
+        refused.extend(last.into_iter().flatten());
         for op in refused {
-            self.write_one(tgt, op, dirty, since).await?;
+            self.write_one(lease, op, dirty, since).await?;
         }
         Ok(())
     }
@@ -612,7 +771,7 @@ impl Worker {
     /// reconciling the path again, lasting failures park it.
     async fn write_one(
         &self,
-        tgt: &Client,
+        lease: &Lease,
         op: Op,
         dirty: &BTreeMap<String, Dirty>,
         since: Instant,
@@ -624,10 +783,13 @@ impl Worker {
             scaffold: false,
             seq: 0,
         });
-        match commit_single(tgt, base, &op).await {
+        let kind = op.kind();
+        let (batch, result) = commit(lease, base, vec![op], None).await;
+        let op = &batch[0];
+        match result {
             Ok(()) => {
                 self.metrics.batches.inc();
-                self.metrics.committed(&op);
+                self.metrics.committed(op);
                 self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
             }
             Err(Error::NoNode) if matches!(op, Op::Delete { .. }) => {}
@@ -645,9 +807,9 @@ impl Worker {
             }
             Err(e) => {
                 let path = join(base, &rel);
-                warn!(%path, op = op.kind(), error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
+                warn!(%path, op = kind, error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
                 self.metrics.error(error_kind(&e));
-                *self.status.last_error.lock().unwrap() = Some(format!("{path}: {} refused: {e}", op.kind()));
+                *self.status.last_error.lock().unwrap() = Some(format!("{path}: {kind} refused: {e}"));
                 self.queue.park(rel, d, Instant::now() + PARK_FOR);
             }
         }
@@ -691,45 +853,60 @@ fn batch(ops: Vec<Op>, base_len: usize, limits: Limits) -> Vec<Vec<Op>> {
     batches
 }
 
-/// Sends one batch; a batch of a single op goes as a plain request, so a
-/// node near the 1 MiB limit is not pushed over it by `multi` framing.
+/// Sends one batch as a `multi` whose first op checks the lease, plus an
+/// optional extra set-data (the checkpoint). The request is sent when this
+/// is called, not when the future is polled, so batches pipeline in order.
 fn commit<'a>(
-    tgt: &'a Client,
+    lease: &'a Lease,
     base: &'a str,
     batch: Vec<Op>,
+    extra: Option<&(String, Vec<u8>)>,
 ) -> impl std::future::Future<Output = (Vec<Op>, Result<(), Error>)> + 'a {
-    let prepared = if batch.len() == 1 {
-        None
-    } else {
-        let mut writer = tgt.new_multi_writer();
-        let added: Result<(), Error> = batch.iter().try_for_each(|op| {
+    let mut writer = lease.writer();
+    let added: Result<(), Error> = batch
+        .iter()
+        .try_for_each(|op| {
             let path = join(base, op.rel());
             match op {
                 Op::Create { data, .. } => writer.add_create(&path, data, &CREATE_OPTIONS),
                 Op::Set { data, .. } => writer.add_set_data(&path, data, None),
                 Op::Delete { .. } => writer.add_delete(&path, None),
             }
+        })
+        .and_then(|()| match extra {
+            Some((path, data)) => writer.add_set_data(path, data, None),
+            None => Ok(()),
         });
-        Some((added, writer.commit()))
-    };
+    let sent = added.map(|()| writer.commit());
     async move {
-        let result = match prepared {
-            None => commit_single(tgt, base, &batch[0]).await,
-            Some((Err(e), _)) => Err(e),
-            Some((Ok(()), fut)) => fut.await.map(drop).map_err(|e| match e {
-                MultiWriteError::RequestFailed { source } | MultiWriteError::OperationFailed { source, .. } => source,
-            }),
+        let result = match sent {
+            Err(e) => Err(e),
+            Ok(fut) => fut.await.map(drop).map_err(fenced_error),
         };
         (batch, result)
     }
 }
 
-async fn commit_single(tgt: &Client, base: &str, op: &Op) -> Result<(), Error> {
-    let path = join(base, op.rel());
-    match op {
-        Op::Create { data, .. } => tgt.create(&path, data, &CREATE_OPTIONS).await.map(drop),
-        Op::Set { data, .. } => tgt.set_data(&path, data, None).await.map(drop),
-        Op::Delete { .. } => tgt.delete(&path, None).await,
+/// Sets (or creates) `path` in a `multi` fenced by the lease.
+async fn fenced_put(lease: &Lease, path: &str, data: &[u8]) -> Result<(), Error> {
+    let mut writer = lease.writer();
+    writer.add_set_data(path, data, None)?;
+    match writer.commit().await.map_err(fenced_error) {
+        Err(Error::NoNode) => {
+            let mut writer = lease.writer();
+            writer.add_create(path, data, &CREATE_OPTIONS)?;
+            writer.commit().await.map(drop).map_err(fenced_error)
+        }
+        other => other.map(drop),
+    }
+}
+
+/// A failed lease check means the lease is gone: reported as
+/// `RuntimeInconsistent`, as the crate's own lock-fenced writes do.
+fn fenced_error(e: CheckWriteError) -> Error {
+    match e {
+        CheckWriteError::CheckFailed { .. } => Error::RuntimeInconsistent,
+        CheckWriteError::RequestFailed { source } | CheckWriteError::OperationFailed { source, .. } => source,
     }
 }
 

@@ -6,18 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::apply::{Identity, Limits, Worker, WorkerStatus};
 use crate::capture::Capture;
 use crate::config::Resolved;
+use crate::lease::{Balancer, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
+use crate::status::{Sessions, Status};
 use crate::zk::Ensemble;
 
-/// A running route/target worker, as seen by `/status` and `/readyz`.
+/// A running route/target worker, as seen by `/readyz` and `sync`.
 pub struct WorkerHandle {
     pub route: String,
     pub target: String,
@@ -31,81 +32,63 @@ impl WorkerHandle {
         let ts = self.status.checkpoint.lock().unwrap().as_ref()?.heartbeat_ts_ms;
         Some(((crate::checkpoint::now_ms() - ts) as f64 / 1000.0).max(0.0))
     }
+
+    fn leading(&self) -> bool {
+        self.status.leading.load(Ordering::Relaxed)
+    }
+
+    fn synced(&self) -> bool {
+        self.status.initial_sync_done.load(Ordering::Relaxed)
+    }
 }
 
 /// Shared state of a running bridge.
 pub struct Bridge {
     pub id: String,
+    pub config: Resolved,
     pub metrics: Arc<Metrics>,
     pub workers: Vec<WorkerHandle>,
-}
-
-#[derive(Serialize)]
-pub struct RouteTargetStatus {
-    pub route: String,
-    pub target: String,
-    pub target_path: String,
-    pub leader: Option<String>,
-    pub initial_sync_done: bool,
-    /// Source zxid of the last checkpoint, `0x…`.
-    pub checkpoint_zxid: Option<String>,
-    /// Now minus the heartbeat time of the last checkpoint.
-    pub lag_seconds: Option<f64>,
-    pub pending_paths: i64,
-    pub last_error: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct Status {
-    pub bridge: String,
-    pub version: &'static str,
-    pub routes: Vec<RouteTargetStatus>,
+    ensembles: BTreeMap<String, Ensemble>,
 }
 
 impl Bridge {
-    pub fn status(&self) -> Status {
-        let routes = self
-            .workers
-            .iter()
-            .map(|w| RouteTargetStatus {
-                route: w.route.clone(),
-                target: w.target.clone(),
-                target_path: w.target_path.clone(),
-                // Without leases (a later release) this instance is the only writer.
-                leader: Some(self.id.clone()),
-                initial_sync_done: w.status.initial_sync_done.load(Ordering::Relaxed),
-                checkpoint_zxid: w
-                    .status
-                    .checkpoint
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(|c| format!("{:#x}", c.source_zxid)),
-                lag_seconds: w.lag_seconds(),
-                pending_paths: self
-                    .metrics
-                    .pending_paths
-                    .with_label_values(&[&w.route, &w.target])
-                    .get(),
-                last_error: w.status.last_error.lock().unwrap().clone(),
-            })
-            .collect();
-        Status {
-            bridge: self.id.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            routes,
+    /// The same status `zkbridge status` prints, read through this
+    /// instance's sessions.
+    pub async fn status(&self) -> Status {
+        let mut sessions = Sessions::new();
+        for (name, ensemble) in &self.ensembles {
+            let session = tokio::time::timeout(crate::status::READ_TIMEOUT, ensemble.session()).await;
+            sessions.insert(
+                name.clone(),
+                session.map(|s| s.client).map_err(|_| "no session".to_string()),
+            );
         }
+        crate::status::collect(&self.config, &sessions).await
     }
 
-    /// `None` when ready, else why not.
+    /// `None` when ready, else why not: a route/target this instance leads
+    /// has not finished its initial sync, or lags more than
+    /// `bridge.ready_max_lag_s`.
     pub fn not_ready(&self) -> Option<String> {
-        let waiting: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|w| !w.status.initial_sync_done.load(Ordering::Relaxed))
-            .map(|w| format!("{}/{}", w.route, w.target))
-            .collect();
-        (!waiting.is_empty()).then(|| format!("initial sync not finished: {}", waiting.join(", ")))
+        let max_lag = self.config.config.bridge.ready_max_lag_s as f64;
+        let mut reasons = Vec::new();
+        for w in self.workers.iter().filter(|w| w.leading()) {
+            if !w.synced() {
+                reasons.push(format!("{}/{}: initial sync not finished", w.route, w.target));
+            } else if let Some(lag) = w.lag_seconds().filter(|l| *l > max_lag) {
+                reasons.push(format!(
+                    "{}/{}: lag {lag:.0}s above bridge.ready_max_lag_s = {max_lag}",
+                    w.route, w.target
+                ));
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Every route/target is led by this instance and has finished its
+    /// initial sync (what `sync` waits for).
+    pub fn all_synced(&self) -> bool {
+        self.workers.iter().all(|w| w.leading() && w.synced())
     }
 }
 
@@ -126,9 +109,14 @@ pub fn start(
     let mut tasks = Vec::new();
     let mut workers = Vec::new();
     let limits = Limits::from(&config.config.bridge);
+    let pairs = config.routes.iter().map(|r| r.targets.len()).sum();
+    let balancer = Balancer::new(config.config.bridge.balance, pairs);
+    let lease_record = LeaseRecord::for_this_process(&config.config.bridge.id);
     let identity = Identity {
         bridge_id: config.config.bridge.id.clone(),
         meta_path: config.config.bridge.meta_path.clone(),
+        balancer: balancer.clone(),
+        lease_record: lease_record.clone(),
     };
     for route in &config.routes {
         let source = ensemble(&route.source.ensemble);
@@ -139,7 +127,7 @@ pub fn start(
                 config.config.bridge.max_pending_paths,
                 metrics.pending_paths.with_label_values(&labels),
             ));
-            metrics.leader.with_label_values(&labels).set(1);
+            metrics.leader.with_label_values(&labels).set(0);
             let status = Arc::new(WorkerStatus::default());
             let worker = Worker::new(
                 route.clone(),
@@ -171,10 +159,31 @@ pub fn start(
         };
         tasks.push(tokio::spawn(capture.run(shutdown.clone())));
     }
+    let targets: std::collections::BTreeSet<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.targets.iter().map(|t| t.ensemble.as_str()))
+        .collect();
+    for name in targets {
+        tasks.push(tokio::spawn(balancer.clone().register(
+            ensemble(name),
+            config.config.bridge.meta_path.clone(),
+            lease_record.clone(),
+            shutdown.clone(),
+        )));
+    }
+    // Ensembles used only as sources still get a session for `/status`.
+    for name in config.config.ensembles.keys() {
+        if config.routes.iter().any(|r| &r.source.ensemble == name) {
+            ensemble(name);
+        }
+    }
     let bridge = Arc::new(Bridge {
         id: config.config.bridge.id.clone(),
+        config: config.clone(),
         metrics,
         workers,
+        ensembles,
     });
     tasks.push(tokio::spawn(track_lag(bridge.clone(), shutdown.clone())));
     (bridge, tasks)

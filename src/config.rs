@@ -60,6 +60,11 @@ pub struct BridgeConfig {
     pub batch_max_bytes: usize,
     /// `multi` requests a worker keeps in flight while copying.
     pub max_in_flight: usize,
+    /// Hand surplus leases to other instances so route/targets spread out.
+    pub balance: bool,
+    /// `/readyz` turns 503 when a route/target this instance leads lags
+    /// more than this many seconds.
+    pub ready_max_lag_s: u64,
 }
 
 impl Default for BridgeConfig {
@@ -73,6 +78,8 @@ impl Default for BridgeConfig {
             batch_max_ops: 200,
             batch_max_bytes: 512 * 1024,
             max_in_flight: 16,
+            balance: true,
+            ready_max_lag_s: 60,
         }
     }
 }
@@ -441,6 +448,12 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
     }
     if bridge.id.is_empty() {
         return Err(ConfigError::invalid("bridge.id", "must not be empty"));
+    }
+    if bridge.id.contains('/') || bridge.id.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            "bridge.id",
+            "must not contain '/' or control characters (it names znodes)",
+        ));
     }
     bridge
         .listen

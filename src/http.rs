@@ -47,5 +47,5 @@ async fn readyz(State(bridge): State<Arc<Bridge>>) -> Response {
 }
 
 async fn status(State(bridge): State<Arc<Bridge>>) -> Response {
-    Json(bridge.status()).into_response()
+    Json(bridge.status().await).into_response()
 }

@@ -41,6 +41,14 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Per route/target: leader, standbys, checkpoint zxid, lag, last error (read from the znodes).
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Machine-readable output (the same JSON as `GET /status`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare each source subtree with its targets (exit 0 in sync, 1 drift, 2 error).
     Diff {
         #[arg(short, long)]
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::CheckConfig { config } => check_config(&config),
             Command::Run { config } => run(&config).await,
+            Command::Status { config, json } => status(&config, json).await,
             Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
             Command::Sync { config, route } => sync(&config, route.as_deref()).await,
         }
@@ -151,6 +160,30 @@ async fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
+async fn status(path: &std::path::Path, json: bool) -> ExitCode {
+    let resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let mut sessions = zkbridge::status::Sessions::new();
+    for (name, ensemble) in &resolved.config.ensembles {
+        let timeout = Duration::from_millis(ensemble.session_timeout_ms).max(zkbridge::status::READ_TIMEOUT);
+        let session = match tokio::time::timeout(timeout, zkbridge::zk::connect(ensemble)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no session within {}s", timeout.as_secs())),
+        };
+        sessions.insert(name.clone(), session);
+    }
+    let status = zkbridge::status::collect(&resolved, &sessions).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("JSON"));
+    } else {
+        print!("{}", zkbridge::status::render_text(&status));
+    }
+    ExitCode::SUCCESS
+}
+
 async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCode {
     let resolved = match load(path) {
         Ok(r) => r,
@@ -206,7 +239,7 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
     let (bridge, tasks) = zkbridge::bridge::start(&resolved, metrics, &rx);
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let all_synced = bridge.not_ready().is_none();
+        let all_synced = bridge.all_synced();
         if all_synced && bridge.workers.iter().all(|w| w.queue.is_idle()) {
             break ExitCode::SUCCESS;
         }
@@ -232,8 +265,8 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
     };
     let _ = tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
-    for s in bridge.status().routes {
-        println!("{}/{}: synced", s.route, s.target);
+    for w in &bridge.workers {
+        println!("{}/{}: synced", w.route, w.target);
     }
     outcome
 }

@@ -72,6 +72,12 @@ struct State {
     in_flight_min: Option<u64>,
     next_seq: u64,
     barriers: std::collections::VecDeque<Barrier>,
+    /// Whether this instance leads the route/target. A standby tracks
+    /// nothing: the leader it replaces may have applied any of it, and it
+    /// resyncs from the checkpoint when it takes over.
+    standby: bool,
+    /// The capture has armed its watch and asked for a first resync.
+    armed: bool,
 }
 
 impl State {
@@ -108,7 +114,7 @@ impl TargetQueue {
         let mut st = self.state.lock().unwrap();
         st.next_seq += 1;
         let seq = st.next_seq;
-        if st.resync.is_some() {
+        if st.resync.is_some() || st.standby {
             // A pending full scan covers this change already.
             return;
         }
@@ -132,6 +138,21 @@ impl TargetQueue {
             }
         }
         self.pending_gauge.set(st.pending());
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Switches between leading (tracking changes) and standing by
+    /// (tracking nothing). Taking the lead starts with a resync, from the
+    /// checkpoint, once the capture's watch is armed.
+    pub fn set_leading(&self, leading: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.standby = !leading;
+        st.dirty.clear();
+        st.parked.clear();
+        st.barriers.clear();
+        st.resync = (leading && st.armed).then_some(ResyncReason::Startup);
+        self.pending_gauge.set(0);
         drop(st);
         self.notify.notify_one();
     }
@@ -169,8 +190,12 @@ impl TargetQueue {
     /// Requests a full scan; supersedes every dirty path.
     pub fn request_resync(&self, reason: ResyncReason) {
         let mut st = self.state.lock().unwrap();
+        st.armed = true;
         st.dirty.clear();
         st.parked.clear();
+        if st.standby {
+            return;
+        }
         if st.resync.is_none() || reason == ResyncReason::SessionExpired {
             st.resync = Some(reason);
         }
@@ -230,6 +255,9 @@ impl TargetQueue {
     /// Records a heartbeat barrier: everything marked so far precedes it.
     pub fn barrier(&self, zxid: i64, ts_ms: i64) {
         let mut st = self.state.lock().unwrap();
+        if st.standby {
+            return;
+        }
         let seq = st.next_seq;
         st.barriers.push_back(Barrier { zxid, ts_ms, seq });
         // A target that is away must not make barriers pile up: only the
@@ -262,6 +290,25 @@ impl TargetQueue {
             reached = st.barriers.pop_front();
         }
         reached
+    }
+
+    /// The newest barrier that the work now in flight completes: it is
+    /// reached as soon as that work commits in full. Lets the worker put the
+    /// checkpoint in the same `multi` as the last writes it covers. Not
+    /// consumed here; `reached_barrier` consumes it after the commit.
+    pub fn barrier_completed_by_in_flight(&self) -> Option<Barrier> {
+        let st = self.state.lock().unwrap();
+        if st.resync.is_some() {
+            return None;
+        }
+        let oldest_waiting = st
+            .dirty
+            .values()
+            .map(|d| d.seq)
+            .chain(st.parked.values().map(|(d, _)| d.seq))
+            .min()
+            .unwrap_or(u64::MAX);
+        st.barriers.iter().rev().find(|b| b.seq < oldest_waiting).copied()
     }
 
     /// Waits until work may be available.
@@ -316,6 +363,27 @@ mod tests {
         assert_eq!(q.reached_barrier(), None, "resync running");
         q.settle();
         assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(200));
+    }
+
+    #[test]
+    fn barrier_completed_by_in_flight_ignores_later_marks() {
+        let q = queue(10);
+        q.mark("a", false);
+        q.barrier(100, 1);
+        q.mark("b", false);
+        q.barrier(200, 2);
+        let Some(Work::Paths(p)) = q.take(1) else { panic!() };
+        assert_eq!(p[0].0, "a");
+        assert_eq!(
+            q.barrier_completed_by_in_flight().map(|b| b.zxid),
+            Some(100),
+            "b, marked before 200, still waits"
+        );
+        q.settle();
+        assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(100));
+        let Some(Work::Paths(_)) = q.take(1) else { panic!() };
+        assert_eq!(q.barrier_completed_by_in_flight().map(|b| b.zxid), Some(200));
+        assert_eq!(q.reached_barrier(), None, "not before the commit");
     }
 
     #[test]

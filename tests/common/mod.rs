@@ -317,6 +317,11 @@ impl Bridge {
     /// Starts the bridge with `toml` (a `[bridge]` table with `listen` and
     /// fast settings is prepended).
     pub fn start(toml: &str) -> Bridge {
+        Bridge::start_as("test-bridge", toml)
+    }
+
+    /// Starts an instance with its own `bridge.id` (several instances).
+    pub fn start_as(id: &str, toml: &str) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("zkbridge-test-bridge")
             .tempdir()
@@ -325,7 +330,7 @@ impl Bridge {
         let config_path = dir.path().join("zkbridge.toml");
         std::fs::write(
             &config_path,
-            format!("[bridge]\nid = \"test-bridge\"\nlisten = \"{listen}\"\n{toml}"),
+            format!("[bridge]\nid = \"{id}\"\nlisten = \"{listen}\"\n{toml}"),
         )
         .unwrap();
         let mut bridge = Bridge {
@@ -397,6 +402,20 @@ impl Bridge {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Sends a signal (SIGSTOP/SIGCONT to freeze and thaw the process).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+        }
+    }
+
+    /// How many route/targets this instance leads (0 while unreachable).
+    pub fn leading(&self) -> f64 {
+        self.metric("zkbridge_leader", &[])
     }
 
     /// GET on the bridge's HTTP listener: (status code, body), or `None`

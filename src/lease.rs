@@ -1,0 +1,317 @@
+//! Leases: one active worker per (route, target) across every instance, and
+//! fencing of its writes.
+//!
+//! Instances compete with the crate's lock recipe: an ephemeral sequential
+//! node under `<meta>/routes/<route>/<target>/leases/` in the *target*
+//! ensemble; the lowest sequence holds the lease and each other contender
+//! watches only its predecessor. The lease lives exactly as long as the
+//! session that created it, and every write of the holder is a `multi` that
+//! first checks the lease node still exists. A worker whose session died —
+//! paused, partitioned, expired — can therefore not commit anything after
+//! another instance took over: ZooKeeper refuses the whole batch.
+//!
+//! Work is spread by [`Balancer`]: each instance registers an ephemeral node
+//! under `<meta>/instances/` in every target ensemble; an instance that
+//! leads more than its fair share hands surplus leases back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use zookeeper_client::{
+    Acls, CheckWriter, Client, CreateMode, CreateOptions, Error, EventType, LockOptions, LockPrefix, OwnedLockClient,
+};
+
+use crate::zk::Ensemble;
+
+const OPEN_DIR: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+
+/// What a lease node says about the instance holding or waiting for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaseRecord {
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    /// The holder's last error on this route/target, for `zkbridge status`.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl LeaseRecord {
+    pub fn for_this_process(instance: &str) -> Self {
+        LeaseRecord {
+            instance: instance.to_string(),
+            host: hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            started_ms: crate::checkpoint::now_ms(),
+            last_error: None,
+        }
+    }
+}
+
+pub fn leases_dir(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/routes/{route}/{target_ensemble}/leases")
+}
+
+pub fn instances_dir(meta: &str) -> String {
+    format!("{meta}/instances")
+}
+
+/// Name part of every lease node (after the recipe's unique prefix).
+const LEASE_NAME: &str = "lease-";
+
+/// A held lease: the session that owns it and the node that proves it.
+pub struct Lease {
+    lock: OwnedLockClient,
+    generation: u64,
+    published_error: std::sync::Mutex<Option<String>>,
+    record: LeaseRecord,
+}
+
+impl Lease {
+    /// Competes for the lease until this instance holds it. Survives
+    /// connection loss and session expiry (it starts over on the next
+    /// session); cancelling the future leaves no node behind.
+    pub async fn acquire(target: &Ensemble, dir: &str, record: &LeaseRecord) -> Lease {
+        let data = serde_json::to_vec(record).expect("JSON of a plain struct");
+        // After an expired session, wait for a newer one.
+        let mut after = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = target.session_after(after).await;
+            let options = LockOptions::new(Acls::anyone_all())
+                .with_ancestor_options(OPEN_DIR)
+                .expect("persistent open ACL is a valid ancestor option");
+            let prefix = LockPrefix::new_curator(dir, LEASE_NAME).expect("lease dir is a validated path");
+            let locked = session
+                .client
+                .lock(prefix, &data, options)
+                .await
+                .map(|lock| lock.into_owned());
+            match locked {
+                Ok(lock) => {
+                    return Lease {
+                        lock,
+                        generation: session.generation,
+                        published_error: Default::default(),
+                        record: record.clone(),
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "lease contention interrupted; competing again");
+                    if matches!(e, Error::SessionExpired | Error::ClientClosed) {
+                        after = session.generation;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// The target session that owns the lease: the only one the worker may
+    /// write with.
+    pub fn client(&self) -> &Client {
+        self.lock.client()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn path(&self) -> &str {
+        self.lock.lock_path()
+    }
+
+    /// A `multi` whose first op checks that the lease node still exists.
+    pub fn writer(&self) -> CheckWriter<'_> {
+        self.lock.new_check_writer()
+    }
+
+    /// Resolves once the lease is gone: its node was deleted or its session
+    /// ended. (A connection loss alone does not end it.)
+    pub async fn lost(&self) {
+        loop {
+            match self.client().check_and_watch_stat(self.path()).await {
+                Ok((None, _)) => return,
+                Ok((Some(_), watcher)) => {
+                    let event = watcher.changed().await;
+                    if event.event_type == EventType::NodeDeleted || event.session_state.is_terminated() {
+                        return;
+                    }
+                }
+                Err(Error::SessionExpired | Error::ClientClosed) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// Publishes this worker's last error in the lease node, where
+    /// `zkbridge status` reads it. Only writes when it changed.
+    pub async fn publish_error(&self, error: Option<String>) {
+        if *self.published_error.lock().unwrap() == error {
+            return;
+        }
+        let record = LeaseRecord {
+            last_error: error.clone(),
+            ..self.record.clone()
+        };
+        let data = serde_json::to_vec(&record).expect("JSON of a plain struct");
+        // The fencing check is on existence (version -1), so rewriting the
+        // node's data does not disturb it.
+        if self.client().set_data(self.path(), &data, None).await.is_ok() {
+            *self.published_error.lock().unwrap() = error;
+        }
+    }
+
+    /// Gives the lease up at once (drain, rebalancing), so a standby takes
+    /// over without waiting for the session timeout.
+    pub async fn release(self) {
+        let path = self.path().to_string();
+        match self.client().delete(&path, None).await {
+            Ok(()) | Err(Error::NoNode) => info!(lease = %path, "lease released"),
+            Err(e) => warn!(lease = %path, error = %e, "cannot delete lease node; it goes with the session"),
+        }
+        // Dropping the lock client would delete again in the background.
+        std::mem::forget(self.lock);
+    }
+}
+
+/// The lease nodes under `dir`, holder first.
+pub async fn contenders(client: &Client, dir: &str) -> Result<Vec<LeaseRecord>, Error> {
+    let mut children = match client.list_children(dir).await {
+        Ok(c) => c,
+        Err(Error::NoNode) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    // Curator-style names end in a ten-digit sequence.
+    children.retain(|c| c.contains(LEASE_NAME));
+    children.sort_by(|a, b| a[a.len().saturating_sub(10)..].cmp(&b[b.len().saturating_sub(10)..]));
+    let mut records = Vec::new();
+    for child in children {
+        match client.get_data(&format!("{dir}/{child}")).await {
+            Ok((data, _)) => {
+                if let Ok(r) = serde_json::from_slice(&data) {
+                    records.push(r)
+                }
+            }
+            Err(Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(records)
+}
+
+/// Decides when this instance leads more route/targets than its share and
+/// must hand some back. Shared by all workers of the instance.
+pub struct Balancer {
+    enabled: bool,
+    pairs: usize,
+    held: AtomicUsize,
+    live_instances: AtomicUsize,
+    /// Instances seen stable since, so a restart wave does not cause churn.
+    stable_since: std::sync::Mutex<Instant>,
+}
+
+/// How long the instance count must be unchanged, and a lease held, before
+/// surplus leases are handed back.
+pub const BALANCE_DELAY: Duration = Duration::from_secs(3);
+
+impl Balancer {
+    pub fn new(enabled: bool, pairs: usize) -> Arc<Self> {
+        Arc::new(Balancer {
+            enabled,
+            pairs,
+            held: AtomicUsize::new(0),
+            live_instances: AtomicUsize::new(1),
+            stable_since: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    pub fn gained(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn lost(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn fair_share(&self) -> usize {
+        let live = self.live_instances.load(Ordering::SeqCst).max(1);
+        self.pairs.div_ceil(live)
+    }
+
+    /// Whether the caller (a leader since `since`) should hand its lease
+    /// back. Claims the release atomically, so that only the surplus goes.
+    pub fn should_release(&self, since: Instant) -> bool {
+        if !self.enabled || since.elapsed() < BALANCE_DELAY {
+            return false;
+        }
+        if self.stable_since.lock().unwrap().elapsed() < BALANCE_DELAY {
+            return false;
+        }
+        let fair = self.fair_share();
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held > fair).then(|| held - 1)
+            })
+            .is_ok()
+    }
+
+    fn set_live(&self, n: usize) {
+        if self.live_instances.swap(n.max(1), Ordering::SeqCst) != n.max(1) {
+            *self.stable_since.lock().unwrap() = Instant::now();
+        }
+    }
+
+    /// Registers this instance in `ensemble` (ephemeral, re-created on every
+    /// new session) and keeps the count of live instances current.
+    pub async fn register(
+        self: Arc<Self>,
+        ensemble: Ensemble,
+        meta: String,
+        record: LeaseRecord,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let dir = instances_dir(&meta);
+        let node = format!("{dir}/{}-{}", record.instance, record.pid);
+        let data = serde_json::to_vec(&record).expect("JSON of a plain struct");
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let mut generation = 0;
+        loop {
+            let session = tokio::select! {
+                s = ensemble.session_after(generation) => s,
+                _ = shutdown.changed() => return,
+            };
+            generation = session.generation;
+            let client = session.client;
+            let _ = client.mkdir(&dir, &OPEN_DIR).await;
+            match client.create(&node, &data, &ephemeral).await {
+                Ok(_) | Err(Error::NodeExists) => {}
+                Err(e) => warn!(error = %e, ensemble = %ensemble.name, "cannot register instance"),
+            }
+            // Follow the instance list until this session ends.
+            loop {
+                let (children, watcher) = match client.list_and_watch_children(&dir).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
+                self.set_live(children.len());
+                let event = tokio::select! {
+                    e = watcher.changed() => e,
+                    _ = shutdown.changed() => return,
+                };
+                if event.session_state.is_terminated() {
+                    break;
+                }
+            }
+        }
+    }
+}

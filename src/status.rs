@@ -1,0 +1,154 @@
+//! `zkbridge status` and `GET /status`: per route/target, who leads, how
+//! far the mirror got and how far behind it is.
+//!
+//! Everything is read from zkbridge's znodes (lease nodes and checkpoint in
+//! the target, progress in the source), never from one process's memory:
+//! the answer is the same from any instance, from the CLI, and while every
+//! bridge is stopped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use zookeeper_client::Client;
+
+use crate::checkpoint::{checkpoint_path, get_json, now_ms, progress_path, Checkpoint, Progress};
+use crate::config::Resolved;
+use crate::lease::{contenders, leases_dir};
+
+/// How long one read may take before its ensemble counts as unreachable.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RouteTargetStatus {
+    pub route: String,
+    pub source: String,
+    pub target: String,
+    pub target_path: String,
+    /// `bridge.id` of the instance holding the lease; `null` when none does.
+    pub leader: Option<String>,
+    /// Instances waiting for the lease, next in line first.
+    pub standby: Vec<String>,
+    /// Source zxid of the last checkpoint, `0x…`.
+    pub checkpoint_zxid: Option<String>,
+    /// Now minus the heartbeat time of the last checkpoint.
+    pub lag_seconds: Option<f64>,
+    /// Source zxid the target reported applied (progress znode), `0x…`.
+    pub applied_zxid: Option<String>,
+    /// The leader's last error on this route/target.
+    pub last_error: Option<String>,
+    /// Why some of the above could not be read.
+    pub unavailable: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub routes: Vec<RouteTargetStatus>,
+}
+
+/// A session per ensemble, or why there is none.
+pub type Sessions = BTreeMap<String, Result<Client, String>>;
+
+/// Reads the status of every route/target of `config` with `sessions`.
+pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
+    let meta = &config.config.bridge.meta_path;
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        for target in &route.targets {
+            let mut s = RouteTargetStatus {
+                route: route.name().to_string(),
+                source: route.source.to_string(),
+                target: target.ensemble.clone(),
+                target_path: target.path.clone(),
+                leader: None,
+                standby: Vec::new(),
+                checkpoint_zxid: None,
+                lag_seconds: None,
+                applied_zxid: None,
+                last_error: None,
+                unavailable: None,
+            };
+            let mut problems = Vec::new();
+            match sessions.get(&target.ensemble) {
+                Some(Ok(tgt)) => {
+                    let dir = leases_dir(meta, route.name(), &target.ensemble);
+                    match timed(contenders(tgt, &dir)).await {
+                        Ok(mut leases) if !leases.is_empty() => {
+                            let leader = leases.remove(0);
+                            s.leader = Some(leader.instance);
+                            s.last_error = leader.last_error;
+                            s.standby = leases.into_iter().map(|l| l.instance).collect();
+                        }
+                        Ok(_) => {}
+                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
+                    }
+                    let path = checkpoint_path(meta, route.name(), &target.ensemble);
+                    match timed(get_json::<Checkpoint>(tgt, &path)).await {
+                        Ok(Some(c)) => {
+                            s.checkpoint_zxid = Some(format!("{:#x}", c.source_zxid));
+                            s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
+                        }
+                        Ok(None) => {}
+                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
+                    }
+                }
+                Some(Err(e)) => problems.push(format!("target {}: {e}", target.ensemble)),
+                None => problems.push(format!("target {}: no session", target.ensemble)),
+            }
+            match sessions.get(&route.source.ensemble) {
+                Some(Ok(src)) => {
+                    let path = progress_path(meta, route.name(), &target.ensemble);
+                    match timed(get_json::<Progress>(src, &path)).await {
+                        Ok(Some(p)) => s.applied_zxid = Some(format!("{:#x}", p.source_zxid)),
+                        Ok(None) => {}
+                        Err(e) => problems.push(format!("source {}: {e}", route.source.ensemble)),
+                    }
+                }
+                Some(Err(e)) => problems.push(format!("source {}: {e}", route.source.ensemble)),
+                None => problems.push(format!("source {}: no session", route.source.ensemble)),
+            }
+            s.unavailable = (!problems.is_empty()).then(|| problems.join("; "));
+            routes.push(s);
+        }
+    }
+    Status { routes }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(READ_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", READ_TIMEOUT.as_secs())),
+    }
+}
+
+/// A human table of `status`.
+pub fn render_text(status: &Status) -> String {
+    let dash = || "-".to_string();
+    let mut out = format!(
+        "{:<20} {:<14} {:<20} {:<20} {:>10} {:<30}\n",
+        "ROUTE", "TARGET", "LEADER", "CHECKPOINT", "LAG", "LAST ERROR"
+    );
+    for r in &status.routes {
+        let lag = r.lag_seconds.map(|l| format!("{l:.1}s")).unwrap_or_else(dash);
+        let error = r
+            .unavailable
+            .as_ref()
+            .map(|u| format!("unavailable: {u}"))
+            .or_else(|| r.last_error.clone())
+            .unwrap_or_else(dash);
+        out.push_str(&format!(
+            "{:<20} {:<14} {:<20} {:<20} {:>10} {}\n",
+            r.route,
+            r.target,
+            r.leader.clone().unwrap_or_else(|| "(none)".into()),
+            r.checkpoint_zxid.clone().unwrap_or_else(dash),
+            lag,
+            error
+        ));
+        if !r.standby.is_empty() {
+            out.push_str(&format!("{:<20} {:<14} standby: {}\n", "", "", r.standby.join(", ")));
+        }
+    }
+    out
+}
