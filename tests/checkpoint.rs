@@ -16,6 +16,12 @@ fn config(src: &Zk, dst: &Zk) -> String {
     )
 }
 
+/// The same with a short session timeout, so that the lease of a killed
+/// instance goes quickly.
+fn config_short_sessions(src: &Zk, dst: &Zk) -> String {
+    config(src, dst).replace("session_timeout_ms = 4000", "session_timeout_ms = 1500")
+}
+
 /// `n` nodes under /t, fan-out 10, 100 bytes each; parents first.
 fn tree(n: usize) -> Vec<(String, Vec<u8>)> {
     let mut nodes = vec![("/t".to_string(), vec![b'r'; 100])];
@@ -166,7 +172,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let dst = Zk::standalone();
     let s = src.client().await;
     create_many(&s, &tree(5_000)).await;
-    let mut bridge = Bridge::start(&config(&src, &dst));
+    let mut bridge = Bridge::start(&config_short_sessions(&src, &dst));
     let mut live: Vec<String> = Vec::new();
     for round in 0..12 {
         // Kill during the initial sync (round 0) and during a stream of
@@ -193,10 +199,148 @@ async fn sigkill_at_random_moments_loses_nothing() {
                 _ => delete_tree(&s, &format!("/t/{}/{}", 1 + rng.below(9), rng.below(100))).await,
             }
         }
-        // The kill lands at a random instant relative to the bridge's work.
+        // The kill lands at a random instant relative to the bridge's work,
+        // once the new process leads (the killed one's lease must expire).
+        eventually("the restarted bridge leads", CONVERGE, async || bridge.leading() == 1.0).await;
         tokio::time::sleep(Duration::from_millis(rng.below(1_500))).await;
         bridge.kill();
         bridge.restart();
     }
     await_in_sync(&bridge.config(), CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_session_expiry_in_steady_state_resumes_from_the_checkpoint() {
+    let mut src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    let nodes = tree(5_000);
+    create_many(&s, &nodes).await;
+    let bridge = Bridge::start(&config(&src, &dst));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    s.set_data("/t", b"copied", None).await.unwrap();
+    await_checkpoint_covers(&bridge, &s).await;
+    let writes_before = bridge.metric("zkbridge_applied_ops_total", &[]);
+    drop(s);
+
+    // Away longer than the session timeout (4 s): the source session expires.
+    src.kill();
+    eventually("the source session expires", CONVERGE, async || {
+        bridge.metric("zkbridge_session_expirations_total", &[("ensemble", "src")]) >= 1.0
+    })
+    .await;
+    src.restart();
+    let s = src.client().await;
+    for i in 0..20 {
+        s.set_data(&nodes[1000 + i].0, b"after expiry", None).await.unwrap();
+    }
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    eventually("the rescan after expiry is counted", CONVERGE, async || {
+        bridge.metric("zkbridge_resyncs_total", &[("reason", "session_expired")]) >= 1.0
+    })
+    .await;
+    let reads = bridge.metric("zkbridge_resume_target_reads_total", &[]);
+    let writes = bridge.metric("zkbridge_applied_ops_total", &[]) - writes_before;
+    eprintln!("after expiry: {reads} target reads, {writes} target writes");
+    assert!(writes <= 20.0 + 5.0, "only the changed nodes are written: {writes}");
+    assert!(
+        reads <= 500.0,
+        "target reads follow the change, not the 5,000 nodes: {reads}"
+    );
+}
+
+/// The argument behind checkpoints, tested on the crate and server we
+/// ship with: a watch event for a write that completed before our own
+/// write was sent is already in the watcher when our write's reply arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_are_delivered_before_a_later_reply() {
+    use futures::FutureExt;
+    let src = Zk::standalone();
+    let writer = src.client().await;
+    let watching = src.client().await;
+    mkdirs(&writer, "/t").await;
+    create(&watching, "/beat", b"").await;
+    let mut watcher = watching
+        .watch("/t", zookeeper_client::AddWatchMode::PersistentRecursive)
+        .await
+        .unwrap();
+    for i in 0..500 {
+        let path = format!("/t/n{i}");
+        let (stat, _) = writer
+            .create(
+                &path,
+                b"x",
+                &zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        let beat = watching.set_data("/beat", b"", None).await.unwrap();
+        assert!(beat.mzxid > stat.czxid);
+        let event = watcher.changed().now_or_never().unwrap_or_else(|| {
+            panic!(
+                "event for {path} (zxid {}) not delivered before the reply of zxid {}",
+                stat.czxid, beat.mzxid
+            )
+        });
+        assert_eq!(event.path, path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_znodes_while_running_and_while_stopped() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    create_many(&s, &tree(100)).await;
+    let mut bridge = Bridge::start(&config(&src, &dst));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    await_checkpoint_covers(&bridge, &s).await;
+    let config_path = bridge.config_path.clone();
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["status", "-c"]).arg(&config_path);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let running: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let r = &running["routes"][0];
+    assert_eq!(r["route"], "r");
+    assert_eq!(r["target"], "dst");
+    assert_eq!(r["leader"], "test-bridge");
+    let zxid = bridge.metric("zkbridge_checkpoint_zxid", &[("route", "r")]) as i64;
+    let hex = r["checkpoint_zxid"].as_str().unwrap();
+    assert!(
+        i64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap() >= zxid,
+        "{hex} vs {zxid:#x}"
+    );
+    assert!(r["lag_seconds"].as_f64().unwrap() < 30.0);
+    assert!(r["last_error"].is_null());
+    let (code, body) = bridge.http_get("/status").unwrap();
+    assert_eq!(code, 200);
+    let endpoint: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let e = &endpoint["routes"][0];
+    for key in [
+        "route",
+        "source",
+        "target",
+        "target_path",
+        "leader",
+        "standby",
+        "last_error",
+    ] {
+        assert_eq!(e[key], r[key], "/status and `zkbridge status --json` differ on {key}");
+    }
+
+    assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
+    let stopped: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let r = &stopped["routes"][0];
+    assert!(r["leader"].is_null(), "nobody leads once stopped: {r}");
+    let final_hex = r["checkpoint_zxid"].as_str().unwrap().to_string();
+    assert!(r["applied_zxid"].is_string());
+    let text = status(false);
+    assert!(text.contains("(none)") && text.contains(&final_hex), "{text}");
 }
