@@ -41,6 +41,9 @@ pub struct WorkerStatus {
     pub leading: AtomicBool,
     /// The initial sync since this instance took the lead is finished.
     pub initial_sync_done: AtomicBool,
+    /// While not leading: another instance holds the lease (this one is a
+    /// standby behind it), as opposed to nobody leading yet.
+    pub other_leader: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
     /// The last checkpoint this worker committed.
     pub checkpoint: Mutex<Option<Checkpoint>>,
@@ -215,7 +218,12 @@ impl Worker {
     /// released at once so a standby takes over without waiting for the
     /// session timeout.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let span = tracing::info_span!("worker", route = %self.route.name(), target = %self.target.ensemble);
+        let span = tracing::info_span!(
+            "worker",
+            route = %self.route.name(),
+            target = %self.target.ensemble,
+            session = tracing::field::Empty
+        );
         async move {
             let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             loop {
@@ -223,11 +231,20 @@ impl Worker {
                 if *shutdown.borrow() {
                     break;
                 }
-                let lease = tokio::select! {
-                    lease = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record) => lease,
-                    _ = shutdown.changed() => continue,
+                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record);
+                tokio::pin!(acquire);
+                let mut look = tokio::time::interval(Duration::from_secs(1));
+                let lease = loop {
+                    tokio::select! {
+                        lease = &mut acquire => break Some(lease),
+                        _ = look.tick() => self.note_other_leader(&dir).await,
+                        _ = shutdown.changed() => break None,
+                    }
                 };
-                info!(lease = %lease.path(), session = %lease.client().session_id(), "holding the lease: leading");
+                *self.status.other_leader.lock().unwrap() = None;
+                let Some(lease) = lease else { continue };
+                tracing::Span::current().record("session", tracing::field::display(lease.client().session_id()));
+                info!(lease = %lease.path(), "holding the lease: leading");
                 self.identity.balancer.gained();
                 self.metrics.leader.set(1);
                 self.status.initial_sync_done.store(false, Ordering::Relaxed);
@@ -259,6 +276,22 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Records which other instance, if any, holds the lease this worker is
+    /// waiting for (for `/readyz`: a standby behind a leader is fine).
+    async fn note_other_leader(&self, dir: &str) {
+        let Ok(session) = tokio::time::timeout(Duration::from_millis(500), self.target_zk.session()).await else {
+            return;
+        };
+        let holder = match crate::lease::contenders(&session.client, dir).await {
+            Ok(c) => c
+                .into_iter()
+                .next()
+                .filter(|h| !h.same_process(&self.identity.lease_record)),
+            Err(_) => None,
+        };
+        *self.status.other_leader.lock().unwrap() = holder.map(|h| h.instance);
     }
 
     /// Mirrors while `lease` is held. A unit of work in progress when

@@ -67,19 +67,27 @@ impl Bridge {
     }
 
     /// `None` when ready, else why not: a route/target this instance leads
-    /// has not finished its initial sync, or lags more than
-    /// `bridge.ready_max_lag_s`.
+    /// has not finished its initial sync or lags more than
+    /// `bridge.ready_max_lag_s`; or one it does not lead has no leader
+    /// elsewhere either (its target is unreachable, or the lease is still
+    /// being taken).
     pub fn not_ready(&self) -> Option<String> {
         let max_lag = self.config.config.bridge.ready_max_lag_s as f64;
         let mut reasons = Vec::new();
-        for w in self.workers.iter().filter(|w| w.leading()) {
-            if !w.synced() {
-                reasons.push(format!("{}/{}: initial sync not finished", w.route, w.target));
-            } else if let Some(lag) = w.lag_seconds().filter(|l| *l > max_lag) {
-                reasons.push(format!(
-                    "{}/{}: lag {lag:.0}s above bridge.ready_max_lag_s = {max_lag}",
-                    w.route, w.target
-                ));
+        for w in &self.workers {
+            let name = format!("{}/{}", w.route, w.target);
+            if w.leading() {
+                if !w.synced() {
+                    reasons.push(format!("{name}: initial sync not finished"));
+                } else if let Some(lag) = w.lag_seconds().filter(|l| *l > max_lag) {
+                    reasons.push(format!(
+                        "{name}: lag {lag:.0}s above bridge.ready_max_lag_s = {max_lag}"
+                    ));
+                }
+            } else if self.metrics.session_state.with_label_values(&[&w.target]).get() != 1 {
+                reasons.push(format!("{name}: target ensemble {} unreachable", w.target));
+            } else if w.status.other_leader.lock().unwrap().is_none() {
+                reasons.push(format!("{name}: taking the lease"));
             }
         }
         (!reasons.is_empty()).then(|| reasons.join("; "))

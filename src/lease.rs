@@ -56,6 +56,17 @@ impl LeaseRecord {
     }
 }
 
+impl LeaseRecord {
+    /// Whether two records come from the same process (its `last_error`
+    /// may differ).
+    pub fn same_process(&self, other: &LeaseRecord) -> bool {
+        self.instance == other.instance
+            && self.host == other.host
+            && self.pid == other.pid
+            && self.started_ms == other.started_ms
+    }
+}
+
 pub fn leases_dir(meta: &str, route: &str, target_ensemble: &str) -> String {
     format!("{meta}/routes/{route}/{target_ensemble}/leases")
 }
