@@ -207,12 +207,14 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         for w in &bridge.workers {
-            if let Some(lag) = w.lag_seconds() {
-                bridge
-                    .metrics
-                    .lag_seconds
-                    .with_label_values(&[&w.route, &w.target])
-                    .set(lag);
+            let labels = [w.route.as_str(), w.target.as_str()];
+            match w.lag_seconds().filter(|_| w.leading()) {
+                Some(lag) => bridge.metrics.lag_seconds.with_label_values(&labels).set(lag),
+                // Only the leader's figure means anything; a standby's would
+                // grow forever from the last checkpoint it saw.
+                None => {
+                    let _ = bridge.metrics.lag_seconds.remove_label_values(&labels);
+                }
             }
         }
     }

@@ -155,3 +155,26 @@ fn bundled_configs_are_valid() {
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn a_listen_port_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[bridge]\nlisten = \"{addr}\"\n{ENSEMBLES}{}",
+            route("r", "us-east:/c", "\"eu-west:/c\"")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin()).args(["run", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bridge.listen") && stderr.contains(&addr.to_string()) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
