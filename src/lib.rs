@@ -19,4 +19,5 @@ pub mod plan;
 pub mod queue;
 pub mod status;
 pub mod tree;
+pub mod wait;
 pub mod zk;

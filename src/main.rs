@@ -12,7 +12,7 @@ use zkbridge::config;
 #[derive(Parser)]
 #[command(
     name = "zkbridge",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GIT_COMMIT_OF_BUILD"), ")"),
     about = "Mirrors ZooKeeper subtrees across ensembles in different regions"
 )]
 struct Cli {
@@ -60,6 +60,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Block until every target of a route applied source zxid Z (exit 0 reached, 1 timeout, 2 error).
+    Wait {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Source zxid, decimal or 0x hex (from the stat of your write).
+        #[arg(long, value_parser = zkbridge::wait::parse_zxid)]
+        zxid: i64,
+        /// How long to wait, e.g. 30s, 500ms, 2m.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Delete a route/target's checkpoint so its next leader does a full resync.
+    Reset {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Target ensemble name.
+        #[arg(long)]
+        target: String,
+        /// Confirm (required when run from a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Copy the routes once and exit.
     Sync {
         #[arg(short, long)]
@@ -82,6 +108,18 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(&config),
             Command::Run { config } => run(&config).await,
             Command::Status { config, json } => status(&config, json).await,
+            Command::Wait {
+                config,
+                route,
+                zxid,
+                timeout,
+            } => wait(&config, &route, zxid, timeout).await,
+            Command::Reset {
+                config,
+                route,
+                target,
+                yes,
+            } => reset(&config, &route, &target, yes).await,
             Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
             Command::Sync { config, route } => sync(&config, route.as_deref()).await,
         }
@@ -182,6 +220,107 @@ async fn status(path: &std::path::Path, json: bool) -> ExitCode {
         print!("{}", zkbridge::status::render_text(&status));
     }
     ExitCode::SUCCESS
+}
+
+/// A session on one ensemble of the configuration, or exit 2 naming it.
+async fn session(
+    resolved: &config::Resolved,
+    ensemble: &str,
+    command: &str,
+) -> Result<zookeeper_client::Client, ExitCode> {
+    let Some(settings) = resolved.config.ensembles.get(ensemble) else {
+        eprintln!("zkbridge {command}: ensemble {ensemble}: not in the configuration");
+        return Err(ExitCode::from(2));
+    };
+    let timeout = Duration::from_millis(settings.session_timeout_ms).max(zkbridge::status::READ_TIMEOUT);
+    match tokio::time::timeout(timeout, zkbridge::zk::connect(settings)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            eprintln!("zkbridge {command}: ensemble {ensemble}: {e:#}");
+            Err(ExitCode::from(2))
+        }
+        Err(_) => {
+            eprintln!(
+                "zkbridge {command}: ensemble {ensemble}: no session within {}s",
+                timeout.as_secs()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+async fn wait(path: &std::path::Path, route: &str, zxid: i64, timeout: Duration) -> ExitCode {
+    let resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let Some(r) = resolved.routes.iter().find(|r| r.name() == route) else {
+        eprintln!("zkbridge wait: --route {route}: no such route in the configuration");
+        return ExitCode::from(2);
+    };
+    let source = match session(&resolved, &r.source.ensemble, "wait").await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match zkbridge::wait::until_applied(&resolved, &source, route, zxid, timeout).await {
+        Ok(true) => {
+            println!("every target of {route} applied {zxid:#x}");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            let behind = zkbridge::wait::pending_targets(&resolved, &source, route, zxid)
+                .await
+                .unwrap_or_default();
+            eprintln!(
+                "zkbridge wait: timed out after {}: {zxid:#x} not yet applied in {}",
+                humantime::format_duration(timeout),
+                behind.join(", ")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("zkbridge wait: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn reset(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let resolved = match load(path) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if !resolved
+        .routes
+        .iter()
+        .any(|r| r.name() == route && r.targets.iter().any(|t| t.ensemble == target))
+    {
+        eprintln!("zkbridge reset: route {route} has no target on ensemble {target}");
+        return ExitCode::from(2);
+    }
+    if !yes && std::io::stdin().is_terminal() {
+        eprintln!(
+            "zkbridge reset: this deletes the checkpoint of {route}/{target}: its next leader copies the whole route again. Add --yes to confirm."
+        );
+        return ExitCode::from(2);
+    }
+    let client = match session(&resolved, target, "reset").await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let checkpoint = zkbridge::checkpoint::checkpoint_path(&resolved.config.bridge.meta_path, route, target);
+    match client.delete(&checkpoint, None).await {
+        Ok(()) | Err(zookeeper_client::Error::NoNode) => {
+            println!("deleted {checkpoint} in {target}: the next leader of {route}/{target} does a full resync");
+            println!("(a running leader re-creates it: stop the instances first, or restart them after this)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zkbridge reset: {target}:{checkpoint}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCode {

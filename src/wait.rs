@@ -1,0 +1,129 @@
+//! The cross-region barrier: wait until every target of a route has applied
+//! a given source zxid.
+//!
+//! An application writes in the source, takes the zxid from the reply's
+//! stat, and calls [`until_applied`]: once it returns `true`, every region
+//! holds that write (and everything before it). It reads the progress
+//! znodes the leaders write back to the source after each checkpoint, and
+//! waits on watches, not by polling.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use zookeeper_client::{Client, Error, EventType};
+
+use crate::checkpoint::{progress_path, Progress};
+use crate::config::Resolved;
+
+/// Why waiting could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("--route {0}: no such route in the configuration")]
+    UnknownRoute(String),
+    #[error("source ensemble {ensemble}: {source}")]
+    Source {
+        ensemble: String,
+        #[source]
+        source: Error,
+    },
+}
+
+/// Targets of `route` that have not applied `zxid` yet, in config order.
+pub async fn pending_targets(
+    config: &Resolved,
+    source: &Client,
+    route: &str,
+    zxid: i64,
+) -> Result<Vec<String>, WaitError> {
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.name() == route)
+        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
+    let meta = &config.config.bridge.meta_path;
+    let mut pending = Vec::new();
+    for target in &route.targets {
+        let progress = applied(source, &progress_path(meta, route.name(), &target.ensemble))
+            .await
+            .map_err(|e| WaitError::Source {
+                ensemble: route.source.ensemble.clone(),
+                source: e,
+            })?;
+        if progress.is_none_or(|p| p.source_zxid < zxid) {
+            pending.push(target.ensemble.clone());
+        }
+    }
+    Ok(pending)
+}
+
+async fn applied(source: &Client, path: &str) -> Result<Option<Progress>, Error> {
+    match source.get_data(path).await {
+        Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+        Err(Error::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Blocks until every target of `route` has applied source zxid `zxid`
+/// (`Ok(true)`), or `timeout` passes (`Ok(false)`). `source` must be a
+/// session on the route's source ensemble.
+pub async fn until_applied(
+    config: &Resolved,
+    source: &Client,
+    route: &str,
+    zxid: i64,
+    timeout: Duration,
+) -> Result<bool, WaitError> {
+    let deadline = Instant::now() + timeout;
+    let meta = config.config.bridge.meta_path.clone();
+    loop {
+        let pending = pending_targets(config, source, route, zxid).await?;
+        let Some(first) = pending.first() else {
+            return Ok(true);
+        };
+        // Watch the first target still behind; when its progress changes,
+        // look at all of them again.
+        let path = progress_path(&meta, route, first);
+        let watch = source
+            .check_and_watch_stat(&path)
+            .await
+            .map_err(|e| WaitError::Source {
+                ensemble: first.clone(),
+                source: e,
+            })?;
+        // The progress may have moved between the read and the watch.
+        if pending_targets(config, source, route, zxid).await?.first() != Some(first) {
+            continue;
+        }
+        let (_, watcher) = watch;
+        tokio::select! {
+            event = watcher.changed() => {
+                if event.event_type == EventType::Session && event.session_state.is_terminated() {
+                    return Err(WaitError::Source { ensemble: first.clone(), source: Error::SessionExpired });
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(false),
+        }
+    }
+}
+
+/// Parses a zxid given as decimal or `0x…` hex.
+pub fn parse_zxid(s: &str) -> Result<i64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a zxid (decimal or 0x hex): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zxids_parse_in_decimal_and_hex() {
+        assert_eq!(parse_zxid("4294967297"), Ok(0x1_0000_0001));
+        assert_eq!(parse_zxid("0x100000001"), Ok(4294967297));
+        assert!(parse_zxid("zz").is_err());
+    }
+}
