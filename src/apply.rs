@@ -15,12 +15,15 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
-use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, CreateOptions, Error};
+use zookeeper_client::{
+    Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, PersistentWatcher,
+};
 
 use crate::checkpoint::{
     checkpoint_path, ensemble_id, get_json, now_ms, progress_path, put_json, Checkpoint, Progress,
 };
-use crate::config::{BridgeConfig, Endpoint, Route};
+use crate::config::{BridgeConfig, ConflictPolicy, Endpoint, Route};
+use crate::conflict::{self, Conflicts, StopRecord};
 use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::plan::{self, Op};
@@ -47,6 +50,8 @@ pub struct WorkerStatus {
     pub last_error: Mutex<Option<String>>,
     /// The last checkpoint this worker committed.
     pub checkpoint: Mutex<Option<Checkpoint>>,
+    /// Echoes of own writes, paths kept by policy, a stop.
+    pub conflicts: Conflicts,
 }
 
 /// Limits for writing to a target.
@@ -89,6 +94,9 @@ struct TargetMetrics {
     checkpoint_zxid: IntGauge,
     leader: IntGauge,
     fencing_rejections: IntCounter,
+    overwritten: IntCounter,
+    kept: IntCounter,
+    stopped: IntCounter,
     resume_scanned: IntCounter,
     resume_reads: IntCounter,
     resume_writes: IntCounter,
@@ -110,6 +118,9 @@ impl TargetMetrics {
             checkpoint_zxid: metrics.checkpoint_zxid.with_label_values(&[route, target]),
             leader: metrics.leader.with_label_values(&[route, target]),
             fencing_rejections: metrics.fencing_rejections.with_label_values(&[route, target]),
+            overwritten: metrics.conflicts.with_label_values(&[route, target, "overwritten"]),
+            kept: metrics.conflicts.with_label_values(&[route, target, "kept"]),
+            stopped: metrics.conflicts.with_label_values(&[route, target, "stopped"]),
             resume_scanned: metrics.resume_nodes_scanned.with_label_values(&[route, target]),
             resume_reads: metrics.resume_target_reads.with_label_values(&[route, target]),
             resume_writes: metrics.resume_target_writes.with_label_values(&[route, target]),
@@ -302,9 +313,37 @@ impl Worker {
         tokio::pin!(lost);
         let mut balance_check = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        let mut target_watch = loop {
+            match self.start_leading(lease).await {
+                Ok(w) => break w,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the route's conflict state or watch the target; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => return LeadEnd::Shutdown,
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        backoff = Duration::from_millis(100);
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
+            }
+            self.drain_target_events(&mut target_watch);
+            if let Some(stop) = self.status.conflicts.stopped() {
+                tokio::select! {
+                    resumed = self.await_resume(lease, &stop) => if resumed {
+                        info!(path = %stop.path, "stop cleared by an operator: applying again");
+                        self.status.conflicts.set_stopped(None);
+                        self.queue.request_resync(ResyncReason::Startup);
+                    },
+                    _ = shutdown.changed() => {},
+                    _ = &mut lost => return LeadEnd::LeaseLost,
+                }
+                continue;
             }
             if balance_check.elapsed() >= Duration::from_secs(1) {
                 balance_check = Instant::now();
@@ -317,6 +356,7 @@ impl Worker {
                 let parked = self.queue.next_parked_due();
                 tokio::select! {
                     _ = self.queue.notified() => {},
+                    event = target_watch.changed() => self.on_target_event(event),
                     _ = sleep_until(parked) => {},
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {},
                     _ = shutdown.changed() => {},
@@ -361,6 +401,129 @@ impl Worker {
             }
             let error = self.status.last_error.lock().unwrap().clone();
             lease.publish_error(error).await;
+        }
+    }
+
+    /// What a new leader reads before applying: paths kept by policy and a
+    /// stop left by the previous leader; and the watch on the target path
+    /// that reveals local changes from now on.
+    async fn start_leading(&self, lease: &Lease) -> Result<PersistentWatcher, Error> {
+        let tgt = lease.client();
+        let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        let watcher = tgt.watch(&self.target.path, AddWatchMode::PersistentRecursive).await?;
+        self.status.conflicts.reset_echoes();
+        let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
+        if !kept.is_empty() {
+            info!(paths = kept.len(), "target versions kept by policy (target-wins)");
+        }
+        self.status.conflicts.set_kept(kept);
+        let stop = conflict::read_stopped(tgt, &conflict::stopped_path(meta, route, target)).await?;
+        if let Some(stop) = &stop {
+            warn!(path = %stop.path, reason = %stop.reason, "route/target is stopped; `zkbridge resume` clears it");
+        }
+        self.status.conflicts.set_stopped(stop);
+        Ok(watcher)
+    }
+
+    /// Handles the target events that queued up while a unit was applied.
+    fn drain_target_events(&self, watcher: &mut PersistentWatcher) {
+        use futures::FutureExt;
+        while let Some(event) = watcher.changed().now_or_never() {
+            self.on_target_event(event);
+        }
+    }
+
+    /// An event in the target: the echo of an own write, or a possible local
+    /// change to look at.
+    fn on_target_event(&self, event: zookeeper_client::WatchedEvent) {
+        match event.event_type {
+            EventType::Session => {
+                if matches!(event.session_state, zookeeper_client::SessionState::Disconnected) {
+                    // Events (and echoes) may be lost across the gap; the
+                    // anti-entropy pass catches what the watch missed.
+                    self.status.conflicts.reset_echoes();
+                }
+            }
+            EventType::NodeChildrenChanged => {}
+            _ => {
+                if self.status.conflicts.is_echo(&event.path) {
+                    return;
+                }
+                let Some(rel) = tree::relative(&self.target.path, &event.path) else {
+                    return;
+                };
+                if self.route.filter.managed(rel) || rel.is_empty() {
+                    debug!(path = %event.path, kind = ?event.event_type, "target changed by someone else");
+                    self.queue.mark_target(rel);
+                }
+            }
+        }
+    }
+
+    /// Waits until an operator deletes the stop record. `true` once cleared.
+    async fn await_resume(&self, lease: &Lease, stop: &StopRecord) -> bool {
+        let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        match lease.client().check_and_watch_stat(&path).await {
+            Ok((None, _)) => true,
+            Ok((Some(_), watcher)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), watcher.changed()).await;
+                false
+            }
+            Err(e) => {
+                debug!(error = %e, path = %stop.path, "cannot read the stop record");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+        }
+    }
+
+    /// Applies the route's policy to a local change at `rel`. Returns
+    /// whether the reconcile op for it should still be written.
+    async fn on_conflict(
+        &self,
+        lease: &Lease,
+        rel: &str,
+        source: Option<&NodeState>,
+        target: Option<&NodeState>,
+    ) -> bool {
+        let path = join(&self.target.path, rel);
+        let source_mzxid = source.map(|s| s.stat.mzxid).unwrap_or(-1);
+        let target_mzxid = target.map(|t| t.stat.mzxid).unwrap_or(-1);
+        let (meta, route, target_name) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        match self.route.config.conflict {
+            ConflictPolicy::SourceWins => {
+                self.metrics.overwritten.inc();
+                info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: overwritten (source-wins)");
+                true
+            }
+            ConflictPolicy::TargetWins => {
+                self.metrics.kept.inc();
+                info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: kept (target-wins) until the source changes it again");
+                self.status.conflicts.keep(rel, source_mzxid);
+                let dir = conflict::kept_dir(meta, route, target_name);
+                if let Err(e) = conflict::persist_kept(lease.client(), &dir, rel, source_mzxid).await {
+                    warn!(%path, error = %e, "cannot record the kept path; it is kept until restart");
+                }
+                false
+            }
+            ConflictPolicy::Fail => {
+                self.metrics.stopped.inc();
+                warn!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: route/target stopped (conflict = fail); resolve the path, then `zkbridge resume`");
+                let record = StopRecord {
+                    path: path.clone(),
+                    reason: "conflict".into(),
+                    bridge: self.identity.bridge_id.clone(),
+                    ts_ms: now_ms(),
+                };
+                let stop_path = conflict::stopped_path(meta, route, target_name);
+                if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record).await {
+                    warn!(error = %e, "cannot record the stop; it holds until restart");
+                }
+                *self.status.last_error.lock().unwrap() =
+                    Some(format!("{path}: changed locally; stopped by conflict = fail"));
+                self.status.conflicts.set_stopped(Some(record));
+                false
+            }
         }
     }
 
@@ -520,6 +683,24 @@ impl Worker {
                 self.metrics.deletes_blocked.inc_by(held as u64);
                 ops.retain(|o| !matches!(o, Op::Delete { .. }));
             }
+        }
+        // Target versions kept by policy stay, unless the source changed
+        // the node since (which ends the keep).
+        let mut ended = Vec::new();
+        ops.retain(|op| {
+            let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
+            match self.status.conflicts.keeps(op.rel(), source_mzxid) {
+                Some(true) => false,
+                Some(false) => {
+                    ended.push(op.rel().to_string());
+                    true
+                }
+                None => true,
+            }
+        });
+        let kept_dir = conflict::kept_dir(meta, route.name(), &self.target.ensemble);
+        for rel in ended {
+            let _ = conflict::unpersist_kept(&tgt, &kept_dir, &rel).await;
         }
         if ops
             .first()
@@ -693,7 +874,31 @@ impl Worker {
                 stat,
                 children: Vec::new(),
             });
-            match plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.scaffold) {
+            let decision = plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.scaffold);
+            let source_mzxid = s.as_ref().map(|s| s.stat.mzxid).unwrap_or(-1);
+            if decision.is_some() {
+                if dirty.target_only {
+                    if !self.on_conflict(lease, rel, s.as_ref(), t.as_ref()).await {
+                        if self.status.conflicts.stopped().is_some() {
+                            // Nothing more is applied; the unit waits for the resume.
+                            self.queue.requeue(paths.clone());
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                } else {
+                    match self.status.conflicts.keeps(rel, source_mzxid) {
+                        Some(true) => continue,
+                        Some(false) => {
+                            let dir =
+                                conflict::kept_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+                            let _ = conflict::unpersist_kept(&tgt, &dir, rel).await;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            match decision {
                 Some(Op::Delete { .. }) if rel.is_empty() && !self.route.config.allow_root_delete => {
                     warn!(source = %self.route.source, "source root was deleted: keeping the target root (allow_root_delete = false)");
                     self.metrics.deletes_blocked.inc();
@@ -754,12 +959,18 @@ impl Worker {
         loop {
             while in_flight.len() < self.limits.max_in_flight {
                 let Some(batch) = pending.next() else { break };
-                in_flight.push_back(commit(lease, base, batch, None));
+                in_flight.push_back(commit(lease, base, batch, None, &self.status.conflicts));
             }
             if in_flight.is_empty() && interrupted.is_none() && refused.is_empty() {
                 if let Some(batch) = last.take() {
                     carried = true;
-                    in_flight.push_back(commit(lease, base, batch, checkpoint_write.as_ref()));
+                    in_flight.push_back(commit(
+                        lease,
+                        base,
+                        batch,
+                        checkpoint_write.as_ref(),
+                        &self.status.conflicts,
+                    ));
                 }
             }
             let Some((batch, result)) = in_flight.next().await else {
@@ -815,9 +1026,10 @@ impl Worker {
             since,
             scaffold: false,
             seq: 0,
+            target_only: false,
         });
         let kind = op.kind();
-        let (batch, result) = commit(lease, base, vec![op], None).await;
+        let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts).await;
         let op = &batch[0];
         match result {
             Ok(()) => {
@@ -889,11 +1101,16 @@ fn batch(ops: Vec<Op>, base_len: usize, limits: Limits) -> Vec<Vec<Op>> {
 /// Sends one batch as a `multi` whose first op checks the lease, plus an
 /// optional extra set-data (the checkpoint). The request is sent when this
 /// is called, not when the future is polled, so batches pipeline in order.
+///
+/// Each op registers the echo its event will produce in the target watch
+/// before the request leaves (the event may arrive before the reply); a
+/// failed batch withdraws them.
 fn commit<'a>(
     lease: &'a Lease,
     base: &'a str,
     batch: Vec<Op>,
     extra: Option<&(String, Vec<u8>)>,
+    conflicts: &'a Conflicts,
 ) -> impl std::future::Future<Output = (Vec<Op>, Result<(), Error>)> + 'a {
     let mut writer = lease.writer();
     let added: Result<(), Error> = batch
@@ -910,12 +1127,22 @@ fn commit<'a>(
             Some((path, data)) => writer.add_set_data(path, data, None),
             None => Ok(()),
         });
-    let sent = added.map(|()| writer.commit());
+    let sent = added.map(|()| {
+        for op in &batch {
+            conflicts.expect_echo(join(base, op.rel()));
+        }
+        writer.commit()
+    });
     async move {
         let result = match sent {
             Err(e) => Err(e),
             Ok(fut) => fut.await.map(drop).map_err(fenced_error),
         };
+        if result.is_err() {
+            for op in &batch {
+                conflicts.cancel_echo(&join(base, op.rel()));
+            }
+        }
         (batch, result)
     }
 }

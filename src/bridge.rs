@@ -76,7 +76,12 @@ impl Bridge {
         let mut reasons = Vec::new();
         for w in &self.workers {
             let name = format!("{}/{}", w.route, w.target);
-            if w.leading() {
+            if let Some(stop) = w.status.conflicts.stopped().filter(|_| w.leading()) {
+                reasons.push(format!(
+                    "{name}: stopped ({}) at {}; `zkbridge resume` clears it",
+                    stop.reason, stop.path
+                ));
+            } else if w.leading() {
                 if !w.synced() {
                     reasons.push(format!("{name}: initial sync not finished"));
                 } else if let Some(lag) = w.lag_seconds().filter(|l| *l > max_lag) {

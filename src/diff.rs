@@ -17,10 +17,18 @@ pub struct Difference {
     pub route: String,
     pub target: String,
     /// `missing`: in the source, not in the target; `extra`: in the target
-    /// only; `different`: data differs.
+    /// only; `different`: data differs; `kept`: differs, but the target's
+    /// version is kept by the route's `target-wins` policy (not drift).
     pub kind: &'static str,
     pub source_path: String,
     pub target_path: String,
+}
+
+impl Difference {
+    /// Whether the bridge still has work here (everything but `kept`).
+    pub fn is_drift(&self) -> bool {
+        self.kind != "kept"
+    }
 }
 
 /// Compares every (or one) route's source with each of its targets.
@@ -50,8 +58,14 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
             })
             .await
             .map_err(|e| anyhow::anyhow!("route {}: reading target {target}: {e}", route.name()))?;
+            let kept_dir = crate::conflict::kept_dir(&config.config.bridge.meta_path, route.name(), &target.ensemble);
+            let kept = crate::conflict::load_kept(&target_client, &kept_dir)
+                .await
+                .map_err(|e| anyhow::anyhow!("route {}: reading kept paths in {target}: {e}", route.name()))?;
             for op in plan::plan(route, &source, &tgt) {
+                let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
                 let kind = match op {
+                    _ if kept.get(op.rel()).is_some_and(|at| source_mzxid <= *at) => "kept",
                     Op::Create { .. } => "missing",
                     Op::Set { .. } => "different",
                     Op::Delete { .. } => "extra",

@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod capture;
 pub mod checkpoint;
 pub mod config;
+pub mod conflict;
 pub mod diff;
 pub mod http;
 pub mod lease;

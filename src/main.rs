@@ -86,6 +86,19 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Clear a route/target stopped by `conflict = "fail"` or the delete breaker.
+    Resume {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Target ensemble name.
+        #[arg(long)]
+        target: String,
+        /// Confirm (required when run from a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Copy the routes once and exit.
     Sync {
         #[arg(short, long)]
@@ -120,6 +133,12 @@ fn main() -> ExitCode {
                 target,
                 yes,
             } => reset(&config, &route, &target, yes).await,
+            Command::Resume {
+                config,
+                route,
+                target,
+                yes,
+            } => resume(&config, &route, &target, yes).await,
             Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
             Command::Sync { config, route } => sync(&config, route.as_deref()).await,
         }
@@ -285,28 +304,69 @@ async fn wait(path: &std::path::Path, route: &str, zxid: i64, timeout: Duration)
     }
 }
 
-async fn reset(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
+/// Loads the config, checks that `route` has a target on `target`, asks
+/// for `--yes` on a terminal, and opens a session on the target ensemble.
+async fn target_session(
+    path: &std::path::Path,
+    command: &str,
+    (route, target, yes): (&str, &str, bool),
+    what: &str,
+) -> Result<(config::Resolved, zookeeper_client::Client), ExitCode> {
     use std::io::IsTerminal;
-    let resolved = match load(path) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    let resolved = load(path)?;
     if !resolved
         .routes
         .iter()
         .any(|r| r.name() == route && r.targets.iter().any(|t| t.ensemble == target))
     {
-        eprintln!("zkbridge reset: route {route} has no target on ensemble {target}");
-        return ExitCode::from(2);
+        eprintln!("zkbridge {command}: route {route} has no target on ensemble {target}");
+        return Err(ExitCode::from(2));
     }
     if !yes && std::io::stdin().is_terminal() {
-        eprintln!(
-            "zkbridge reset: this deletes the checkpoint of {route}/{target}: its next leader copies the whole route again. Add --yes to confirm."
-        );
-        return ExitCode::from(2);
+        eprintln!("zkbridge {command}: {what}. Add --yes to confirm.");
+        return Err(ExitCode::from(2));
     }
-    let client = match session(&resolved, target, "reset").await {
-        Ok(c) => c,
+    let client = session(&resolved, target, command).await?;
+    Ok((resolved, client))
+}
+
+async fn resume(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
+    let what = format!("this lets {route}/{target} apply again after a stop; resolve the conflicting path first");
+    let (resolved, client) = match target_session(path, "resume", (route, target, yes), &what).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let stop = zkbridge::conflict::stopped_path(&resolved.config.bridge.meta_path, route, target);
+    match zkbridge::conflict::read_stopped(&client, &stop).await {
+        Ok(None) => {
+            println!("{route}/{target} is not stopped");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Some(record)) => println!(
+            "clearing the stop of {route}/{target} ({} at {})",
+            record.reason, record.path
+        ),
+        Err(e) => {
+            eprintln!("zkbridge resume: {target}:{stop}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match client.delete(&stop, None).await {
+        Ok(()) | Err(zookeeper_client::Error::NoNode) => {
+            println!("{route}/{target} resumes: its leader rescans and applies again");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zkbridge resume: {target}:{stop}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn reset(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
+    let what = format!("this deletes the checkpoint of {route}/{target}: its next leader copies the whole route again");
+    let (resolved, client) = match target_session(path, "reset", (route, target, yes), &what).await {
+        Ok(r) => r,
         Err(code) => return code,
     };
     let checkpoint = zkbridge::checkpoint::checkpoint_path(&resolved.config.bridge.meta_path, route, target);
@@ -339,6 +399,7 @@ async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCo
                     let side = match d.kind {
                         "missing" => "only in source",
                         "extra" => "only in target",
+                        "kept" => "diverged (kept by policy)",
                         _ => "data differs",
                     };
                     println!(
@@ -346,9 +407,10 @@ async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCo
                         d.route, d.target, d.kind, d.source_path, d.target_path
                     );
                 }
-                println!("{} difference(s)", differences.len());
+                let drift = differences.iter().filter(|d| d.is_drift()).count();
+                println!("{drift} difference(s), {} kept by policy", differences.len() - drift);
             }
-            if differences.is_empty() {
+            if !differences.iter().any(|d| d.is_drift()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -47,6 +47,9 @@ pub struct Dirty {
     /// Order in which the path was (first) marked: a heartbeat barrier is
     /// reached once nothing marked before it is still pending.
     pub seq: u64,
+    /// Seen changed in the target only (no source event): if source and
+    /// target differ, the target was changed locally (a conflict).
+    pub target_only: bool,
 }
 
 /// A point in the source's event stream: every event received before the
@@ -109,8 +112,18 @@ impl TargetQueue {
         }
     }
 
-    /// Marks a path (relative to the route root) dirty.
+    /// Marks a path (relative to the route root) dirty after a source event.
     pub fn mark(&self, rel: &str, scaffold: bool) {
+        self.mark_dirty(rel, scaffold, false)
+    }
+
+    /// Marks a path dirty after an event in the target that was not the
+    /// echo of an own write.
+    pub fn mark_target(&self, rel: &str) {
+        self.mark_dirty(rel, false, true)
+    }
+
+    fn mark_dirty(&self, rel: &str, scaffold: bool, target_only: bool) {
         let mut st = self.state.lock().unwrap();
         st.next_seq += 1;
         let seq = st.next_seq;
@@ -119,7 +132,10 @@ impl TargetQueue {
             return;
         }
         match st.dirty.get_mut(rel) {
-            Some(d) => d.scaffold &= scaffold,
+            Some(d) => {
+                d.scaffold &= scaffold;
+                d.target_only &= target_only;
+            }
             None => {
                 if st.dirty.len() >= self.max_pending {
                     st.dirty.clear();
@@ -132,6 +148,7 @@ impl TargetQueue {
                             since: Instant::now(),
                             scaffold,
                             seq,
+                            target_only,
                         },
                     );
                 }
@@ -179,6 +196,7 @@ impl TargetQueue {
                 let e = st.dirty.entry(rel).or_insert(d);
                 e.since = e.since.min(d.since);
                 e.scaffold &= d.scaffold;
+                e.target_only &= d.target_only;
                 e.seq = e.seq.min(d.seq);
             }
         }

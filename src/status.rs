@@ -37,6 +37,9 @@ pub struct RouteTargetStatus {
     pub applied_zxid: Option<String>,
     /// The leader's last error on this route/target.
     pub last_error: Option<String>,
+    /// Set while the route/target is stopped (`conflict = "fail"`, delete
+    /// breaker): the path and reason; `zkbridge resume` clears it.
+    pub stopped: Option<crate::conflict::StopRecord>,
     /// Why some of the above could not be read.
     pub unavailable: Option<String>,
 }
@@ -66,6 +69,7 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
                 lag_seconds: None,
                 applied_zxid: None,
                 last_error: None,
+                stopped: None,
                 unavailable: None,
             };
             let mut problems = Vec::new();
@@ -80,6 +84,11 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
                             s.standby = leases.into_iter().map(|l| l.instance).collect();
                         }
                         Ok(_) => {}
+                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
+                    }
+                    let stop = crate::conflict::stopped_path(meta, route.name(), &target.ensemble);
+                    match timed(crate::conflict::read_stopped(tgt, &stop)).await {
+                        Ok(record) => s.stopped = record,
                         Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
                     }
                     let path = checkpoint_path(meta, route.name(), &target.ensemble);
@@ -135,6 +144,11 @@ pub fn render_text(status: &Status) -> String {
             .unavailable
             .as_ref()
             .map(|u| format!("unavailable: {u}"))
+            .or_else(|| {
+                r.stopped
+                    .as_ref()
+                    .map(|s| format!("STOPPED ({}) at {}", s.reason, s.path))
+            })
             .or_else(|| r.last_error.clone())
             .unwrap_or_else(dash);
         out.push_str(&format!(

@@ -506,7 +506,10 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
 pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        match zkbridge::diff::diff(config, None).await {
+        match zkbridge::diff::diff(config, None)
+            .await
+            .map(|d| d.into_iter().filter(|d| d.is_drift()).collect::<Vec<_>>())
+        {
             Ok(d) if d.is_empty() => return,
             Ok(d) if Instant::now() > deadline => {
                 panic!(

@@ -1,0 +1,228 @@
+//! Local changes in a target, and what the route's `conflict` policy does
+//! with them.
+//!
+//! The leader watches its target path (persistent recursive watch on the
+//! lease's session). Its own writes come back as events too; each op it
+//! sends registers one expected *echo* for its path before the request
+//! leaves, so the echo is recognised whatever the order of reply and event.
+//! Any other event is a possible local change: the path is reconciled with
+//! the mark "seen changed in the target only". If source and target then
+//! differ and the source has no pending change for the path, the target was
+//! changed locally, and the policy decides:
+//!
+//! - `source-wins`: the target is put back (`action="overwritten"`);
+//! - `target-wins`: the target keeps its version, recorded under
+//!   `<meta>/routes/<r>/<t>/kept/` with the source's mzxid at that moment, and
+//!   is not overwritten until the source changes the node again
+//!   (`action="kept"`);
+//! - `fail`: the route/target stops applying; the path is recorded in
+//!   `<meta>/routes/<r>/<t>/stopped` until an operator runs `zkbridge resume`
+//!   (`action="stopped"`).
+//!
+//! Changes made while no bridge ran are found by the anti-entropy pass, which
+//! tells them from drift by the target zxid of the last checkpoint commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error};
+
+use crate::checkpoint::{get_json, put_json};
+
+const OPEN: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+
+pub fn kept_dir(meta: &str, route: &str, target: &str) -> String {
+    format!("{meta}/routes/{route}/{target}/kept")
+}
+
+pub fn stopped_path(meta: &str, route: &str, target: &str) -> String {
+    format!("{meta}/routes/{route}/{target}/stopped")
+}
+
+/// Why a route/target stopped (`conflict = "fail"`, or the delete breaker).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StopRecord {
+    /// The target path that stopped it.
+    pub path: String,
+    pub reason: String,
+    pub bridge: String,
+    pub ts_ms: i64,
+}
+
+/// A relative path as one znode name: `%` and `/` escaped, `_` prefixed so
+/// that the root (`""`) has a name too.
+pub fn encode_rel(rel: &str) -> String {
+    format!("_{}", rel.replace('%', "%25").replace('/', "%2F"))
+}
+
+pub fn decode_rel(name: &str) -> Option<String> {
+    let body = name.strip_prefix('_')?;
+    Some(body.replace("%2F", "/").replace("%25", "%"))
+}
+
+/// Paths kept by `target-wins`, with the source mzxid when kept (`-1`: the
+/// source had no such node).
+pub async fn load_kept(client: &Client, dir: &str) -> Result<BTreeMap<String, i64>, Error> {
+    let children = match client.list_children(dir).await {
+        Ok(c) => c,
+        Err(Error::NoNode) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut kept = BTreeMap::new();
+    for name in children {
+        let Some(rel) = decode_rel(&name) else { continue };
+        if let Some(zxid) = get_json::<i64>(client, &format!("{dir}/{name}")).await? {
+            kept.insert(rel, zxid);
+        }
+    }
+    Ok(kept)
+}
+
+pub async fn read_stopped(client: &Client, path: &str) -> Result<Option<StopRecord>, Error> {
+    get_json(client, path).await
+}
+
+/// Per-worker conflict bookkeeping.
+#[derive(Default)]
+pub struct Conflicts {
+    /// Absolute target path → own writes whose events have not come back.
+    echoes: Mutex<HashMap<String, u32>>,
+    /// Relative path → source mzxid when the target's version was kept.
+    kept: Mutex<BTreeMap<String, i64>>,
+    stopped: Mutex<Option<StopRecord>>,
+}
+
+impl Conflicts {
+    /// Registers the echo of an op about to be sent.
+    pub fn expect_echo(&self, path: String) {
+        *self.echoes.lock().unwrap().entry(path).or_default() += 1;
+    }
+
+    /// Withdraws an echo whose op failed (no event will come).
+    pub fn cancel_echo(&self, path: &str) {
+        let mut echoes = self.echoes.lock().unwrap();
+        if let Some(n) = echoes.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                echoes.remove(path);
+            }
+        }
+    }
+
+    /// Whether an event on `path` is the echo of an own write (consumed).
+    pub fn is_echo(&self, path: &str) -> bool {
+        let mut echoes = self.echoes.lock().unwrap();
+        match echoes.get_mut(path) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    echoes.remove(path);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Events may have been lost (reconnect, new lease): forget echoes.
+    pub fn reset_echoes(&self) {
+        self.echoes.lock().unwrap().clear();
+    }
+
+    /// Whether the target's version of `rel` is kept against a source whose
+    /// node now has mzxid `source_mzxid` (`-1` absent). A source change since
+    /// the keep ends it (the entry is dropped; the caller unpersists it).
+    pub fn keeps(&self, rel: &str, source_mzxid: i64) -> Option<bool> {
+        let mut kept = self.kept.lock().unwrap();
+        let at = *kept.get(rel)?;
+        if source_mzxid > at {
+            kept.remove(rel);
+            Some(false)
+        } else {
+            Some(true)
+        }
+    }
+
+    pub fn is_kept(&self, rel: &str) -> bool {
+        self.kept.lock().unwrap().contains_key(rel)
+    }
+
+    pub fn set_kept(&self, kept: BTreeMap<String, i64>) {
+        *self.kept.lock().unwrap() = kept;
+    }
+
+    pub fn keep(&self, rel: &str, source_mzxid: i64) {
+        self.kept.lock().unwrap().insert(rel.to_string(), source_mzxid);
+    }
+
+    pub fn stopped(&self) -> Option<StopRecord> {
+        self.stopped.lock().unwrap().clone()
+    }
+
+    pub fn set_stopped(&self, record: Option<StopRecord>) {
+        *self.stopped.lock().unwrap() = record;
+    }
+}
+
+/// Persists a kept path.
+pub async fn persist_kept(client: &Client, dir: &str, rel: &str, source_mzxid: i64) -> Result<(), Error> {
+    put_json(client, &format!("{dir}/{}", encode_rel(rel)), &source_mzxid)
+        .await
+        .map(drop)
+}
+
+/// Forgets a kept path (the source changed it again).
+pub async fn unpersist_kept(client: &Client, dir: &str, rel: &str) -> Result<(), Error> {
+    match client.delete(&format!("{dir}/{}", encode_rel(rel)), None).await {
+        Ok(()) | Err(Error::NoNode) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records a stop; `zkbridge resume` deletes it.
+pub async fn persist_stop(client: &Client, path: &str, record: &StopRecord) -> Result<(), Error> {
+    if let Some((parent, _)) = path.rsplit_once('/') {
+        match client.mkdir(parent, &OPEN).await {
+            Ok(()) | Err(Error::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    put_json(client, path, record).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_round_trip_as_znode_names() {
+        for rel in ["", "a", "a/b", "100%/x", "a%2Fb"] {
+            let name = encode_rel(rel);
+            assert!(!name.contains('/'), "{name}");
+            assert_eq!(decode_rel(&name).as_deref(), Some(rel));
+        }
+    }
+
+    #[test]
+    fn echoes_are_consumed_once_each() {
+        let c = Conflicts::default();
+        c.expect_echo("/t/a".into());
+        c.expect_echo("/t/a".into());
+        assert!(c.is_echo("/t/a"));
+        assert!(c.is_echo("/t/a"));
+        assert!(!c.is_echo("/t/a"), "a third event is someone else's");
+        c.expect_echo("/t/b".into());
+        c.cancel_echo("/t/b");
+        assert!(!c.is_echo("/t/b"));
+    }
+
+    #[test]
+    fn a_kept_path_ends_when_the_source_changes_again() {
+        let c = Conflicts::default();
+        c.keep("a", 10);
+        assert_eq!(c.keeps("a", 10), Some(true));
+        assert_eq!(c.keeps("a", 11), Some(false));
+        assert_eq!(c.keeps("a", 11), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! Conflict policies against real ZooKeeper: a separate client changes the
+//! target behind the bridge's back, and the route's policy decides.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn config(src: &Zk, dst: &Zk, extra: &str) -> String {
+    format!(
+        "heartbeat_interval_ms = 200\n{}[[routes]]\nname = \"c\"\nsource = \"src:/c\"\ntargets = [\"dst:/c\"]\n{extra}\n",
+        ensembles(&[("src", src), ("dst", dst)])
+    )
+}
+
+fn conflicts(bridge: &Bridge, action: &str) -> f64 {
+    bridge.metric("zkbridge_conflicts_total", &[("route", "c"), ("action", action)])
+}
+
+/// Exit code and stdout (stderr appended after a marker line).
+fn cli(bridge: &Bridge, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("-c")
+        .arg(&bridge.config_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}\n-- stderr --\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn setup() -> (Zk, Zk, Bridge) {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c").await;
+    for n in ["a", "b", "d"] {
+        create(&s, &format!("/c/{n}"), b"source").await;
+    }
+    let bridge = Bridge::start(&config(&src, &dst, ""));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    (src, dst, bridge)
+}
+
+/// A later source change that has reached the target: proof the bridge has
+/// processed everything before it.
+async fn barrier(s: &zookeeper_client::Client, t: &zookeeper_client::Client, i: u32) {
+    let path = format!("/c/barrier{i}");
+    create(s, &path, b"x").await;
+    eventually("the barrier node reaches the target", CONVERGE, async || {
+        get(t, &path).await.is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_wins_puts_local_changes_back_and_counts_them() {
+    let (src, dst, bridge) = setup().await;
+    let t = dst.client().await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    create(&t, "/c/local-only", b"local").await;
+    t.delete("/c/d", None).await.unwrap();
+    eventually("three local changes overwritten", CONVERGE, async || {
+        conflicts(&bridge, "overwritten") == 3.0
+    })
+    .await;
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"source"[..]));
+    assert_eq!(get(&t, "/c/local-only").await, None);
+    assert_eq!(get(&t, "/c/d").await.as_deref(), Some(&b"source"[..]));
+    // The bridge's own writes are not conflicts.
+    let s = src.client().await;
+    s.set_data("/c/b", b"source 2", None).await.unwrap();
+    barrier(&s, &t, 1).await;
+    assert_eq!(conflicts(&bridge, "overwritten"), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_wins_keeps_local_changes_until_the_source_changes_them() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c").await;
+    for n in ["a", "b"] {
+        create(&s, &format!("/c/{n}"), b"source").await;
+    }
+    let mut bridge = Bridge::start(&config(&src, &dst, "conflict = \"target-wins\""));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    let t = dst.client().await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    create(&t, "/c/local-only", b"local").await;
+    eventually("two local changes kept", CONVERGE, async || {
+        conflicts(&bridge, "kept") == 2.0
+    })
+    .await;
+    barrier(&s, &t, 1).await;
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
+    assert_eq!(get(&t, "/c/local-only").await.as_deref(), Some(&b"local"[..]));
+    let (code, out) = cli(&bridge, &["diff"]);
+    assert_eq!(code, 0, "kept nodes are not drift: {out}");
+    assert!(out.contains("diverged (kept by policy)"), "{out}");
+
+    // Kept across a restart (a full resync would otherwise overwrite).
+    bridge.stop();
+    bridge.restart();
+    barrier(&s, &t, 2).await;
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
+
+    // The source changes the node again: the keep ends.
+    s.set_data("/c/a", b"source 2", None).await.unwrap();
+    eventually("the source's new version wins", CONVERGE, async || {
+        get(&t, "/c/a").await.as_deref() == Some(&b"source 2"[..])
+    })
+    .await;
+    assert_eq!(get(&t, "/c/local-only").await.as_deref(), Some(&b"local"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_stops_the_route_until_an_operator_resumes_it() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c").await;
+    create(&s, "/c/a", b"source").await;
+    let bridge = Bridge::start(&config(&src, &dst, "conflict = \"fail\""));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    let t = dst.client().await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    eventually("readyz names the stopped route and path", CONVERGE, async || {
+        bridge
+            .http_get("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("c/dst") && body.contains("/c/a"))
+    })
+    .await;
+    assert_eq!(conflicts(&bridge, "stopped"), 1.0);
+    let (code, out) = cli(&bridge, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let stdout = out.split("\n-- stderr --\n").next().unwrap();
+    let status: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    assert_eq!(status["routes"][0]["stopped"]["path"], "/c/a");
+
+    // Stopped: a source change is seen but not applied.
+    create(&s, "/c/while-stopped", b"1").await;
+    eventually("the change is pending", CONVERGE, async || {
+        bridge.metric("zkbridge_pending_paths", &[("route", "c")]) >= 1.0
+    })
+    .await;
+    assert_eq!(get(&t, "/c/while-stopped").await, None);
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
+
+    // The operator resolves the node and resumes.
+    t.set_data("/c/a", b"source", None).await.unwrap();
+    let (code, out) = cli(&bridge, &["resume", "--route", "c", "--target", "dst", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    eventually("ready again", CONVERGE, async || {
+        bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    assert_eq!(get(&t, "/c/while-stopped").await.as_deref(), Some(&b"1"[..]));
+}
