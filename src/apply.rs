@@ -295,12 +295,13 @@ impl Worker {
         let Ok(session) = tokio::time::timeout(Duration::from_millis(500), self.target_zk.session()).await else {
             return;
         };
-        let holder = match crate::lease::contenders(&session.client, dir).await {
-            Ok(c) => c
+        let read = tokio::time::timeout(Duration::from_secs(2), crate::lease::contenders(&session.client, dir)).await;
+        let holder = match read {
+            Ok(Ok(c)) => c
                 .into_iter()
                 .next()
                 .filter(|h| !h.same_process(&self.identity.lease_record)),
-            Err(_) => None,
+            _ => None,
         };
         *self.status.other_leader.lock().unwrap() = holder.map(|h| h.instance);
     }
@@ -348,7 +349,16 @@ impl Worker {
             if balance_check.elapsed() >= Duration::from_secs(1) {
                 balance_check = Instant::now();
                 if self.identity.balancer.should_release(since) {
-                    return LeadEnd::Surplus;
+                    // Only when someone is waiting to take it.
+                    let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+                    let read = crate::lease::contenders(lease.client(), &dir);
+                    let waiting = tokio::time::timeout(Duration::from_secs(2), read)
+                        .await
+                        .is_ok_and(|c| c.is_ok_and(|c| c.len() > 1));
+                    if waiting {
+                        return LeadEnd::Surplus;
+                    }
+                    self.identity.balancer.release_abandoned();
                 }
             }
             self.maybe_checkpoint(lease).await;
@@ -647,6 +657,11 @@ impl Worker {
         } else {
             reason
         });
+        if mismatch || stored.is_none() {
+            // A rebuilt source restarts zxids low: a checkpoint remembered
+            // from the old one must not hold the new ones back.
+            *self.status.checkpoint.lock().unwrap() = None;
+        }
         if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
             // Another instance may have led since this one last did.
             let mut known = self.status.checkpoint.lock().unwrap();

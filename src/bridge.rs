@@ -98,6 +98,12 @@ impl Bridge {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
+    /// Closes every session (after the tasks stopped), so that this
+    /// instance's ephemeral nodes go at once.
+    pub async fn close(&self) {
+        futures::future::join_all(self.ensembles.values().map(|e| e.close())).await;
+    }
+
     /// Every route/target is led by this instance and has finished its
     /// initial sync (what `sync` waits for).
     pub fn all_synced(&self) -> bool {
@@ -246,5 +252,6 @@ pub async fn run(config: Resolved, mut shutdown: watch::Receiver<bool>) -> anyho
         tracing::warn!("some workers did not stop within 10s; abandoning them (their writes are idempotent)");
     }
     let _ = http.await;
+    bridge.close().await;
     Ok(())
 }

@@ -190,8 +190,9 @@ impl Lease {
             Ok(()) | Err(Error::NoNode) => info!(lease = %path, "lease released"),
             Err(e) => warn!(lease = %path, error = %e, "cannot delete lease node; it goes with the session"),
         }
-        // Dropping the lock client would delete again in the background.
-        std::mem::forget(self.lock);
+        // Dropping the lock client deletes once more in the background: a
+        // no-op after success, a retry after a connection loss.
+        drop(self.lock);
     }
 }
 
@@ -226,7 +227,8 @@ pub struct Balancer {
     enabled: bool,
     pairs: usize,
     held: AtomicUsize,
-    live_instances: AtomicUsize,
+    /// Live instances seen in each target ensemble's registry.
+    live_instances: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Instances seen stable since, so a restart wave does not cause churn.
     stable_since: std::sync::Mutex<Instant>,
 }
@@ -241,7 +243,7 @@ impl Balancer {
             enabled,
             pairs,
             held: AtomicUsize::new(0),
-            live_instances: AtomicUsize::new(1),
+            live_instances: Default::default(),
             stable_since: std::sync::Mutex::new(Instant::now()),
         })
     }
@@ -255,8 +257,21 @@ impl Balancer {
     }
 
     pub fn fair_share(&self) -> usize {
-        let live = self.live_instances.load(Ordering::SeqCst).max(1);
+        let live = self
+            .live_instances
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1);
         self.pairs.div_ceil(live)
+    }
+
+    /// Takes back a release claimed by `should_release` that did not happen.
+    pub fn release_abandoned(&self) {
+        self.gained();
     }
 
     /// Whether the caller (a leader since `since`) should hand its lease
@@ -276,8 +291,9 @@ impl Balancer {
             .is_ok()
     }
 
-    fn set_live(&self, n: usize) {
-        if self.live_instances.swap(n.max(1), Ordering::SeqCst) != n.max(1) {
+    fn set_live(&self, ensemble: &str, n: usize) {
+        let previous = self.live_instances.lock().unwrap().insert(ensemble.to_string(), n);
+        if previous != Some(n) {
             *self.stable_since.lock().unwrap() = Instant::now();
         }
     }
@@ -304,6 +320,16 @@ impl Balancer {
             generation = session.generation;
             let client = session.client;
             let _ = client.mkdir(&dir, &OPEN_DIR).await;
+            // A node of the same name may be left by a previous process
+            // (same id and pid, e.g. pid 1 in a container) whose session has
+            // not expired yet: replace it, or this instance would vanish
+            // from the registry when that session goes.
+            match client.get_data(&node).await {
+                Ok((_, stat)) if stat.ephemeral_owner != client.session_id().0 => {
+                    let _ = client.delete(&node, None).await;
+                }
+                _ => {}
+            }
             match client.create(&node, &data, &ephemeral).await {
                 Ok(_) | Err(Error::NodeExists) => {}
                 Err(e) => warn!(error = %e, ensemble = %ensemble.name, "cannot register instance"),
@@ -312,9 +338,15 @@ impl Balancer {
             loop {
                 let (children, watcher) = match client.list_and_watch_children(&dir).await {
                     Ok(r) => r,
-                    Err(_) => break,
+                    Err(Error::SessionExpired | Error::ClientClosed) => break,
+                    Err(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                 };
-                self.set_live(children.len());
+                self.set_live(&ensemble.name, children.len());
                 let event = tokio::select! {
                     e = watcher.changed() => e,
                     _ = shutdown.changed() => return,

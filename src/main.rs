@@ -466,6 +466,7 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
     };
     let _ = tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+    bridge.close().await;
     for w in &bridge.workers {
         println!("{}/{}: synced", w.route, w.target);
     }

@@ -75,7 +75,32 @@ pub async fn until_applied(
     timeout: Duration,
 ) -> Result<bool, WaitError> {
     let deadline = Instant::now() + timeout;
+    // Reads and watches count against the deadline too (a partitioned
+    // source must not hold the caller past it).
+    match tokio::time::timeout_at(deadline, wait_until(config, source, route, zxid, deadline)).await {
+        Ok(result) => result,
+        Err(_) => Ok(false),
+    }
+}
+
+async fn wait_until(
+    config: &Resolved,
+    source: &Client,
+    route: &str,
+    zxid: i64,
+    deadline: Instant,
+) -> Result<bool, WaitError> {
     let meta = config.config.bridge.meta_path.clone();
+    let source_name = config
+        .routes
+        .iter()
+        .find(|r| r.name() == route)
+        .map(|r| r.source.ensemble.clone())
+        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
+    let fail = |source| WaitError::Source {
+        ensemble: source_name.clone(),
+        source,
+    };
     loop {
         let pending = pending_targets(config, source, route, zxid).await?;
         let Some(first) = pending.first() else {
@@ -84,13 +109,7 @@ pub async fn until_applied(
         // Watch the first target still behind; when its progress changes,
         // look at all of them again.
         let path = progress_path(&meta, route, first);
-        let watch = source
-            .check_and_watch_stat(&path)
-            .await
-            .map_err(|e| WaitError::Source {
-                ensemble: first.clone(),
-                source: e,
-            })?;
+        let watch = source.check_and_watch_stat(&path).await.map_err(fail)?;
         // The progress may have moved between the read and the watch.
         if pending_targets(config, source, route, zxid).await?.first() != Some(first) {
             continue;
@@ -99,7 +118,7 @@ pub async fn until_applied(
         tokio::select! {
             event = watcher.changed() => {
                 if event.event_type == EventType::Session && event.session_state.is_terminated() {
-                    return Err(WaitError::Source { ensemble: first.clone(), source: Error::SessionExpired });
+                    return Err(fail(Error::SessionExpired));
                 }
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(false),

@@ -28,6 +28,8 @@ pub struct Session {
 pub struct Ensemble {
     pub name: String,
     current: watch::Receiver<Option<Session>>,
+    publish: Arc<watch::Sender<Option<Session>>>,
+    supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Ensemble {
@@ -35,16 +37,30 @@ impl Ensemble {
     /// published as soon as the ensemble answers.
     pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, rx) = watch::channel(None);
+        let publish = Arc::new(tx);
         let supervisor = Supervisor {
             name: name.to_string(),
             config: config.clone(),
             metrics,
-            publish: tx,
+            publish: publish.clone(),
         };
-        tokio::spawn(supervisor.run(shutdown));
+        let handle = tokio::spawn(supervisor.run(shutdown));
         Ensemble {
             name: name.to_string(),
             current: rx,
+            publish,
+            supervisor: Arc::new(std::sync::Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Closes the session once every user is done with it (after shutdown),
+    /// so that the server deletes its ephemeral nodes (leases, standby
+    /// contenders, registrations) at once rather than at session timeout.
+    pub async fn close(&self) {
+        self.publish.send_replace(None);
+        let handle = self.supervisor.lock().unwrap().take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
         }
     }
 
@@ -75,7 +91,7 @@ struct Supervisor {
     name: String,
     config: EnsembleConfig,
     metrics: Arc<Metrics>,
-    publish: watch::Sender<Option<Session>>,
+    publish: Arc<watch::Sender<Option<Session>>>,
 }
 
 impl Supervisor {
@@ -116,7 +132,18 @@ impl Supervisor {
             let terminal = loop {
                 let state = tokio::select! {
                     s = states.changed() => s,
-                    _ = shutdown.changed() => { state_gauge.set(0); self.publish.send_replace(None); return; }
+                    _ = shutdown.changed() => {
+                        // Workers finishing their unit still use the
+                        // session; `Ensemble::close` drops it afterwards,
+                        // and the client then closes it with the server.
+                        loop {
+                            if states.changed().await.is_terminated() {
+                                break;
+                            }
+                        }
+                        state_gauge.set(0);
+                        return;
+                    }
                 };
                 state_gauge.set(matches!(state, SessionState::SyncConnected | SessionState::ConnectedReadOnly) as i64);
                 match state {
