@@ -16,12 +16,11 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{
-    Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, PersistentWatcher,
+    Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
+    PersistentWatcher,
 };
 
-use crate::checkpoint::{
-    checkpoint_path, ensemble_id, get_json, now_ms, progress_path, put_json, Checkpoint, Progress,
-};
+use crate::checkpoint::{checkpoint_path, ensemble_id, now_ms, progress_path, put_json, Checkpoint, Progress};
 use crate::config::{BridgeConfig, ConflictPolicy, Endpoint, Route};
 use crate::conflict::{self, Conflicts, StopRecord};
 use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
@@ -48,8 +47,19 @@ pub struct WorkerStatus {
     /// standby behind it), as opposed to nobody leading yet.
     pub other_leader: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
-    /// The last checkpoint this worker committed.
+    /// The last checkpoint this worker committed (or resumed from).
     pub checkpoint: Mutex<Option<Checkpoint>>,
+    /// The target zxid of that checkpoint's commit: every target node the
+    /// bridge wrote up to that checkpoint has `mzxid` at most this; a node
+    /// changed later without a source change was changed locally.
+    pub checkpoint_target_zxid: std::sync::atomic::AtomicI64,
+    /// The last (re)sync resumed from a checkpoint (so changes made in the
+    /// target meanwhile are looked for by the anti-entropy pass).
+    pub resumed: AtomicBool,
+    /// Target zxid from which every target change not made by this leader
+    /// is a local change: the resumed checkpoint's commit, or the first
+    /// checkpoint after a full copy. `-1` until known.
+    pub reference_target_zxid: std::sync::atomic::AtomicI64,
     /// Echoes of own writes, paths kept by policy, a stop.
     pub conflicts: Conflicts,
 }
@@ -60,6 +70,7 @@ pub struct Limits {
     pub batch_max_ops: usize,
     pub batch_max_bytes: usize,
     pub max_in_flight: usize,
+    pub verify_reads_per_s: u32,
 }
 
 impl From<&BridgeConfig> for Limits {
@@ -68,6 +79,7 @@ impl From<&BridgeConfig> for Limits {
             batch_max_ops: b.batch_max_ops,
             batch_max_bytes: b.batch_max_bytes,
             max_in_flight: b.max_in_flight,
+            verify_reads_per_s: b.verify_reads_per_s,
         }
     }
 }
@@ -97,6 +109,7 @@ struct TargetMetrics {
     overwritten: IntCounter,
     kept: IntCounter,
     stopped: IntCounter,
+    drift: IntGauge,
     resume_scanned: IntCounter,
     resume_reads: IntCounter,
     resume_writes: IntCounter,
@@ -121,6 +134,7 @@ impl TargetMetrics {
             overwritten: metrics.conflicts.with_label_values(&[route, target, "overwritten"]),
             kept: metrics.conflicts.with_label_values(&[route, target, "kept"]),
             stopped: metrics.conflicts.with_label_values(&[route, target, "stopped"]),
+            drift: metrics.drift_nodes.with_label_values(&[route, target]),
             resume_scanned: metrics.resume_nodes_scanned.with_label_values(&[route, target]),
             resume_reads: metrics.resume_target_reads.with_label_values(&[route, target]),
             resume_writes: metrics.resume_target_writes.with_label_values(&[route, target]),
@@ -329,6 +343,21 @@ impl Worker {
             }
         };
         backoff = Duration::from_millis(100);
+        // Anti-entropy passes run beside the worker for as long as it leads.
+        let _verifier = (self.route.config.verify_interval_s > 0).then(|| {
+            let verifier = crate::verify::Verifier {
+                route: self.route.clone(),
+                target: self.target.clone(),
+                source_zk: self.source_zk.clone(),
+                target_zk: self.target_zk.clone(),
+                queue: self.queue.clone(),
+                status: self.status.clone(),
+                drift: self.metrics.drift.clone(),
+                reads_per_s: self.limits.verify_reads_per_s,
+                interval: Duration::from_secs(self.route.config.verify_interval_s),
+            };
+            AbortOnDrop(tokio::spawn(verifier.run().instrument(tracing::Span::current())))
+        });
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -595,7 +624,7 @@ impl Worker {
             result = fenced_put(lease, &path, &data).await;
         }
         match result {
-            Ok(()) => self.checkpoint_committed(checkpoint).await,
+            Ok(target_zxid) => self.checkpoint_committed(checkpoint, target_zxid).await,
             Err(e) => {
                 warn!(error = %e, "cannot write checkpoint; the next heartbeat retries");
                 self.metrics.error(error_kind(&e));
@@ -605,7 +634,11 @@ impl Worker {
 
     /// Records a committed checkpoint and reports progress to the source
     /// (for `zkbridge wait` and `zkbridge status`).
-    async fn checkpoint_committed(&self, checkpoint: Checkpoint) {
+    async fn checkpoint_committed(&self, checkpoint: Checkpoint, target_zxid: i64) {
+        self.status.checkpoint_target_zxid.store(target_zxid, Ordering::Relaxed);
+        if self.status.reference_target_zxid.load(Ordering::Relaxed) <= 0 {
+            self.status.reference_target_zxid.store(target_zxid, Ordering::Relaxed);
+        }
         let progress = Progress {
             source_zxid: checkpoint.source_zxid,
             ts_ms: checkpoint.heartbeat_ts_ms,
@@ -635,9 +668,15 @@ impl Worker {
             .await
             .map_err(|source| Interrupted { side: "target", source })?;
         *self.source_id.lock().unwrap() = Some(source_id.clone());
-        let stored: Option<Checkpoint> = get_json(&tgt, &checkpoint_path(meta, route.name(), &self.target.ensemble))
+        let (stored, stored_target_zxid) = match tgt
+            .get_data(&checkpoint_path(meta, route.name(), &self.target.ensemble))
             .await
-            .map_err(|source| Interrupted { side: "target", source })?;
+        {
+            // A damaged checkpoint means a full resync, never a guess.
+            Ok((data, stat)) => (serde_json::from_slice::<Checkpoint>(&data).ok(), stat.mzxid),
+            Err(Error::NoNode) => (None, -1),
+            Err(source) => return Err(Interrupted { side: "target", source }),
+        };
         let resume_from = match (&stored, reason) {
             (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => None,
             (Some(c), _) if c.source_ensemble_id == source_id => Some(c.source_zxid),
@@ -668,6 +707,9 @@ impl Worker {
             if known.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
                 self.metrics.checkpoint_zxid.set(c.source_zxid);
                 *known = Some(c.clone());
+                self.status
+                    .checkpoint_target_zxid
+                    .store(stored_target_zxid, Ordering::Relaxed);
             }
         }
 
@@ -724,6 +766,11 @@ impl Worker {
             self.ensure_target_parent(&tgt).await?;
         }
         let planned = ops.len();
+        self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
+        if !self.status.initial_sync_done.load(Ordering::Relaxed) {
+            let reference = if resume_from.is_some() { stored_target_zxid } else { -1 };
+            self.status.reference_target_zxid.store(reference, Ordering::Relaxed);
+        }
         if resume_from.is_some() {
             self.metrics.resume_writes.inc_by(planned as u64);
         }
@@ -992,7 +1039,7 @@ impl Worker {
                 break;
             };
             match result {
-                Ok(()) => {
+                Ok(target_zxid) => {
                     self.metrics.batches.inc();
                     for op in &batch {
                         self.metrics.committed(op);
@@ -1001,7 +1048,7 @@ impl Worker {
                     }
                     if carried && in_flight.is_empty() && pending.len() == 0 {
                         if let Some(c) = checkpoint.clone() {
-                            self.checkpoint_committed(c).await;
+                            self.checkpoint_committed(c, target_zxid.unwrap_or(-1)).await;
                         }
                     }
                 }
@@ -1047,7 +1094,7 @@ impl Worker {
         let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts).await;
         let op = &batch[0];
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 self.metrics.batches.inc();
                 self.metrics.committed(op);
                 self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
@@ -1074,6 +1121,15 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Stops a background task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1126,7 +1182,7 @@ fn commit<'a>(
     batch: Vec<Op>,
     extra: Option<&(String, Vec<u8>)>,
     conflicts: &'a Conflicts,
-) -> impl std::future::Future<Output = (Vec<Op>, Result<(), Error>)> + 'a {
+) -> impl std::future::Future<Output = (Vec<Op>, Result<Option<i64>, Error>)> + 'a {
     let mut writer = lease.writer();
     let added: Result<(), Error> = batch
         .iter()
@@ -1142,6 +1198,7 @@ fn commit<'a>(
             Some((path, data)) => writer.add_set_data(path, data, None),
             None => Ok(()),
         });
+    let carries_extra = extra.is_some();
     let sent = added.map(|()| {
         for op in &batch {
             conflicts.expect_echo(join(base, op.rel()));
@@ -1149,9 +1206,13 @@ fn commit<'a>(
         writer.commit()
     });
     async move {
+        // The extra op's stat carries the transaction's zxid in the target.
         let result = match sent {
             Err(e) => Err(e),
-            Ok(fut) => fut.await.map(drop).map_err(fenced_error),
+            Ok(fut) => fut.await.map_err(fenced_error).map(|results| match results.last() {
+                Some(MultiWriteResult::SetData { stat }) if carries_extra => Some(stat.mzxid),
+                _ => None,
+            }),
         };
         if result.is_err() {
             for op in &batch {
@@ -1163,16 +1224,28 @@ fn commit<'a>(
 }
 
 /// Sets (or creates) `path` in a `multi` fenced by the lease.
-async fn fenced_put(lease: &Lease, path: &str, data: &[u8]) -> Result<(), Error> {
+async fn fenced_put(lease: &Lease, path: &str, data: &[u8]) -> Result<i64, Error> {
     let mut writer = lease.writer();
     writer.add_set_data(path, data, None)?;
     match writer.commit().await.map_err(fenced_error) {
+        Ok(results) => match results.last() {
+            Some(MultiWriteResult::SetData { stat }) => Ok(stat.mzxid),
+            _ => Ok(-1),
+        },
         Err(Error::NoNode) => {
             let mut writer = lease.writer();
             writer.add_create(path, data, &CREATE_OPTIONS)?;
-            writer.commit().await.map(drop).map_err(fenced_error)
+            writer.commit().await.map_err(fenced_error)?;
+            // A create's stat in a multi is unreliable on servers before
+            // 3.8.2: read the zxid back.
+            Ok(lease
+                .client()
+                .get_data(path)
+                .await
+                .map(|(_, stat)| stat.mzxid)
+                .unwrap_or(-1))
         }
-        other => other.map(drop),
+        Err(e) => Err(e),
     }
 }
 
@@ -1202,6 +1275,7 @@ mod tests {
             batch_max_ops: 3,
             batch_max_bytes: 2000,
             max_in_flight: 1,
+            verify_reads_per_s: 1,
         };
         let ops: Vec<Op> = (0..7)
             .map(|i| Op::Create {

@@ -65,6 +65,9 @@ pub struct BridgeConfig {
     /// `/readyz` turns 503 when a route/target this instance leads lags
     /// more than this many seconds.
     pub ready_max_lag_s: u64,
+    /// Read rate of an anti-entropy pass, per route/target, in nodes per
+    /// second (each side), so verification never crowds out clients.
+    pub verify_reads_per_s: u32,
 }
 
 impl Default for BridgeConfig {
@@ -80,6 +83,7 @@ impl Default for BridgeConfig {
             max_in_flight: 16,
             balance: true,
             ready_max_lag_s: 60,
+            verify_reads_per_s: 10_000,
         }
     }
 }
@@ -461,6 +465,12 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         .map_err(|e| ConfigError::invalid("bridge.listen", format!("{:?} is not HOST:PORT: {e}", bridge.listen)))?;
     if bridge.heartbeat_interval_ms == 0 {
         return Err(ConfigError::invalid("bridge.heartbeat_interval_ms", "must be positive"));
+    }
+    if bridge.verify_reads_per_s == 0 {
+        return Err(ConfigError::invalid(
+            "bridge.verify_reads_per_s",
+            "must be positive (turn passes off per route with verify_interval_s = 0)",
+        ));
     }
     if bridge.batch_max_ops == 0 || bridge.max_in_flight == 0 || bridge.max_pending_paths == 0 {
         return Err(ConfigError::invalid(

@@ -20,5 +20,6 @@ pub mod plan;
 pub mod queue;
 pub mod status;
 pub mod tree;
+pub mod verify;
 pub mod wait;
 pub mod zk;

@@ -100,12 +100,36 @@ pub async fn scan(
     scan_from(client, base, vec![String::new()], max_in_flight, descend).await
 }
 
+/// Like [`scan`], at no more than `nodes_per_s` nodes per second: one
+/// multi-read at a time, spaced out. For background passes that must not
+/// compete with the ensemble's clients.
+pub async fn scan_paced(
+    client: &Client,
+    base: &str,
+    nodes_per_s: u32,
+    descend: impl Fn(&str) -> bool,
+) -> Result<Tree, Error> {
+    let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
+    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend).await
+}
+
 /// Like [`scan`], starting from several relative roots at once.
 pub async fn scan_from(
     client: &Client,
     base: &str,
     roots: Vec<String>,
     max_in_flight: usize,
+    descend: impl Fn(&str) -> bool,
+) -> Result<Tree, Error> {
+    scan_inner(client, base, roots, max_in_flight, None, descend).await
+}
+
+async fn scan_inner(
+    client: &Client,
+    base: &str,
+    roots: Vec<String>,
+    max_in_flight: usize,
+    pause: Option<std::time::Duration>,
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
     let mut tree = Tree::new();
@@ -127,6 +151,9 @@ pub async fn scan_from(
         let Some((chunk, results)) = in_flight.next().await else {
             break;
         };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
         let mut results = results?.into_iter();
         for rel in chunk {
             let (data, children) = (results.next(), results.next());

@@ -170,3 +170,63 @@ async fn fail_stops_the_route_until_an_operator_resumes_it() {
     await_in_sync(&bridge.config(), CONVERGE).await;
     assert_eq!(get(&t, "/c/while-stopped").await.as_deref(), Some(&b"1"[..]));
 }
+
+/// A local change made while no bridge runs is found after the restart by
+/// the anti-entropy pass (the watch could not see it), and handled by the
+/// route's policy.
+async fn changed_while_stopped(policy: &str) -> (Zk, Zk, Bridge) {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c").await;
+    create(&s, "/c/a", b"source").await;
+    create(&s, "/c/b", b"source").await;
+    let mut bridge = Bridge::start(&config(&src, &dst, &format!("conflict = \"{policy}\"")));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    let t = dst.client().await;
+    eventually("a checkpoint", CONVERGE, async || {
+        get(&t, "/zkbridge/routes/c/dst/checkpoint").await.is_some()
+    })
+    .await;
+    assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    bridge.restart();
+    (src, dst, bridge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_stopped_source_wins_is_repaired_by_the_anti_entropy_pass() {
+    let (_src, dst, bridge) = changed_while_stopped("source-wins").await;
+    let t = dst.client().await;
+    eventually("the local change is overwritten", CONVERGE, async || {
+        get(&t, "/c/a").await.as_deref() == Some(&b"source"[..])
+    })
+    .await;
+    assert_eq!(conflicts(&bridge, "overwritten"), 1.0);
+    assert_eq!(bridge.metric("zkbridge_drift_nodes", &[("route", "c")]), 1.0);
+    await_in_sync(&bridge.config(), CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_stopped_target_wins_is_kept() {
+    let (src, dst, bridge) = changed_while_stopped("target-wins").await;
+    eventually("the local change is kept", CONVERGE, async || {
+        conflicts(&bridge, "kept") == 1.0
+    })
+    .await;
+    let (s, t) = (src.client().await, dst.client().await);
+    barrier(&s, &t, 1).await;
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_stopped_fail_stops_the_route() {
+    let (_src, _dst, bridge) = changed_while_stopped("fail").await;
+    eventually("stopped on /c/a", CONVERGE, async || {
+        bridge
+            .http_get("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("/c/a"))
+    })
+    .await;
+    assert_eq!(conflicts(&bridge, "stopped"), 1.0);
+}

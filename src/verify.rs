@@ -1,0 +1,169 @@
+//! Anti-entropy: a periodic, rate-limited comparison of a target subtree
+//! with its source, so that a lost event, a bug, or a change made while no
+//! bridge was running can never leave a silent, permanent divergence.
+//!
+//! A pass only reads and classifies; repairs go through the worker's queue
+//! like any other dirty path, so they follow the route's conflict policy
+//! and the lease's fencing. Each difference is one of:
+//!
+//! - *pending*: the source changed after the current checkpoint C — the
+//!   change is on its way through the watch; nothing to do;
+//! - *local change*: the source did not change after C, so the bridge has
+//!   applied its version; yet the target node (or its parent's child list)
+//!   changed after T, the target zxid from which this leader accounts for
+//!   every write (the resumed checkpoint's commit, or the first checkpoint
+//!   after a full copy). Only someone else can have written it: marked
+//!   "seen changed in the target", so the conflict policy decides. This is
+//!   how changes made while no bridge ran are found after a restart;
+//! - *drift*: neither side changed, yet they differ — something was missed;
+//!   marked dirty and repaired to the source's state.
+//!
+//! `zkbridge_drift_nodes` is the number of local changes and drift found by
+//! the last pass.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tracing::{info, warn};
+
+use crate::apply::WorkerStatus;
+use crate::config::{Endpoint, Route};
+use crate::plan::{self, Op};
+use crate::queue::TargetQueue;
+use crate::tree::{self, parent, Tree};
+use crate::zk::Ensemble;
+
+/// What a pass found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub local: Vec<String>,
+    pub drift: Vec<String>,
+    pub pending: usize,
+}
+
+/// Sorts the differences between two scans (see the module docs).
+/// `c`: source zxid of the current checkpoint; `t`: the reference target zxid.
+pub fn classify(
+    route: &Route,
+    source: &Tree,
+    target: &Tree,
+    (c, t): (i64, i64),
+    kept: impl Fn(&str) -> bool,
+) -> Findings {
+    let mut found = Findings::default();
+    for op in plan::plan(route, source, target) {
+        let rel = op.rel();
+        if kept(rel) {
+            continue;
+        }
+        let s = source.get(rel);
+        let tn = target.get(rel);
+        let sp = parent(rel).and_then(|p| source.get(p));
+        let tp = parent(rel).and_then(|p| target.get(p));
+        let source_changed = match &op {
+            Op::Set { .. } => s.is_some_and(|s| s.stat.mzxid > c),
+            Op::Create { .. } => s.is_some_and(|s| s.stat.mzxid > c || s.stat.czxid > c),
+            // Gone from the source after C, or never there: the parent's
+            // child list tells.
+            Op::Delete { .. } => s.is_some() || sp.is_none_or(|p| p.stat.pzxid > c),
+        };
+        if source_changed {
+            found.pending += 1;
+            continue;
+        }
+        let target_changed = match &op {
+            Op::Set { .. } => tn.is_some_and(|n| n.stat.mzxid > t),
+            Op::Create { .. } => tp.is_some_and(|p| p.stat.pzxid > t),
+            Op::Delete { .. } => tn.is_some_and(|n| n.stat.czxid > t),
+        };
+        if target_changed {
+            found.local.push(rel.to_string());
+        } else {
+            found.drift.push(rel.to_string());
+        }
+    }
+    found
+}
+
+/// Runs passes for one route/target while this instance leads it.
+pub struct Verifier {
+    pub route: Arc<Route>,
+    pub target: Endpoint,
+    pub source_zk: Ensemble,
+    pub target_zk: Ensemble,
+    pub queue: Arc<TargetQueue>,
+    pub status: Arc<WorkerStatus>,
+    pub drift: IntGauge,
+    pub reads_per_s: u32,
+    pub interval: Duration,
+}
+
+impl Verifier {
+    /// Passes every `interval`; the first right after the lead's initial
+    /// sync when it resumed from a checkpoint (changes made in the target
+    /// while no bridge ran are found then). Cancelled with the lead.
+    pub async fn run(self) {
+        loop {
+            if self.status.initial_sync_done.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !self.status.resumed.load(Ordering::Relaxed) {
+            tokio::time::sleep(self.interval).await;
+        }
+        loop {
+            match self.pass().await {
+                Ok(Some(found)) => {
+                    self.drift.set((found.local.len() + found.drift.len()) as i64);
+                    if found.local.is_empty() && found.drift.is_empty() {
+                        info!(pending = found.pending, "anti-entropy pass: target matches source");
+                    } else {
+                        warn!(
+                            local_changes = found.local.len(),
+                            drift = found.drift.len(),
+                            first = ?found.local.iter().chain(&found.drift).next(),
+                            "anti-entropy pass found differences; repairing under the route's policy"
+                        );
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "anti-entropy pass interrupted; next pass retries"),
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    async fn pass(&self) -> Result<Option<Findings>, zookeeper_client::Error> {
+        let Some(c) = self.status.checkpoint.lock().unwrap().as_ref().map(|c| c.source_zxid) else {
+            return Ok(None);
+        };
+        let t = self.status.reference_target_zxid.load(Ordering::Relaxed);
+        if t <= 0 {
+            return Ok(None);
+        }
+        let route = &self.route;
+        let src = self.source_zk.session().await.client;
+        let tgt = self.target_zk.session().await.client;
+        let source = tree::scan_paced(&src, &route.source.path, self.reads_per_s, |rel| {
+            !route.filter.excluded(rel)
+        })
+        .await?;
+        let target = tree::scan_paced(&tgt, &self.target.path, self.reads_per_s, |rel| {
+            !route.filter.excluded(rel)
+        })
+        .await?;
+        let found = classify(route, &source, &target, (c, t), |rel| {
+            self.status.conflicts.is_kept(rel)
+        });
+        for rel in &found.local {
+            self.queue.mark_target(rel);
+        }
+        for rel in &found.drift {
+            self.queue.mark(rel, false);
+        }
+        Ok(Some(found))
+    }
+}
