@@ -62,6 +62,13 @@ pub struct WorkerStatus {
     pub reference_target_zxid: std::sync::atomic::AtomicI64,
     /// Echoes of own writes, paths kept by policy, a stop.
     pub conflicts: Conflicts,
+    /// Set while the delete circuit breaker holds deletes (also in the
+    /// `stopped` znode, where `zkbridge resume` clears it).
+    pub breaker: Mutex<Option<StopRecord>>,
+    /// Paths whose deletes the breaker holds (parked in the queue).
+    pub held_deletes: Mutex<std::collections::BTreeSet<String>>,
+    /// An operator released the held deletes: they go until none is left.
+    pub breaker_released: AtomicBool,
 }
 
 /// Limits for writing to a target.
@@ -185,6 +192,8 @@ pub struct Worker {
     identity: Identity,
     /// The source ensemble's id, learnt at the first (re)sync.
     source_id: Mutex<Option<String>>,
+    /// Deletes applied recently, for the delete circuit breaker.
+    delete_window: Mutex<crate::breaker::DeleteWindow>,
 }
 
 /// Why an attempt must be retried later as a whole.
@@ -224,7 +233,12 @@ impl Worker {
     ) -> Self {
         let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
         let source_id = Mutex::new(None);
+        let delete_window = Mutex::new(crate::breaker::DeleteWindow::new(
+            Duration::from_secs(route.config.delete_window_s),
+            route.config.max_delete_fraction,
+        ));
         Worker {
+            delete_window,
             route,
             target,
             source_zk,
@@ -391,6 +405,7 @@ impl Worker {
                 }
             }
             self.maybe_checkpoint(lease).await;
+            self.review_breaker(lease).await;
             let Some(work) = self.queue.take(self.limits.batch_max_ops * 4) else {
                 let parked = self.queue.next_parked_due();
                 tokio::select! {
@@ -566,6 +581,108 @@ impl Worker {
         }
     }
 
+    /// Passes `ops` through the delete circuit breaker (see `breaker`):
+    /// returns what to write now. Held deletes are parked, so they stay
+    /// pending (and hold the checkpoint back) until released or no longer
+    /// needed.
+    async fn hold_mass_deletes(
+        &self,
+        lease: &Lease,
+        ops: Vec<Op>,
+        dirty: &BTreeMap<String, Dirty>,
+        (root_vanished, mirrored): (bool, usize),
+    ) -> Vec<Op> {
+        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
+        if deletes == 0 {
+            return ops;
+        }
+        let now = Instant::now();
+        let root_blocked = root_vanished && !self.route.config.allow_root_delete;
+        if self.status.breaker_released.load(Ordering::Relaxed) {
+            self.delete_window.lock().unwrap().record(deletes, now);
+            return ops;
+        }
+        if !root_blocked && self.delete_window.lock().unwrap().admit(deletes, mirrored, now) {
+            return ops;
+        }
+        let (held, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| matches!(o, Op::Delete { .. }));
+        let why = if root_blocked {
+            "the source root vanished (allow_root_delete = false)".to_string()
+        } else {
+            format!(
+                "{deletes} deletes would exceed max_delete_fraction = {} of {mirrored} mirrored nodes within {} s",
+                self.route.config.max_delete_fraction, self.route.config.delete_window_s
+            )
+        };
+        let tripped = self.status.breaker.lock().unwrap().is_some();
+        if tripped {
+            debug!(held = held.len(), reason = %why, "delete circuit breaker still holding deletes");
+        } else {
+            warn!(held = held.len(), reason = %why, "delete circuit breaker: holding deletes; other writes go on; `zkbridge resume` releases them");
+        }
+        self.metrics.deletes_blocked.inc_by(held.len() as u64);
+        {
+            let mut held_set = self.status.held_deletes.lock().unwrap();
+            for op in held {
+                let rel = op.rel().to_string();
+                let d = dirty.get(&rel).copied().unwrap_or(Dirty {
+                    since: now,
+                    scaffold: false,
+                    seq: 0,
+                    target_only: false,
+                });
+                self.queue.park(rel.clone(), d, now + PARK_FOR);
+                held_set.insert(rel);
+            }
+        }
+        if !tripped {
+            let record = StopRecord {
+                path: self.target.path.clone(),
+                reason: format!("delete_breaker: {why}"),
+                bridge: self.identity.bridge_id.clone(),
+                ts_ms: now_ms(),
+            };
+            let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+            if let Err(e) = conflict::persist_stop(lease.client(), &path, &record).await {
+                warn!(error = %e, "cannot record the breaker's trip; it holds until restart");
+            }
+            *self.status.breaker.lock().unwrap() = Some(record);
+        }
+        rest
+    }
+
+    /// After each unit: forgets held deletes that are no longer parked (the
+    /// source came back, or a resync rechecked them); clears the trip when
+    /// none is left, or when an operator deleted the stop record.
+    async fn review_breaker(&self, lease: &Lease) {
+        if self.status.breaker.lock().unwrap().is_none() {
+            if self.queue.parked_count() == 0 {
+                self.status.breaker_released.store(false, Ordering::Relaxed);
+            }
+            return;
+        }
+        let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        let cleared_by_operator = matches!(lease.client().check_stat(&path).await, Ok(None));
+        let none_left = {
+            let mut held = self.status.held_deletes.lock().unwrap();
+            held.retain(|rel| self.queue.is_parked(rel));
+            held.is_empty()
+        };
+        if cleared_by_operator {
+            info!("held deletes released by an operator");
+            self.status.breaker_released.store(true, Ordering::Relaxed);
+            self.status.held_deletes.lock().unwrap().clear();
+            *self.status.breaker.lock().unwrap() = None;
+            self.queue.unpark_all();
+        } else if none_left {
+            info!("delete circuit breaker cleared: no held delete is needed any more");
+            *self.status.breaker.lock().unwrap() = None;
+            if self.status.conflicts.stopped().is_none() {
+                let _ = lease.client().delete(&path, None).await;
+            }
+        }
+    }
+
     /// The source's current session, and the target session that holds the
     /// lease (the only one this worker may write with).
     async fn clients(&self, lease: &Lease) -> (Client, Client) {
@@ -718,7 +835,9 @@ impl Worker {
         })
         .await
         .map_err(|source| Interrupted { side: "source", source })?;
-        let mut ops = match resume_from {
+        // Managed nodes in the target, when it was scanned.
+        let mut in_target = 0;
+        let ops = match resume_from {
             Some(c) if !source.is_empty() => self.resume_plan(&tgt, &source, c).await?,
             _ => {
                 let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
@@ -726,21 +845,25 @@ impl Worker {
                 })
                 .await
                 .map_err(|source| Interrupted { side: "target", source })?;
+                in_target = target.keys().filter(|rel| route.filter.managed(rel)).count();
                 plan::plan(route, &source, &target)
             }
         };
-        if source.is_empty() && !route.config.allow_root_delete {
-            let held = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
-            if held > 0 {
-                warn!(
-                    source = %route.source,
-                    held_deletes = held,
-                    "source root is missing: holding every delete in the target (allow_root_delete = false)"
-                );
-                self.metrics.deletes_blocked.inc_by(held as u64);
-                ops.retain(|o| !matches!(o, Op::Delete { .. }));
-            }
-        }
+        // The fraction is of what the target mirrors: before this resync
+        // (the gauge, or the scan) or after it (the source), the largest.
+        let mirrored_in_source = source
+            .iter()
+            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
+            .count();
+        let mirrored_before = (self.metrics.mirrored.get().max(0) as usize).max(in_target);
+        let mut ops = self
+            .hold_mass_deletes(
+                lease,
+                ops,
+                &BTreeMap::new(),
+                (source.is_empty(), mirrored_in_source.max(mirrored_before)),
+            )
+            .await;
         // Target versions kept by policy stay, unless the source changed
         // the node since (which ends the keep).
         let mut ended = Vec::new();
@@ -778,10 +901,7 @@ impl Worker {
         let dirty = BTreeMap::new();
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, since, checkpoint).await?;
-        let mirrored = source
-            .iter()
-            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
-            .count();
+        let mirrored = mirrored_in_source;
         self.metrics.mirrored.set(mirrored as i64);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let how = if resume_from.is_some() {
@@ -925,6 +1045,7 @@ impl Worker {
 
         let mut upserts = Vec::new();
         let mut delete_roots = Vec::new();
+        let mut root_vanished = false;
         for (((rel, dirty), s), t) in paths.iter().zip(source_nodes).zip(target_nodes) {
             let s = s.map(|(data, stat)| NodeState {
                 data,
@@ -961,11 +1082,10 @@ impl Worker {
                 }
             }
             match decision {
-                Some(Op::Delete { .. }) if rel.is_empty() && !self.route.config.allow_root_delete => {
-                    warn!(source = %self.route.source, "source root was deleted: keeping the target root (allow_root_delete = false)");
-                    self.metrics.deletes_blocked.inc();
+                Some(Op::Delete { rel }) => {
+                    root_vanished |= rel.is_empty();
+                    delete_roots.push(rel)
                 }
-                Some(Op::Delete { rel }) => delete_roots.push(rel),
                 Some(op) => upserts.push(op),
                 None => {}
             }
@@ -980,6 +1100,10 @@ impl Worker {
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
+        let mirrored = self.metrics.mirrored.get().max(0) as usize;
+        let ops = self
+            .hold_mass_deletes(lease, ops, &dirty, (root_vanished, mirrored))
+            .await;
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await

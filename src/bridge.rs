@@ -81,6 +81,11 @@ impl Bridge {
                     "{name}: stopped ({}) at {}; `zkbridge resume` clears it",
                     stop.reason, stop.path
                 ));
+            } else if let Some(trip) = w.status.breaker.lock().unwrap().clone().filter(|_| w.leading()) {
+                reasons.push(format!(
+                    "{name}: deletes held by the circuit breaker ({}); `zkbridge resume` releases them",
+                    trip.reason
+                ));
             } else if w.leading() {
                 if !w.synced() {
                     reasons.push(format!("{name}: initial sync not finished"));

@@ -7,6 +7,7 @@
 //! decisions of [`plan`]. See `docs/architecture.md`.
 
 pub mod apply;
+pub mod breaker;
 pub mod bridge;
 pub mod capture;
 pub mod checkpoint;

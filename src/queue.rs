@@ -183,6 +183,22 @@ impl TargetQueue {
         self.pending_gauge.set(st.pending());
     }
 
+    /// Whether `rel` is parked.
+    pub fn is_parked(&self, rel: &str) -> bool {
+        self.state.lock().unwrap().parked.contains_key(rel)
+    }
+
+    /// Makes every parked path due now (an operator released them).
+    pub fn unpark_all(&self) {
+        let mut st = self.state.lock().unwrap();
+        let now = Instant::now();
+        for (_, until) in st.parked.values_mut() {
+            *until = now;
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// When the earliest parked path is due, if any.
     pub fn next_parked_due(&self) -> Option<Instant> {
         self.state.lock().unwrap().parked.values().map(|(_, t)| *t).min()

@@ -230,3 +230,92 @@ async fn while_stopped_fail_stops_the_route() {
     .await;
     assert_eq!(conflicts(&bridge, "stopped"), 1.0);
 }
+
+fn blocked(bridge: &Bridge) -> f64 {
+    bridge.metric("zkbridge_deletes_blocked_total", &[("route", "c")])
+}
+
+/// 100 leaves under /c/n: enough for fractions to mean something.
+async fn hundred_nodes(extra: &str) -> (Zk, Zk, Bridge) {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c/n").await;
+    let nodes: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/c/n/{i}"), b"x".to_vec())).collect();
+    create_many(&s, &nodes).await;
+    let bridge = Bridge::start(&config(&src, &dst, extra));
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    (src, dst, bridge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delete_breaker_lets_ordinary_deletes_through_and_holds_a_mass_delete() {
+    let (src, dst, bridge) = hundred_nodes("").await;
+    let (s, t) = (src.client().await, dst.client().await);
+    for i in 0..10 {
+        s.delete(&format!("/c/n/{i}"), None).await.unwrap();
+    }
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    assert_eq!(blocked(&bridge), 0.0, "10% is ordinary");
+
+    // The source loses 80 of the remaining 90 at once.
+    for i in 10..90 {
+        s.delete(&format!("/c/n/{i}"), None).await.unwrap();
+    }
+    create(&s, "/c/still-copied", b"1").await;
+    eventually("the breaker holds the deletes", CONVERGE, async || {
+        blocked(&bridge) > 0.0
+    })
+    .await;
+    eventually("other writes go on", CONVERGE, async || {
+        get(&t, "/c/still-copied").await.is_some()
+    })
+    .await;
+    let (code, body) = bridge.http_get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("circuit breaker"), "{body}");
+    assert!(get(&t, "/c/n/89").await.is_some(), "held, not deleted");
+    let (code, out) = cli(&bridge, &["status", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("delete_breaker"), "{out}");
+
+    // The operator checks the source and releases them.
+    let (code, out) = cli(&bridge, &["resume", "--route", "c", "--target", "dst", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    assert_eq!(get(&t, "/c/n/89").await, None);
+    eventually("ready again", CONVERGE, async || {
+        bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_source_root_is_held_until_it_comes_back() {
+    let (src, dst, bridge) = hundred_nodes("").await;
+    let (s, t) = (src.client().await, dst.client().await);
+    delete_tree(&s, "/c").await;
+    eventually("the breaker holds the root's deletes", CONVERGE, async || {
+        blocked(&bridge) > 0.0
+    })
+    .await;
+    // Child deletes streamed in first; at most max_delete_fraction (0.5) of
+    // them went through before the breaker held the rest and the root.
+    let left = t.count_descendants_number("/c").await.unwrap();
+    assert!(left >= 50, "the target keeps at least half: {left} left");
+    eventually("not ready", CONVERGE, async || {
+        bridge
+            .http_get("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("circuit breaker"))
+    })
+    .await;
+    // The source comes back (say, a restore): the condition clears itself.
+    mkdirs(&s, "/c/n").await;
+    let nodes: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/c/n/{i}"), b"x".to_vec())).collect();
+    create_many(&s, &nodes).await;
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    eventually("ready again without an operator", CONVERGE, async || {
+        bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+}
