@@ -25,7 +25,7 @@ use crate::config::{BridgeConfig, ConflictPolicy, Endpoint, Route};
 use crate::conflict::{self, Conflicts, StopRecord};
 use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
 use crate::metrics::Metrics;
-use crate::plan::{self, Op};
+use crate::plan::{self, NodeKind, Op};
 use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
 use crate::tree::{self, join, parent, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
@@ -194,6 +194,8 @@ pub struct Worker {
     source_id: Mutex<Option<String>>,
     /// Deletes applied recently, for the delete circuit breaker.
     delete_window: Mutex<crate::breaker::DeleteWindow>,
+    /// Source paths already reported as unreadable (reported once each).
+    unreadable_reported: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Why an attempt must be retried later as a whole.
@@ -211,6 +213,12 @@ impl Interrupted {
     fn lease_lost(&self) -> bool {
         self.side == "target" && matches!(self.source, Error::RuntimeInconsistent | Error::SessionExpired)
     }
+}
+
+/// Whether the target watch may still be polled.
+enum WatchFlow {
+    Going,
+    Ended,
 }
 
 /// Why a worker stopped leading.
@@ -239,6 +247,7 @@ impl Worker {
         ));
         Worker {
             delete_window,
+            unreadable_reported: Default::default(),
             route,
             target,
             source_zk,
@@ -376,7 +385,9 @@ impl Worker {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
             }
-            self.drain_target_events(&mut target_watch);
+            if let WatchFlow::Ended = self.drain_target_events(&mut target_watch) {
+                return LeadEnd::LeaseLost;
+            }
             if let Some(stop) = self.status.conflicts.stopped() {
                 tokio::select! {
                     resumed = self.await_resume(lease, &stop) => if resumed {
@@ -410,7 +421,9 @@ impl Worker {
                 let parked = self.queue.next_parked_due();
                 tokio::select! {
                     _ = self.queue.notified() => {},
-                    event = target_watch.changed() => self.on_target_event(event),
+                    event = target_watch.changed() => if let WatchFlow::Ended = self.on_target_event(event) {
+                        return LeadEnd::LeaseLost;
+                    },
                     _ = sleep_until(parked) => {},
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {},
                     _ = shutdown.changed() => {},
@@ -480,17 +493,23 @@ impl Worker {
     }
 
     /// Handles the target events that queued up while a unit was applied.
-    fn drain_target_events(&self, watcher: &mut PersistentWatcher) {
+    /// `Ended` once the target session ended (the watcher must not be
+    /// polled again, and the lease is gone with the session).
+    fn drain_target_events(&self, watcher: &mut PersistentWatcher) -> WatchFlow {
         use futures::FutureExt;
         while let Some(event) = watcher.changed().now_or_never() {
-            self.on_target_event(event);
+            if let WatchFlow::Ended = self.on_target_event(event) {
+                return WatchFlow::Ended;
+            }
         }
+        WatchFlow::Going
     }
 
     /// An event in the target: the echo of an own write, or a possible local
     /// change to look at.
-    fn on_target_event(&self, event: zookeeper_client::WatchedEvent) {
+    fn on_target_event(&self, event: zookeeper_client::WatchedEvent) -> WatchFlow {
         match event.event_type {
+            EventType::Session if event.session_state.is_terminated() => return WatchFlow::Ended,
             EventType::Session => {
                 if matches!(event.session_state, zookeeper_client::SessionState::Disconnected) {
                     // Events (and echoes) may be lost across the gap; the
@@ -501,10 +520,10 @@ impl Worker {
             EventType::NodeChildrenChanged => {}
             _ => {
                 if self.status.conflicts.is_echo(&event.path) {
-                    return;
+                    return WatchFlow::Going;
                 }
                 let Some(rel) = tree::relative(&self.target.path, &event.path) else {
-                    return;
+                    return WatchFlow::Going;
                 };
                 if self.route.filter.managed(rel) || rel.is_empty() {
                     debug!(path = %event.path, kind = ?event.event_type, "target changed by someone else");
@@ -512,6 +531,7 @@ impl Worker {
                 }
             }
         }
+        WatchFlow::Going
     }
 
     /// Waits until an operator deletes the stop record. `true` once cleared.
@@ -683,6 +703,77 @@ impl Worker {
         }
     }
 
+    /// Brings the sequence counter (`cversion`) of each target parent in
+    /// `parents` up to its source's, so that a client failing over to the
+    /// target region never gets a sequential name that exists or goes
+    /// backwards. Each create or delete of a child bumps the counter by one:
+    /// throw-away children are created and deleted in one fenced `multi`.
+    async fn align_sequence_counters(
+        &self,
+        lease: &Lease,
+        src: &Client,
+        parents: Vec<String>,
+    ) -> Result<(), Interrupted> {
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let base = self.target.path.as_str();
+        let sources = tree::read_nodes(src, &self.route.source.path, &parents, self.limits.max_in_flight)
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+        let targets = tree::read_nodes(lease.client(), base, &parents, self.limits.max_in_flight)
+            .await
+            .map_err(|source| Interrupted { side: "target", source })?;
+        for ((rel, s), t) in parents.iter().zip(sources).zip(targets) {
+            let (Some((_, s)), Some((_, t))) = (s, t) else { continue };
+            if s.ephemeral_owner == -2 || t.cversion >= s.cversion {
+                continue;
+            }
+            let pairs = (s.cversion - t.cversion + 1) / 2;
+            let parent_path = join(base, rel);
+            let nonce = uuid::Uuid::new_v4().simple().to_string();
+            let names: Vec<String> = (0..pairs)
+                .map(|i| format!("{parent_path}/.zkbridge-seq-{nonce}-{i}"))
+                .collect();
+            let mut writer = lease.writer();
+            let fail = |source| Interrupted { side: "target", source };
+            for name in &names {
+                writer.add_create(name, b"", &CREATE_OPTIONS).map_err(fail)?;
+            }
+            for name in &names {
+                writer.add_delete(name, None).map_err(fail)?;
+            }
+            for name in &names {
+                self.status.conflicts.expect_echo(name.clone());
+                self.status.conflicts.expect_echo(name.clone());
+            }
+            match writer.commit().await.map_err(fenced_error) {
+                Ok(_) => debug!(path = %parent_path, from = t.cversion, to = s.cversion, "sequence counter aligned"),
+                Err(e) => {
+                    for name in &names {
+                        self.status.conflicts.cancel_echo(name);
+                        self.status.conflicts.cancel_echo(name);
+                    }
+                    if is_transient(&e) && !is_node_level(&e) {
+                        return Err(fail(e));
+                    }
+                    warn!(path = %parent_path, error = %e, "cannot align the sequence counter; the next change retries");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a source node the bridge may not read (NoAuth), once per
+    /// path: it is skipped, its target twin left alone, the rest goes on.
+    fn report_unreadable(&self, rel: &str) {
+        if self.unreadable_reported.lock().unwrap().insert(rel.to_string()) {
+            let path = join(&self.route.source.path, rel);
+            warn!(%path, code = "no_auth", "source node not readable with the configured credentials: skipped (its target copy is left as is)");
+            self.metrics.error("no_auth");
+        }
+    }
+
     /// The source's current session, and the target session that holds the
     /// lease (the only one this worker may write with).
     async fn clients(&self, lease: &Lease) -> (Client, Client) {
@@ -835,6 +926,9 @@ impl Worker {
         })
         .await
         .map_err(|source| Interrupted { side: "source", source })?;
+        for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
+            self.report_unreadable(rel);
+        }
         // Managed nodes in the target, when it was scanned.
         let mut in_target = 0;
         let ops = match resume_from {
@@ -901,6 +995,12 @@ impl Worker {
         let dirty = BTreeMap::new();
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, since, checkpoint).await?;
+        let sequential_parents: Vec<String> = source
+            .iter()
+            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| looks_sequential(c)))
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        self.align_sequence_counters(lease, &src, sequential_parents).await?;
         let mirrored = mirrored_in_source;
         self.metrics.mirrored.set(mirrored as i64);
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -1057,9 +1157,21 @@ impl Worker {
                 stat,
                 children: Vec::new(),
             });
+            if s.as_ref().is_some_and(NodeState::is_unreadable) {
+                self.report_unreadable(rel);
+            }
             let decision = plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.scaffold);
             let source_mzxid = s.as_ref().map(|s| s.stat.mzxid).unwrap_or(-1);
-            if decision.is_some() {
+            // An ephemeral mirror goes with the session that owned it (a
+            // previous leader): re-creating it is not a conflict.
+            let ephemeral_mirror = matches!(
+                decision,
+                Some(Op::Create {
+                    kind: NodeKind::Ephemeral,
+                    ..
+                })
+            );
+            if decision.is_some() && !ephemeral_mirror {
                 if dirty.target_only {
                     if !self.on_conflict(lease, rel, s.as_ref(), t.as_ref()).await {
                         if self.status.conflicts.stopped().is_some() {
@@ -1106,6 +1218,14 @@ impl Worker {
             .await;
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
+            .await
+            .map_err(|e| (e, paths.clone()))?;
+        let parents: std::collections::BTreeSet<String> = paths
+            .iter()
+            .filter(|(rel, _)| looks_sequential(rel))
+            .filter_map(|(rel, _)| parent(rel).map(str::to_string))
+            .collect();
+        self.align_sequence_counters(lease, &src, parents.into_iter().collect())
             .await
             .map_err(|e| (e, paths))
     }
@@ -1248,6 +1368,13 @@ impl Worker {
     }
 }
 
+/// Whether a path's last segment ends like a sequential node's name (ten
+/// digits, as ZooKeeper appends them).
+fn looks_sequential(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name.len() >= 10 && name[name.len() - 10..].bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Stops a background task when its owner goes.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -1313,7 +1440,7 @@ fn commit<'a>(
         .try_for_each(|op| {
             let path = join(base, op.rel());
             match op {
-                Op::Create { data, .. } => writer.add_create(&path, data, &CREATE_OPTIONS),
+                Op::Create { data, kind, .. } => writer.add_create(&path, data, &create_options(*kind)),
                 Op::Set { data, .. } => writer.add_set_data(&path, data, None),
                 Op::Delete { .. } => writer.add_delete(&path, None),
             }
@@ -1344,6 +1471,14 @@ fn commit<'a>(
             }
         }
         (batch, result)
+    }
+}
+
+/// How a node of `kind` is created in the target.
+fn create_options(kind: NodeKind) -> CreateOptions<'static> {
+    match kind {
+        NodeKind::Persistent => CREATE_OPTIONS,
+        NodeKind::Ephemeral => CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
     }
 }
 
@@ -1405,6 +1540,7 @@ mod tests {
             .map(|i| Op::Create {
                 rel: format!("n{i}"),
                 data: vec![0; 10],
+                kind: NodeKind::Persistent,
             })
             .collect();
         let b = batch(ops, 5, limits);

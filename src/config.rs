@@ -641,10 +641,10 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
                 "must be in (0, 1]",
             ));
         }
-        if rc.ephemerals != EphemeralMode::Skip {
+        if rc.acls == AclMode::Copy {
             return Err(ConfigError::invalid(
-                format!("{key}.ephemerals"),
-                "only \"skip\" is supported by this version of zkbridge",
+                format!("{key}.acls"),
+                "\"copy\" is not supported by this version of zkbridge yet (use \"target-default\")",
             ));
         }
         let mut filter = PathFilter::new(&rc.include, &rc.exclude, &key)?;

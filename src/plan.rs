@@ -13,13 +13,39 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{DeleteMode, Route};
+use crate::config::{DeleteMode, EphemeralMode, Route};
 use crate::tree::{parent, NodeState, Tree};
+
+/// The type a node is created with in the target.
+///
+/// Container and TTL nodes cannot be told apart from persistent ones by a
+/// client: ZooKeeper keeps their type in `ephemeralOwner` but reports 0 to
+/// clients for both (`DataNode.getClientEphemeralOwner`). They are mirrored
+/// as persistent nodes; see docs/architecture.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeKind {
+    #[default]
+    Persistent,
+    /// Owned by the leader's target session: vanishes with it, and the next
+    /// leader creates it again (`ephemerals = "ephemeral"`).
+    Ephemeral,
+}
+
+impl NodeKind {
+    /// How the route mirrors a source node of this stat.
+    pub fn of(route: &Route, node: &NodeState) -> NodeKind {
+        if node.is_ephemeral() && route.config.ephemerals == EphemeralMode::Ephemeral {
+            NodeKind::Ephemeral
+        } else {
+            NodeKind::Persistent
+        }
+    }
+}
 
 /// One write to a target, addressed relative to the target path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Create { rel: String, data: Vec<u8> },
+    Create { rel: String, data: Vec<u8>, kind: NodeKind },
     Set { rel: String, data: Vec<u8> },
     Delete { rel: String },
 }
@@ -49,9 +75,11 @@ impl Op {
     }
 }
 
-/// Whether the route mirrors the source node at `rel` (filters and node type).
+/// Whether the route mirrors the source node at `rel` (filters and node
+/// type: ephemerals only when the route's `ephemerals` mode asks).
 pub fn is_mirrored(route: &Route, rel: &str, node: &NodeState) -> bool {
-    !node.is_ephemeral() && node.stat.ephemeral_owner != -1 && route.filter.managed(rel)
+    let type_ok = !node.is_ephemeral() || route.config.ephemerals != EphemeralMode::Skip;
+    type_ok && node.stat.ephemeral_owner != -1 && !node.is_unreadable() && route.filter.managed(rel)
 }
 
 /// The full plan from two scans: deletes first (children before parents),
@@ -73,10 +101,30 @@ pub fn plan(route: &Route, source: &Tree, target: &Tree) -> Vec<Op> {
         }
     }
 
+    // Source nodes that could not be read: their target twins and subtrees
+    // are left alone (absent from the scan is not absent from the source).
+    let unreadable: BTreeSet<&str> = source
+        .iter()
+        .filter(|(_, n)| n.is_unreadable())
+        .map(|(rel, _)| rel.as_str())
+        .collect();
+    let under_unreadable = |rel: &str| {
+        let mut p = Some(rel);
+        while let Some(up) = p {
+            if unreadable.contains(up) {
+                return true;
+            }
+            p = parent(up);
+        }
+        false
+    };
     let mut deletes: Vec<Op> = Vec::new();
     let mut deleting: BTreeSet<&str> = BTreeSet::new();
     if route.config.deletes == DeleteMode::Propagate {
         for rel in target.keys() {
+            if !unreadable.is_empty() && under_unreadable(rel) {
+                continue;
+            }
             let wanted = mirrored.contains(rel.as_str()) || scaffold.contains(rel.as_str());
             let under_deleted = parent(rel).is_some_and(|p| deleting.contains(p));
             if under_deleted || (!wanted && route.filter.managed(rel)) {
@@ -100,6 +148,7 @@ pub fn plan(route: &Route, source: &Tree, target: &Tree) -> Vec<Op> {
             None => writes.push(Op::Create {
                 rel: rel.into(),
                 data: src.data.clone(),
+                kind: NodeKind::of(route, src),
             }),
             Some(t) if is_mirrored && t.data != src.data => writes.push(Op::Set {
                 rel: rel.into(),
@@ -122,12 +171,16 @@ pub fn decide(
     target: Option<&NodeState>,
     scaffold: bool,
 ) -> Option<Op> {
+    if source.is_some_and(NodeState::is_unreadable) {
+        return None;
+    }
     let mirrored = source.is_some_and(|s| is_mirrored(route, rel, s));
     let wanted = mirrored || (scaffold && source.is_some_and(|s| !s.is_ephemeral()));
     match (source, target) {
         (Some(s), None) if wanted => Some(Op::Create {
             rel: rel.into(),
             data: s.data.clone(),
+            kind: NodeKind::of(route, s),
         }),
         (Some(s), Some(t)) if mirrored && s.data != t.data => Some(Op::Set {
             rel: rel.into(),
@@ -246,7 +299,8 @@ mod tests {
             decide(&r, "a", Some(&s), None, false),
             Some(Op::Create {
                 rel: "a".into(),
-                data: b"new".to_vec()
+                data: b"new".to_vec(),
+                kind: NodeKind::Persistent,
             })
         );
         assert_eq!(

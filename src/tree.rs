@@ -14,6 +14,10 @@ use zookeeper_client::{Client, Error, MultiReadResult, Stat};
 /// Nodes read per `multi` read request (two ops each).
 const READ_BATCH: usize = 100;
 
+/// `ephemeral_owner` marking a node that could not be read (no permission):
+/// a value no session id, container or TTL encoding takes.
+const UNREADABLE: i64 = -2;
+
 /// One node as read: data, stat and child names.
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -45,12 +49,24 @@ impl NodeState {
         }
     }
 
+    /// A node the session may not read (NoAuth): its data, type and
+    /// children are unknown, so nothing about its target twin may be decided.
+    pub fn unreadable() -> Self {
+        let mut node = NodeState::unread();
+        node.stat.ephemeral_owner = UNREADABLE;
+        node
+    }
+
+    pub fn is_unreadable(&self) -> bool {
+        self.stat.ephemeral_owner == UNREADABLE
+    }
+
     pub fn is_ephemeral(&self) -> bool {
         // Container nodes (0x8000…) and TTL nodes (0xFF…) are encoded in
         // ephemeralOwner; only a real session id means ephemeral. -1 marks
         // an entry recorded without being read (see `scan_from`).
         let owner = self.stat.ephemeral_owner;
-        owner != 0 && owner != -1 && owner != i64::MIN && (owner as u64) >> 56 != 0xff
+        owner != 0 && owner != -1 && owner != UNREADABLE && owner != i64::MIN && (owner as u64) >> 56 != 0xff
     }
 }
 
@@ -178,6 +194,12 @@ async fn scan_inner(
                 }
                 (Some(MultiReadResult::Error { err: Error::NoNode }), _)
                 | (_, Some(MultiReadResult::Error { err: Error::NoNode })) => {}
+                (Some(MultiReadResult::Error { err: Error::NoAuth }), _)
+                | (_, Some(MultiReadResult::Error { err: Error::NoAuth })) => {
+                    // Recorded, not descended into: the caller reports it
+                    // and leaves its target twin (and subtree) alone.
+                    tree.insert(rel, NodeState::unreadable());
+                }
                 (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => {
                     return Err(err)
                 }
@@ -217,6 +239,10 @@ pub async fn read_nodes(
             out.push(match result {
                 MultiReadResult::Data { data, stat } => Some((data, stat)),
                 MultiReadResult::Error { err: Error::NoNode } => None,
+                MultiReadResult::Error { err: Error::NoAuth } => {
+                    let n = NodeState::unreadable();
+                    Some((n.data, n.stat))
+                }
                 MultiReadResult::Error { err } => return Err(err),
                 other => {
                     return Err(Error::UnexpectedError(format!(
