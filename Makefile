@@ -1,5 +1,5 @@
 # zkbridge: `make run` for the quick start, `make test` for the test suite.
-.PHONY: run test lint build clean
+.PHONY: run test lint build clean bench bench-quick
 
 run:
 	scripts/run-local.sh
@@ -9,6 +9,16 @@ run:
 test:
 	scripts/install-deps.sh
 	cargo test --all-targets -- --test-threads=2
+
+# Side-by-side figures (see docs/performance.md): `make bench ARGS="--nodes 20000"`.
+bench:
+	scripts/install-deps.sh
+	cargo bench --bench bench -- $(ARGS)
+
+# Small and short: keeps the benchmark working (CI), says nothing about speed.
+bench-quick:
+	scripts/install-deps.sh
+	cargo bench --bench bench -- --quick
 
 lint:
 	cargo fmt --all -- --check

@@ -15,6 +15,9 @@ use zookeeper_client::{Acls, Client, CreateMode};
 
 const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
 
+/// Set by the benchmark: servers tuned for throughput rather than start-up.
+pub static BENCHMARK_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -53,19 +56,19 @@ impl ZkServer {
             .open(self.dir.join("server.log"))
             .unwrap();
         let mut cmd = Command::new("java");
-        cmd.args([
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-cp",
-            CLASSPATH,
-        ])
-        .arg("-Dzookeeper.extendedTypesEnabled=true")
-        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-        .arg(self.dir.join("zoo.cfg"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+        if BENCHMARK_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+            // Throughput over start-up time: the full JIT and more heap.
+            cmd.args(["-Xmx1g", "-XX:+UseParallelGC"]);
+        } else {
+            cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
+        }
+        cmd.args(["-cp", CLASSPATH])
+            .arg("-Dzookeeper.extendedTypesEnabled=true")
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().expect("start java (is the zookeeper package installed?)"));
     }
@@ -353,7 +356,14 @@ impl Bridge {
         cmd.arg("run")
             .arg("-c")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info,zkbridge=debug")
+            .env(
+                "RUST_LOG",
+                if BENCHMARK_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+                    "info"
+                } else {
+                    "info,zkbridge=debug"
+                },
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -411,6 +421,11 @@ impl Bridge {
                 libc::kill(c.id() as i32, signal);
             }
         }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// How many route/targets this instance leads (0 while unreachable).

@@ -1,0 +1,679 @@
+//! `make bench`: zkbridge against the physical limit and against the tool
+//! users would pick instead, with real ZooKeeper servers started here.
+//!
+//! Every figure is taken in this run, side by side: the raw write limit of
+//! the target (pipelined `multi` creates with the same client crate), the
+//! initial sync, zk-shell's `cp`, steady-state lag measured by a separate
+//! watching client, the same with 40 ms of injected latency each way, the
+//! resume after a 1% change against a bare source scan, and the process's
+//! peak RSS and CPU time. Prints a table and writes
+//! `target/bench/results.json`.
+//!
+//! Options: `--quick` (small and short: keeps the bench working in CI, says
+//! nothing about speed), `--nodes N`, `--runs N`, `--rate OPS`, `--seconds S`,
+//! `--ensemble` (3-node source and target).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType};
+
+struct Args {
+    quick: bool,
+    nodes: usize,
+    runs: usize,
+    rate: u32,
+    seconds: u64,
+    ensemble: bool,
+    peer_nodes: usize,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let quick = argv.iter().any(|a| a == "--quick");
+        let value = |name: &str| {
+            argv.iter()
+                .position(|a| a == name)
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let nodes = value("--nodes").unwrap_or(if quick { 5_000 } else { 100_000 }) as usize;
+        Args {
+            quick,
+            nodes,
+            runs: value("--runs").unwrap_or(if quick { 1 } else { 3 }) as usize,
+            rate: value("--rate").unwrap_or(2_000) as u32,
+            seconds: value("--seconds").unwrap_or(if quick { 5 } else { 60 }),
+            ensemble: argv.iter().any(|a| a == "--ensemble"),
+            // zk-shell copies a few hundred nodes per second: a smaller tree
+            // keeps the bench within its time budget; the figure is a rate.
+            peer_nodes: value("--peer-nodes").unwrap_or(if quick { 300 } else { 5_000 }) as usize,
+        }
+    }
+
+    fn zk(&self) -> Zk {
+        if self.ensemble {
+            Zk::start(3)
+        } else {
+            Zk::standalone()
+        }
+    }
+}
+
+/// Node paths of a tree of `n` nodes under `/t`, fan-out 10 (depth 4 at
+/// 10,000 nodes, 5 at 100,000), 100 bytes each, parents first.
+fn tree(n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut nodes = vec![("/t".to_string(), vec![b'r'; 100])];
+    let mut i = 0;
+    while nodes.len() < n {
+        let parent = nodes[i / 10].0.clone();
+        nodes.push((
+            format!("{parent}/{}", nodes.len()),
+            vec![b'a' + (nodes.len() % 26) as u8; 100],
+        ));
+        i += 1;
+    }
+    nodes
+}
+
+/// Creates `nodes` (parents first) with pipelined `multi` batches of 200,
+/// 16 in flight; a level is finished before the next starts. Returns the
+/// time taken.
+async fn pipelined_create(c: &Client, nodes: &[(String, Vec<u8>)]) -> Duration {
+    let started = Instant::now();
+    let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let mut by_depth: Vec<Vec<&(String, Vec<u8>)>> = Vec::new();
+    for n in nodes {
+        let depth = n.0.matches('/').count();
+        if by_depth.len() < depth {
+            by_depth.resize(depth, Vec::new());
+        }
+        by_depth[depth - 1].push(n);
+    }
+    for level in by_depth {
+        let mut chunks = level.chunks(200);
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < 16 {
+                let Some(chunk) = chunks.next() else { break };
+                let mut w = c.new_multi_writer();
+                for (path, data) in chunk {
+                    w.add_create(path, data, &opts).unwrap();
+                }
+                in_flight.push(w.commit());
+            }
+            match in_flight.next().await {
+                Some(r) => {
+                    r.expect("multi create");
+                }
+                None => break,
+            }
+        }
+    }
+    started.elapsed()
+}
+
+/// Peak RSS (bytes) and CPU seconds of a process, from /proc.
+fn process_cost(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hwm_kb * 1024, ticks / hz.max(1.0))
+}
+
+fn bridge_config(src: &str, dst: &str) -> String {
+    format!(
+        "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{src}\"\nsession_timeout_ms = 10000\n\
+         [ensembles.dst]\nconnect = \"{dst}\"\nsession_timeout_ms = 10000\n\
+         [[routes]]\nname = \"bench\"\nsource = \"src:/t\"\ntargets = [\"dst:/t\"]\nverify_interval_s = 0\n\
+         max_delete_fraction = 1.0\n"
+    )
+}
+
+async fn await_ready(bridge: &Bridge) {
+    loop {
+        if bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn assert_clean(bridge: &Bridge) -> bool {
+    let d = zkbridge::diff::diff(&bridge.config(), None).await.expect("diff");
+    d.iter().all(|d| !d.is_drift())
+}
+
+/// A TCP proxy that delays every chunk by `delay` in each direction,
+/// preserving order: round trips pay twice the delay, pipelined traffic
+/// does not.
+async fn delay_proxy(upstream: String, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(delayed_pipe(cr, sw, delay));
+            tokio::spawn(delayed_pipe(sr, cw, delay));
+        }
+    });
+    addr
+}
+
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Steady-state lag: sets data on random source nodes at `rate` for
+/// `seconds`; a separate client watching the target reads each changed
+/// node and matches its value to the source write's reply time.
+async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], rate: u32, seconds: u64) -> Lag {
+    let leaves: Vec<String> = nodes.iter().skip(1).map(|(p, _)| p.clone()).collect();
+    let replies: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut watcher = dst.watch("/t", AddWatchMode::PersistentRecursive).await.unwrap();
+    let reader = {
+        let (dst, replies, latencies, done) = (dst.clone(), replies.clone(), latencies.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    event = watcher.changed(), if !done.load(Ordering::Relaxed) || !pending.is_empty() => {
+                        if event.event_type != EventType::NodeDataChanged {
+                            continue;
+                        }
+                        let dst = dst.clone();
+                        pending.push(async move { dst.get_data(&event.path).await.ok().map(|(d, _)| (d, Instant::now())) });
+                    }
+                    Some(read) = pending.next(), if !pending.is_empty() => {
+                        let Some((data, seen)) = read else { continue };
+                        let Some(seq) = std::str::from_utf8(&data).ok().and_then(|s| s.strip_prefix("w")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+                        if let Some(at) = replies.lock().unwrap().get(&seq) {
+                            latencies.lock().unwrap().push(seen.duration_since(*at).as_secs_f64());
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)), if done.load(Ordering::Relaxed) => break,
+                }
+            }
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut writes = FuturesUnordered::new();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let due = started + interval * sent as u32;
+        if Instant::now() < due {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {},
+                Some(()) = writes.next(), if !writes.is_empty() => continue,
+            }
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let path = &leaves[(rng % leaves.len() as u64) as usize];
+        let seq = sent;
+        sent += 1;
+        let (src, replies) = (src.clone(), replies.clone());
+        let path = path.clone();
+        writes.push(async move {
+            src.set_data(&path, format!("w{seq}").as_bytes(), None).await.unwrap();
+            replies.lock().unwrap().insert(seq, Instant::now());
+        });
+    }
+    while writes.next().await.is_some() {}
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    // Let the last changes arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    // The reader stops on its own once events dry up; never wait long.
+    let mut reader = reader;
+    if tokio::time::timeout(Duration::from_secs(5), &mut reader).await.is_err() {
+        reader.abort();
+        eprintln!("    (watching client still busy after 5 s; using what it measured)");
+    }
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| {
+        l.get(((l.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Lag {
+        p50_ms: q(0.5) * 1000.0,
+        p99_ms: q(0.99) * 1000.0,
+        max_ms: l.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        writes: sent,
+        observed: l.len() as u64,
+        rate: achieved,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lag {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    writes: u64,
+    observed: u64,
+    rate: f64,
+}
+
+/// Median, min and max of a series.
+fn stats(v: &[f64]) -> serde_json::Value {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.is_empty() {
+        return json!(null);
+    }
+    json!({"median": s[s.len() / 2], "min": s[0], "max": s[s.len() - 1], "runs": s.len()})
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[derive(Default)]
+struct Series(HashMap<&'static str, Vec<f64>>);
+
+impl Series {
+    fn add(&mut self, key: &'static str, v: f64) {
+        self.0.entry(key).or_default().push(v);
+    }
+    fn get(&self, key: &str) -> &[f64] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+    fn med(&self, key: &str) -> f64 {
+        median(self.get(key))
+    }
+}
+
+async fn zk_shell_rate(args: &Args) -> Result<f64, String> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/zk-shell-venv");
+    let exe = venv.join("bin/zk-shell");
+    if !exe.exists() {
+        eprintln!("installing zk-shell into {} (pip)", venv.display());
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+            && std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "zk-shell"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        if !ok || !exe.exists() {
+            return Err("zk-shell could not be installed (python3 venv + pip install zk-shell failed)".into());
+        }
+    }
+    let (src, dst) = (args.zk(), args.zk());
+    let s = src.client().await;
+    let nodes = tree(args.peer_nodes);
+    pipelined_create(&s, &nodes).await;
+    let first = src.connect_string().split(',').next().unwrap().to_string();
+    let target = dst.connect_string().split(',').next().unwrap().to_string();
+    let started = Instant::now();
+    let out = std::process::Command::new(&exe)
+        .arg("--run-once")
+        .arg(format!("cp zk://{first}/t zk://{target}/t true true"))
+        .output()
+        .map_err(|e| format!("zk-shell: {e}"))?;
+    let took = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("zk-shell cp failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let d = dst.client().await;
+    let copied = d.count_descendants_number("/t").await.map(|n| n + 1).unwrap_or(0);
+    if copied != nodes.len() {
+        return Err(format!("zk-shell copied {copied} of {} nodes", nodes.len()));
+    }
+    Ok(nodes.len() as f64 / took)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` builds and runs bench targets too:
+        // compiling is the check wanted there, not a benchmark run.
+        eprintln!("zkbridge bench: run it with `make bench` (cargo bench --bench bench)");
+        return;
+    }
+    let args = Args::parse();
+    BENCHMARK_SERVERS.store(true, Ordering::Relaxed);
+    let nodes = tree(args.nodes);
+    let data_bytes: usize = nodes.iter().map(|(p, d)| p.len() + d.len()).sum();
+    eprintln!(
+        "zkbridge bench: {} nodes, {} run(s), lag at {} ops/s for {} s{}",
+        args.nodes,
+        args.runs,
+        args.rate,
+        args.seconds,
+        if args.quick {
+            " (quick: says nothing about speed)"
+        } else {
+            ""
+        }
+    );
+    let mut m = Series::default();
+    let mut clean = true;
+    for run in 1..=args.runs {
+        eprintln!("run {run}/{}", args.runs);
+        eprintln!("  raw target writes");
+        // 1. The limit: raw pipelined creates into a fresh target.
+        let raw = args.zk();
+        let c = raw.client().await;
+        let took = pipelined_create(&c, &nodes).await;
+        m.add("raw_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+        drop(c);
+        drop(raw);
+
+        eprintln!("  initial sync");
+        // 2. Initial sync, then 6. resume, then 4. steady-state lag.
+        let (src, dst) = (args.zk(), args.zk());
+        let s = src.client().await;
+        pipelined_create(&s, &nodes).await;
+        let started = Instant::now();
+        let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
+        await_ready(&bridge).await;
+        let took = started.elapsed();
+        clean &= assert_clean(&bridge).await;
+        m.add("sync_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+        let (rss, cpu) = process_cost(bridge.pid().unwrap());
+        m.add("sync_rss_mib", rss as f64 / 1048576.0);
+        m.add("sync_cpu_s", cpu);
+
+        // Bare source scan, for scale.
+        let scan_started = Instant::now();
+        let scanned = zkbridge::tree::scan(&s, "/t", 16, |_| true).await.unwrap();
+        m.add("scan_s", scan_started.elapsed().as_secs_f64());
+        assert_eq!(scanned.len(), nodes.len());
+
+        eprintln!("  resume");
+        // Resume after a 1% change.
+        let checkpoint_at = {
+            let (_, stat) = s.get_data("/t").await.unwrap();
+            s.set_data("/t", &stat.mzxid.to_le_bytes(), None).await.unwrap().mzxid
+        };
+        while (bridge.metric("zkbridge_checkpoint_zxid", &[]) as i64) < checkpoint_at {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bridge.stop();
+        let changed = nodes.len() / 100;
+        for (path, _) in nodes.iter().skip(1).step_by(100).take(changed) {
+            s.set_data(path, b"changed while stopped", None).await.unwrap();
+        }
+        let started = Instant::now();
+        bridge.restart();
+        await_ready(&bridge).await;
+        m.add("resume_s", started.elapsed().as_secs_f64());
+        clean &= assert_clean(&bridge).await;
+        let writes = bridge.metric("zkbridge_resume_target_writes_total", &[]);
+        let reads = bridge.metric("zkbridge_resume_target_reads_total", &[]);
+        m.add("resume_target_ops", writes + reads);
+        m.add("resume_changed", changed as f64);
+
+        eprintln!("  steady-state lag");
+        let d = dst.client().await;
+        let lag = measure_lag(&s, &d, &nodes, args.rate, args.seconds).await;
+        clean &= assert_clean(&bridge).await;
+        m.add("lag_p50_ms", lag.p50_ms);
+        m.add("lag_p99_ms", lag.p99_ms);
+        m.add("lag_max_ms", lag.max_ms);
+        m.add("lag_rate", lag.rate);
+        m.add("lag_observed_fraction", lag.observed as f64 / lag.writes.max(1) as f64);
+        let (rss, cpu) = process_cost(bridge.pid().unwrap());
+        m.add("lag_rss_mib", rss as f64 / 1048576.0);
+        m.add("lag_cpu_s", cpu);
+        bridge.stop();
+        drop(bridge);
+        drop((s, d, src, dst));
+
+        eprintln!("  lag with 40 ms each way");
+        // 5. The same lag through 40 ms of latency each way to the target.
+        let (src, dst) = (args.zk(), args.zk());
+        let s = src.client().await;
+        pipelined_create(&s, &nodes).await;
+        let proxy = delay_proxy(
+            dst.connect_string().split(',').next().unwrap().to_string(),
+            Duration::from_millis(40),
+        )
+        .await;
+        let started = Instant::now();
+        let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy));
+        await_ready(&bridge).await;
+        m.add(
+            "wan_sync_nodes_per_s",
+            nodes.len() as f64 / started.elapsed().as_secs_f64(),
+        );
+        let d = dst.client().await;
+        let lag = measure_lag(&s, &d, &nodes, args.rate, args.seconds).await;
+        clean &= assert_clean(&bridge).await;
+        m.add("wan_lag_p50_ms", lag.p50_ms);
+        m.add("wan_lag_p99_ms", lag.p99_ms);
+        m.add("wan_lag_max_ms", lag.max_ms);
+        m.add("wan_lag_rate", lag.rate);
+        drop(bridge);
+        drop((s, d, src, dst));
+
+        eprintln!("  zk-shell");
+        // 3. The peer.
+        match zk_shell_rate(&args).await {
+            Ok(rate) => m.add("peer_nodes_per_s", rate),
+            Err(why) => {
+                eprintln!("peer: {why}");
+                m.0.entry("peer_unavailable").or_default();
+            }
+        }
+    }
+
+    let raw = m.med("raw_nodes_per_s");
+    let peer = m.get("peer_nodes_per_s");
+    let ratio = |key: &str, reference: f64| m.med(key) / reference;
+    let mut table = String::new();
+    let mut row = |name: &str, value: String, note: String| {
+        table.push_str(&format!("| {name} | {value} | {note} |\n"));
+    };
+    let range = |key: &str, unit: &str, digits: usize| {
+        let s = stats(m.get(key));
+        if s.is_null() {
+            return "n/a".to_string();
+        }
+        format!(
+            "{:.*} {unit} ({:.*}–{:.*})",
+            digits,
+            s["median"].as_f64().unwrap(),
+            digits,
+            s["min"].as_f64().unwrap(),
+            digits,
+            s["max"].as_f64().unwrap()
+        )
+    };
+    row(
+        "raw target writes (limit)",
+        range("raw_nodes_per_s", "nodes/s", 0),
+        "pipelined multi creates, 200/batch, 16 in flight".into(),
+    );
+    row(
+        "initial sync",
+        range("sync_nodes_per_s", "nodes/s", 0),
+        format!("{:.2} × limit", ratio("sync_nodes_per_s", raw)),
+    );
+    row(
+        "zk-shell cp (peer)",
+        if peer.is_empty() {
+            "not installed".into()
+        } else {
+            range("peer_nodes_per_s", "nodes/s", 0)
+        },
+        if peer.is_empty() {
+            "no figure: zk-shell unavailable".into()
+        } else {
+            format!(
+                "zkbridge is {:.0} × zk-shell ({} nodes copied)",
+                m.med("sync_nodes_per_s") / median(peer),
+                args.peer_nodes
+            )
+        },
+    );
+    row(
+        "steady-state lag p50 / p99 / max",
+        format!(
+            "{} / {} / {}",
+            range("lag_p50_ms", "ms", 1),
+            range("lag_p99_ms", "ms", 1),
+            range("lag_max_ms", "ms", 1)
+        ),
+        format!(
+            "{:.0} writes/s offered, {:.0}% seen individually (rest coalesced)",
+            m.med("lag_rate"),
+            100.0 * m.med("lag_observed_fraction")
+        ),
+    );
+    row(
+        "with 40 ms each way: lag p50 / p99 / max",
+        format!(
+            "{} / {} / {}",
+            range("wan_lag_p50_ms", "ms", 1),
+            range("wan_lag_p99_ms", "ms", 1),
+            range("wan_lag_max_ms", "ms", 1)
+        ),
+        format!(
+            "{:.0} writes/s; initial sync through the delay {:.0} nodes/s",
+            m.med("wan_lag_rate"),
+            m.med("wan_sync_nodes_per_s")
+        ),
+    );
+    row(
+        "resume after 1% change",
+        range("resume_s", "s", 2),
+        format!(
+            "{:.0} target ops for {:.0} changed ({:.2} ×); bare source scan {:.2} s ({:.2} ×)",
+            m.med("resume_target_ops"),
+            m.med("resume_changed"),
+            m.med("resume_target_ops") / m.med("resume_changed"),
+            m.med("scan_s"),
+            m.med("resume_s") / m.med("scan_s")
+        ),
+    );
+    row(
+        "cost: initial sync",
+        format!(
+            "{} peak RSS, {} CPU",
+            range("sync_rss_mib", "MiB", 1),
+            range("sync_cpu_s", "s", 2)
+        ),
+        format!("mirrored data ≈ {:.1} MiB", data_bytes as f64 / 1048576.0),
+    );
+    row(
+        "cost: steady state",
+        format!(
+            "{} peak RSS, {} CPU",
+            range("lag_rss_mib", "MiB", 1),
+            range("lag_cpu_s", "s", 2)
+        ),
+        "CPU since start, including the initial sync and resume".into(),
+    );
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
+    );
+    println!(
+        "\nzkbridge bench — {} nodes, {} run(s), {} ZooKeeper, {machine}\n\n| measure | median (min–max) | note |\n|---|---|---|\n{table}\nfinal diff after every phase: {}",
+        args.nodes,
+        args.runs,
+        if args.ensemble { "3-node" } else { "standalone" },
+        if clean { "clean" } else { "NOT CLEAN" }
+    );
+    let results = json!({
+        "nodes": args.nodes,
+        "runs": args.runs,
+        "quick": args.quick,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "ensemble": args.ensemble,
+        "machine": machine,
+        "diff_clean": clean,
+        "figures": m.0.iter().map(|(k, v)| (k.to_string(), stats(v))).collect::<serde_json::Map<_, _>>(),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results).unwrap(),
+    )
+    .unwrap();
+    eprintln!("wrote {}", dir.join("results.json").display());
+    if !clean {
+        std::process::exit(1);
+    }
+}
