@@ -622,7 +622,11 @@ impl Worker {
             self.delete_window.lock().unwrap().record(deletes, now);
             return ops;
         }
-        if !root_blocked && self.delete_window.lock().unwrap().admit(deletes, mirrored, now) {
+        // Once tripped, every delete waits for the operator or for the
+        // condition to clear: held deletes must not trickle through as the
+        // window ages.
+        let tripped = self.status.breaker.lock().unwrap().is_some();
+        if !root_blocked && !tripped && self.delete_window.lock().unwrap().admit(deletes, mirrored, now) {
             return ops;
         }
         let (held, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| matches!(o, Op::Delete { .. }));
@@ -634,7 +638,6 @@ impl Worker {
                 self.route.config.max_delete_fraction, self.route.config.delete_window_s
             )
         };
-        let tripped = self.status.breaker.lock().unwrap().is_some();
         if tripped {
             debug!(held = held.len(), reason = %why, "delete circuit breaker still holding deletes");
         } else {
@@ -1041,6 +1044,32 @@ impl Worker {
             .filter(|(_, n)| read(n) && n.stat.pzxid > c)
             .map(|(r, _)| r.clone())
             .collect();
+        // Changed nodes that existed at C are in the target (the checkpoint
+        // says so) and the kept ones are handled with reads: those are
+        // written blind, the rest read first. Nodes created after C are
+        // created blind. A blind write that finds otherwise is retried with
+        // reads (see `write_one`).
+        let (blind, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|rel| {
+            source.get(rel).is_some_and(|n| plan::is_mirrored(route, rel, n)) && !self.status.conflicts.is_kept(rel)
+        });
+        let mut upserts: Vec<Op> = blind
+            .into_iter()
+            .map(|rel| {
+                let n = &source[&rel];
+                if n.stat.czxid > c {
+                    Op::Create {
+                        kind: NodeKind::of(route, n),
+                        data: n.data.clone(),
+                        rel,
+                    }
+                } else {
+                    Op::Set {
+                        data: n.data.clone(),
+                        rel,
+                    }
+                }
+            })
+            .collect();
         self.metrics.resume_scanned.inc_by(source.len() as u64);
         self.metrics
             .resume_reads
@@ -1059,7 +1088,6 @@ impl Worker {
         .await
         .map_err(fail)?;
 
-        let mut upserts = Vec::new();
         for (rel, t) in changed.iter().zip(target_nodes) {
             let t = t.map(|(data, stat)| NodeState {
                 data,
@@ -1139,19 +1167,57 @@ impl Worker {
         let source_nodes = tree::read_nodes(&src, &self.route.source.path, &rels, self.limits.max_in_flight)
             .await
             .map_err(|e| fail("source", e, &paths))?;
-        let target_nodes = tree::read_nodes(&tgt, &self.target.path, &rels, self.limits.max_in_flight)
-            .await
-            .map_err(|e| fail("target", e, &paths))?;
 
+        // Source changes to nodes the checkpoint proves are in the target
+        // (created at or before C) are written blind, without reading the
+        // target first: a round trip saved, which is most of the lag to a
+        // distant region. Nodes created after C are created blind. A blind
+        // write that finds the target otherwise (NoNode, NodeExists) comes
+        // back as "seen changed in the target" and is reconciled with reads.
+        let checkpoint_c = self.status.checkpoint.lock().unwrap().as_ref().map(|c| c.source_zxid);
         let mut upserts = Vec::new();
-        let mut delete_roots = Vec::new();
-        let mut root_vanished = false;
-        for (((rel, dirty), s), t) in paths.iter().zip(source_nodes).zip(target_nodes) {
+        let mut checked: Vec<(&String, &Dirty, Option<NodeState>)> = Vec::new();
+        for ((rel, dirty), s) in paths.iter().zip(source_nodes) {
             let s = s.map(|(data, stat)| NodeState {
                 data,
                 stat,
                 children: Vec::new(),
             });
+            let blind = match (&s, checkpoint_c) {
+                (Some(node), Some(c))
+                    if !dirty.target_only
+                        && !dirty.scaffold
+                        && plan::is_mirrored(&self.route, rel, node)
+                        && !self.status.conflicts.is_kept(rel) =>
+                {
+                    Some(c)
+                }
+                _ => None,
+            };
+            match (blind, s) {
+                (Some(c), Some(node)) => upserts.push(if node.stat.czxid > c {
+                    Op::Create {
+                        rel: rel.clone(),
+                        kind: NodeKind::of(&self.route, &node),
+                        data: node.data,
+                    }
+                } else {
+                    Op::Set {
+                        rel: rel.clone(),
+                        data: node.data,
+                    }
+                }),
+                (_, s) => checked.push((rel, dirty, s)),
+            }
+        }
+        let checked_rels: Vec<String> = checked.iter().map(|(rel, _, _)| (*rel).clone()).collect();
+        let target_nodes = tree::read_nodes(&tgt, &self.target.path, &checked_rels, self.limits.max_in_flight)
+            .await
+            .map_err(|e| fail("target", e, &paths))?;
+
+        let mut delete_roots = Vec::new();
+        let mut root_vanished = false;
+        for ((rel, dirty, s), t) in checked.into_iter().zip(target_nodes) {
             let t = t.map(|(data, stat)| NodeState {
                 data,
                 stat,
@@ -1211,6 +1277,7 @@ impl Worker {
             self.ensure_target_parent(&tgt).await.map_err(|e| (e, paths.clone()))?;
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
+        upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
         let mirrored = self.metrics.mirrored.get().max(0) as usize;
         let ops = self
@@ -1348,6 +1415,11 @@ impl Worker {
                 // The target lacks the parent: make it exist first.
                 let p = parent(&rel).unwrap_or("").to_string();
                 self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
+            }
+            // A blind write found the target otherwise than the checkpoint
+            // promised: look again, with reads, as a change in the target.
+            Err(Error::NoNode | Error::NodeExists) if !matches!(op, Op::Delete { .. }) => {
+                self.queue.requeue([(rel, Dirty { target_only: true, ..d })])
             }
             Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => self.queue.requeue([(rel, d)]),
             Err(e) if is_transient(&e) => {
