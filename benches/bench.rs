@@ -161,9 +161,20 @@ async fn await_ready(bridge: &Bridge) {
     }
 }
 
+/// Whether the target converges to a clean `diff` (within a minute).
 async fn assert_clean(bridge: &Bridge) -> bool {
-    let d = zkbridge::diff::diff(&bridge.config(), None).await.expect("diff");
-    d.iter().all(|d| !d.is_drift())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = zkbridge::diff::diff(&bridge.config(), None).await.expect("diff");
+        if d.iter().all(|d| !d.is_drift()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("    not clean after 60 s: {} difference(s)", d.len());
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A TCP proxy that delays every chunk by `delay` in each direction,

@@ -69,6 +69,10 @@ pub struct WorkerStatus {
     pub held_deletes: Mutex<std::collections::BTreeSet<String>>,
     /// An operator released the held deletes: they go until none is left.
     pub breaker_released: AtomicBool,
+    /// Source nodes read by the last resync, and the ops it planned (for
+    /// `zkbridge sync`'s progress).
+    pub scanned: std::sync::atomic::AtomicU64,
+    pub planned: std::sync::atomic::AtomicU64,
 }
 
 /// Limits for writing to a target.
@@ -986,6 +990,8 @@ impl Worker {
             self.ensure_target_parent(&tgt).await?;
         }
         let planned = ops.len();
+        self.status.scanned.store(source.len() as u64, Ordering::Relaxed);
+        self.status.planned.store(planned as u64, Ordering::Relaxed);
         self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
         if !self.status.initial_sync_done.load(Ordering::Relaxed) {
             let reference = if resume_from.is_some() { stored_target_zxid } else { -1 };

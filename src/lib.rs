@@ -18,6 +18,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod status;
 pub mod tree;

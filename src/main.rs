@@ -106,6 +106,9 @@ enum Command {
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
+        /// Print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -149,7 +152,7 @@ fn main() -> ExitCode {
                 yes,
             } => resume(&config, &route, &target, yes).await,
             Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
-            Command::Sync { config, route } => sync(&config, route.as_deref()).await,
+            Command::Sync { config, route, dry_run } => sync(&config, route.as_deref(), dry_run).await,
         }
     })
 }
@@ -432,7 +435,7 @@ async fn diff(path: &std::path::Path, route: Option<&str>, json: bool) -> ExitCo
     }
 }
 
-async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
+async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) -> ExitCode {
     let mut resolved = match load(path) {
         Ok(r) => r,
         Err(code) => return code,
@@ -444,13 +447,31 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if dry_run {
+        return sync_dry_run(&resolved, route).await;
+    }
+    let started = std::time::Instant::now();
+    let started_ms = zkbridge::checkpoint::now_ms();
     let (tx, rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(zkbridge::metrics::Metrics::new());
     let (bridge, tasks) = zkbridge::bridge::start(&resolved, metrics, &rx);
+    let mut progress = zkbridge::progress::SyncProgress::new(&bridge);
     let outcome = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        progress.tick(&bridge, started);
         let all_synced = bridge.all_synced();
-        if all_synced && bridge.workers.iter().all(|w| w.queue.is_idle()) {
+        // Done once every target is copied, nothing is pending, and a
+        // checkpoint taken after the start covers it (so `run` resumes
+        // from here instead of copying again).
+        let checkpointed = bridge.workers.iter().all(|w| {
+            w.status
+                .checkpoint
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|c| c.heartbeat_ts_ms >= started_ms)
+        });
+        if all_synced && checkpointed && bridge.workers.iter().all(|w| w.queue.is_idle()) {
             break ExitCode::SUCCESS;
         }
         let parked: Vec<_> = bridge.workers.iter().filter(|w| w.queue.parked_count() > 0).collect();
@@ -461,6 +482,7 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
                 .iter()
                 .all(|w| w.queue.is_idle() || w.queue.only_parked())
         {
+            progress.finish();
             for w in parked {
                 eprintln!(
                     "zkbridge sync: {}/{}: {} node(s) refused by the target: {}",
@@ -473,11 +495,44 @@ async fn sync(path: &std::path::Path, route: Option<&str>) -> ExitCode {
             break ExitCode::from(1);
         }
     };
+    progress.finish();
     let _ = tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
     bridge.close().await;
-    for w in &bridge.workers {
-        println!("{}/{}: synced", w.route, w.target);
-    }
+    print!("{}", progress.summary(&bridge, started));
     outcome
+}
+
+/// `sync --dry-run`: what a copy would change, from the same plan; writes
+/// nothing.
+async fn sync_dry_run(resolved: &config::Resolved, route: Option<&str>) -> ExitCode {
+    match zkbridge::diff::diff(resolved, route).await {
+        Ok(differences) => {
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            for d in &differences {
+                let action = match d.kind {
+                    "missing" => "create",
+                    "different" => "update",
+                    "extra" => "delete",
+                    _ => "keep (kept by policy)",
+                };
+                *counts.entry(action).or_default() += 1;
+                println!("would {action:<6} {} ({}/{})", d.target_path, d.route, d.target);
+            }
+            let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} to {k}")).collect();
+            println!(
+                "dry run: {}; nothing written",
+                if summary.is_empty() {
+                    "nothing to change".to_string()
+                } else {
+                    summary.join(", ")
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zkbridge sync --dry-run: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

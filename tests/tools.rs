@@ -124,3 +124,50 @@ fn version_names_the_commit() {
     );
     assert!(text.contains("commit "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_copies_once_and_run_resumes_from_its_checkpoint_without_rewrites() {
+    let src = Zk::standalone();
+    let eu = Zk::standalone();
+    let ap = Zk::standalone();
+    let s = src.client().await;
+    let nodes: Vec<(String, Vec<u8>)> = std::iter::once(("/w".to_string(), b"root".to_vec()))
+        .chain((0..300).map(|i| (format!("/w/n{i}"), format!("{i}").into_bytes())))
+        .collect();
+    create_many(&s, &nodes).await;
+    // A bridge process only to hold the config; stopped at once.
+    let mut holder = Bridge::start(&config(&src, &eu, &ap));
+    holder.stop();
+
+    // Dry run: says what it would do, writes nothing.
+    let out = zkbridge(&["sync", "--dry-run"], &holder);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("would create") && stdout.contains("nothing written"),
+        "{stdout}"
+    );
+    let e = eu.client().await;
+    assert_eq!(get(&e, "/w").await, None, "dry run wrote nothing");
+
+    let out = zkbridge(&["sync"], &holder);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("sync done") && stdout.contains("r/eu: synced"),
+        "{stdout}"
+    );
+    await_in_sync(&holder.config(), CONVERGE).await;
+
+    // `run` resumes from the checkpoint sync wrote: nothing to rewrite.
+    holder.restart();
+    eventually("resumed", CONVERGE, async || {
+        holder.metric("zkbridge_resume_nodes_scanned_total", &[]) >= 2.0 * 301.0
+    })
+    .await;
+    assert_eq!(holder.metric("zkbridge_resume_target_writes_total", &[]), 0.0);
+    assert_eq!(
+        holder.metric("zkbridge_resyncs_total", &[("reason", "checkpoint_mismatch")]),
+        0.0
+    );
+}
