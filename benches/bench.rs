@@ -70,22 +70,6 @@ impl Args {
     }
 }
 
-/// Node paths of a tree of `n` nodes under `/t`, fan-out 10 (depth 4 at
-/// 10,000 nodes, 5 at 100,000), 100 bytes each, parents first.
-fn tree(n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut nodes = vec![("/t".to_string(), vec![b'r'; 100])];
-    let mut i = 0;
-    while nodes.len() < n {
-        let parent = nodes[i / 10].0.clone();
-        nodes.push((
-            format!("{parent}/{}", nodes.len()),
-            vec![b'a' + (nodes.len() % 26) as u8; 100],
-        ));
-        i += 1;
-    }
-    nodes
-}
-
 /// Creates `nodes` (parents first) with pipelined `multi` batches of 200,
 /// 16 in flight; a level is finished before the next starts. Returns the
 /// time taken.

@@ -49,10 +49,6 @@ pub struct WorkerStatus {
     pub last_error: Mutex<Option<String>>,
     /// The last checkpoint this worker committed (or resumed from).
     pub checkpoint: Mutex<Option<Checkpoint>>,
-    /// The target zxid of that checkpoint's commit: every target node the
-    /// bridge wrote up to that checkpoint has `mzxid` at most this; a node
-    /// changed later without a source change was changed locally.
-    pub checkpoint_target_zxid: std::sync::atomic::AtomicI64,
     /// The last (re)sync resumed from a checkpoint (so changes made in the
     /// target meanwhile are looked for by the anti-entropy pass).
     pub resumed: AtomicBool,
@@ -850,7 +846,6 @@ impl Worker {
     /// Records a committed checkpoint and reports progress to the source
     /// (for `zkbridge wait` and `zkbridge status`).
     async fn checkpoint_committed(&self, checkpoint: Checkpoint, target_zxid: i64) {
-        self.status.checkpoint_target_zxid.store(target_zxid, Ordering::Relaxed);
         if self.status.reference_target_zxid.load(Ordering::Relaxed) <= 0 {
             self.status.reference_target_zxid.store(target_zxid, Ordering::Relaxed);
         }
@@ -922,9 +917,6 @@ impl Worker {
             if known.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
                 self.metrics.checkpoint_zxid.set(c.source_zxid);
                 *known = Some(c.clone());
-                self.status
-                    .checkpoint_target_zxid
-                    .store(stored_target_zxid, Ordering::Relaxed);
             }
         }
 

@@ -29,6 +29,21 @@ enum LogFormat {
     Json,
 }
 
+/// One route/target of the configuration, for commands that change its state.
+#[derive(clap::Args)]
+struct RouteTargetArgs {
+    #[arg(short, long)]
+    config: PathBuf,
+    #[arg(long)]
+    route: String,
+    /// Target ensemble name.
+    #[arg(long)]
+    target: String,
+    /// Confirm (required when run from a terminal).
+    #[arg(long)]
+    yes: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Mirror every route until SIGINT or SIGTERM.
@@ -74,31 +89,9 @@ enum Command {
         timeout: Duration,
     },
     /// Delete a route/target's checkpoint so its next leader does a full resync.
-    Reset {
-        #[arg(short, long)]
-        config: PathBuf,
-        #[arg(long)]
-        route: String,
-        /// Target ensemble name.
-        #[arg(long)]
-        target: String,
-        /// Confirm (required when run from a terminal).
-        #[arg(long)]
-        yes: bool,
-    },
+    Reset(RouteTargetArgs),
     /// Clear a route/target stopped by `conflict = "fail"` or the delete breaker.
-    Resume {
-        #[arg(short, long)]
-        config: PathBuf,
-        #[arg(long)]
-        route: String,
-        /// Target ensemble name.
-        #[arg(long)]
-        target: String,
-        /// Confirm (required when run from a terminal).
-        #[arg(long)]
-        yes: bool,
-    },
+    Resume(RouteTargetArgs),
     /// Copy the routes once and exit.
     Sync {
         #[arg(short, long)]
@@ -139,18 +132,8 @@ fn main() -> ExitCode {
                 zxid,
                 timeout,
             } => wait(&config, &route, zxid, timeout).await,
-            Command::Reset {
-                config,
-                route,
-                target,
-                yes,
-            } => reset(&config, &route, &target, yes).await,
-            Command::Resume {
-                config,
-                route,
-                target,
-                yes,
-            } => resume(&config, &route, &target, yes).await,
+            Command::Reset(a) => reset(&a.config, &a.route, &a.target, a.yes).await,
+            Command::Resume(a) => resume(&a.config, &a.route, &a.target, a.yes).await,
             Command::Diff { config, route, json } => diff(&config, route.as_deref(), json).await,
             Command::Sync { config, route, dry_run } => sync(&config, route.as_deref(), dry_run).await,
         }

@@ -22,21 +22,6 @@ fn config_short_sessions(src: &Zk, dst: &Zk) -> String {
     config(src, dst).replace("session_timeout_ms = 4000", "session_timeout_ms = 1500")
 }
 
-/// `n` nodes under /t, fan-out 10, 100 bytes each; parents first.
-fn tree(n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut nodes = vec![("/t".to_string(), vec![b'r'; 100])];
-    let mut i = 0;
-    while nodes.len() < n {
-        let parent = nodes[i / 10].0.clone();
-        nodes.push((
-            format!("{parent}/{}", nodes.len()),
-            vec![b'a' + (nodes.len() % 26) as u8; 100],
-        ));
-        i += 1;
-    }
-    nodes
-}
-
 /// Waits until the bridge's checkpoint covers every source write so far.
 async fn await_checkpoint_covers(bridge: &Bridge, s: &zookeeper_client::Client) {
     let (_, stat) = s.get_data("/t").await.unwrap();

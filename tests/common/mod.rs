@@ -281,6 +281,22 @@ pub async fn create_many(c: &Client, nodes: &[(String, Vec<u8>)]) {
     }
 }
 
+/// A tree of `n` nodes under `/t`, fan-out 10, 100 bytes each; parents
+/// first (shared by the checkpoint tests and the benchmark).
+pub fn tree(n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut nodes = vec![("/t".to_string(), vec![b'r'; 100])];
+    let mut i = 0;
+    while nodes.len() < n {
+        let parent = nodes[i / 10].0.clone();
+        nodes.push((
+            format!("{parent}/{}", nodes.len()),
+            vec![b'a' + (nodes.len() % 26) as u8; 100],
+        ));
+        i += 1;
+    }
+    nodes
+}
+
 pub async fn get(c: &Client, path: &str) -> Option<Vec<u8>> {
     match c.get_data(path).await {
         Ok((d, _)) => Some(d),
