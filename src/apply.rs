@@ -6,7 +6,7 @@
 //! write only the difference), which is what makes coalesced events, retries
 //! after connection loss and restarts safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,12 +16,14 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{
-    Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
+    Acl, Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
     PersistentWatcher,
 };
 
-use crate::checkpoint::{checkpoint_path, ensemble_id, now_ms, progress_path, put_json, Checkpoint, Progress};
-use crate::config::{BridgeConfig, ConflictPolicy, Endpoint, Route};
+use crate::checkpoint::{
+    checkpoint_path, ensemble_id, now_ms, persistent, progress_path, put_json, Checkpoint, Progress,
+};
+use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
 use crate::conflict::{self, Conflicts, StopRecord};
 use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
 use crate::metrics::Metrics;
@@ -33,8 +35,6 @@ use crate::zk::{error_kind, is_transient, Ensemble};
 /// How long a path that failed for a lasting reason (no permission, data the
 /// target refuses) waits before it is tried again.
 const PARK_FOR: Duration = Duration::from_secs(30);
-
-const CREATE_OPTIONS: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
 
 /// What `/status` and `/readyz` need to know about a worker.
 #[derive(Default)]
@@ -106,6 +106,7 @@ struct TargetMetrics {
     creates: IntCounter,
     sets: IntCounter,
     deletes: IntCounter,
+    applied_acls: IntCounter,
     batches: IntCounter,
     latency: Histogram,
     mirrored: IntGauge,
@@ -131,6 +132,7 @@ impl TargetMetrics {
             creates: op("create"),
             sets: op("set"),
             deletes: op("delete"),
+            applied_acls: op("acl"),
             batches: metrics.apply_batches.with_label_values(&[route, target]),
             latency: metrics.replication_latency.with_label_values(&[route, target]),
             mirrored: metrics.mirrored_nodes.with_label_values(&[route, target]),
@@ -575,7 +577,9 @@ impl Worker {
                 info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: kept (target-wins) until the source changes it again");
                 self.status.conflicts.keep(rel, source_mzxid);
                 let dir = conflict::kept_dir(meta, route, target_name);
-                if let Err(e) = conflict::persist_kept(lease.client(), &dir, rel, source_mzxid).await {
+                if let Err(e) =
+                    conflict::persist_kept(lease.client(), &dir, rel, source_mzxid, &self.target_zk.acl).await
+                {
                     warn!(%path, error = %e, "cannot record the kept path; it is kept until restart");
                 }
                 false
@@ -590,7 +594,7 @@ impl Worker {
                     ts_ms: now_ms(),
                 };
                 let stop_path = conflict::stopped_path(meta, route, target_name);
-                if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record).await {
+                if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record, &self.target_zk.acl).await {
                     warn!(error = %e, "cannot record the stop; it holds until restart");
                 }
                 *self.status.last_error.lock().unwrap() =
@@ -666,7 +670,7 @@ impl Worker {
                 ts_ms: now_ms(),
             };
             let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-            if let Err(e) = conflict::persist_stop(lease.client(), &path, &record).await {
+            if let Err(e) = conflict::persist_stop(lease.client(), &path, &record, &self.target_zk.acl).await {
                 warn!(error = %e, "cannot record the breaker's trip; it holds until restart");
             }
             *self.status.breaker.lock().unwrap() = Some(record);
@@ -741,7 +745,9 @@ impl Worker {
             let mut writer = lease.writer();
             let fail = |source| Interrupted { side: "target", source };
             for name in &names {
-                writer.add_create(name, b"", &CREATE_OPTIONS).map_err(fail)?;
+                writer
+                    .add_create(name, b"", &persistent(&self.target_zk.acl))
+                    .map_err(fail)?;
             }
             for name in &names {
                 writer.add_delete(name, None).map_err(fail)?;
@@ -827,12 +833,12 @@ impl Worker {
         let tgt = lease.client();
         let path = checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
-        let mut result = fenced_put(lease, &path, &data).await;
+        let mut result = fenced_put(lease, &path, &data, &self.target_zk.acl).await;
         if result == Err(Error::NoNode) {
             if let Some((parent, _)) = path.rsplit_once('/') {
-                let _ = tgt.mkdir(parent, &CREATE_OPTIONS).await;
+                let _ = tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await;
             }
-            result = fenced_put(lease, &path, &data).await;
+            result = fenced_put(lease, &path, &data, &self.target_zk.acl).await;
         }
         match result {
             Ok(target_zxid) => self.checkpoint_committed(checkpoint, target_zxid).await,
@@ -857,7 +863,7 @@ impl Worker {
         *self.status.checkpoint.lock().unwrap() = Some(checkpoint);
         let src = self.source_zk.session().await.client;
         let path = progress_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        if let Err(e) = put_json(&src, &path, &progress).await {
+        if let Err(e) = put_json(&src, &path, &progress, &self.source_zk.acl).await {
             debug!(error = %e, "cannot write progress to the source; the next checkpoint retries");
         }
     }
@@ -871,10 +877,10 @@ impl Worker {
         let (src, tgt) = self.clients(lease).await;
         let route = &self.route;
         let meta = &self.identity.meta_path;
-        let source_id = ensemble_id(&src, meta)
+        let source_id = ensemble_id(&src, meta, &self.source_zk.acl)
             .await
             .map_err(|source| Interrupted { side: "source", source })?;
-        ensemble_id(&tgt, meta)
+        ensemble_id(&tgt, meta, &self.target_zk.acl)
             .await
             .map_err(|source| Interrupted { side: "target", source })?;
         *self.source_id.lock().unwrap() = Some(source_id.clone());
@@ -996,6 +1002,18 @@ impl Worker {
         let dirty = BTreeMap::new();
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, since, checkpoint).await?;
+        if route.config.acls == AclMode::Copy {
+            // A resume looks at nodes changed since C; an ACL-only change
+            // leaves no trace there and is found by the anti-entropy pass
+            // that follows a resume.
+            let acl_rels = source
+                .iter()
+                .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
+                .filter(|(rel, _)| !self.status.conflicts.is_kept(rel))
+                .map(|(rel, _)| rel.clone())
+                .collect();
+            self.sync_acls(lease, &src, acl_rels).await?;
+        }
         let sequential_parents: Vec<String> = source
             .iter()
             .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| looks_sequential(c)))
@@ -1147,7 +1165,7 @@ impl Worker {
         else {
             return Ok(());
         };
-        match tgt.mkdir(parent, &CREATE_OPTIONS).await {
+        match tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await {
             Ok(()) | Err(Error::NodeExists) => Ok(()),
             Err(source) => Err(Interrupted { side: "target", source }),
         }
@@ -1285,6 +1303,13 @@ impl Worker {
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;
+        let acl_rels = rels
+            .into_iter()
+            .filter(|rel| !self.status.conflicts.is_kept(rel))
+            .collect();
+        self.sync_acls(lease, &src, acl_rels)
+            .await
+            .map_err(|e| (e, paths.clone()))?;
         let parents: std::collections::BTreeSet<String> = paths
             .iter()
             .filter(|(rel, _)| looks_sequential(rel))
@@ -1314,6 +1339,7 @@ impl Worker {
         checkpoint: Option<Checkpoint>,
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
+        let acls = self.acl_plan(lease, &ops).await?;
         let mut batches = batch(ops, base.len(), self.limits);
         let mut last = checkpoint.as_ref().and_then(|_| batches.pop());
         let mut refused: Vec<Op> = Vec::new();
@@ -1330,7 +1356,7 @@ impl Worker {
         loop {
             while in_flight.len() < self.limits.max_in_flight {
                 let Some(batch) = pending.next() else { break };
-                in_flight.push_back(commit(lease, base, batch, None, &self.status.conflicts));
+                in_flight.push_back(commit(lease, base, batch, None, &self.status.conflicts, &acls));
             }
             if in_flight.is_empty() && interrupted.is_none() && refused.is_empty() {
                 if let Some(batch) = last.take() {
@@ -1341,6 +1367,7 @@ impl Worker {
                         batch,
                         checkpoint_write.as_ref(),
                         &self.status.conflicts,
+                        &acls,
                     ));
                 }
             }
@@ -1377,7 +1404,77 @@ impl Worker {
         // one was refused.
         refused.extend(last.into_iter().flatten());
         for op in refused {
-            self.write_one(lease, op, dirty, since).await?;
+            self.write_one(lease, op, dirty, since, &acls).await?;
+        }
+        Ok(())
+    }
+
+    /// The ACLs the creates among `ops` get (see [`AclPlan`]).
+    async fn acl_plan(&self, lease: &Lease, ops: &[Op]) -> Result<AclPlan, Interrupted> {
+        let mut plan = AclPlan {
+            default: self.target_zk.acl.clone(),
+            copied: HashMap::new(),
+        };
+        if self.route.config.acls != AclMode::Copy {
+            return Ok(plan);
+        }
+        let creates: Vec<String> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Create { .. }))
+            .map(|op| op.rel().to_string())
+            .collect();
+        let (src, _) = self.clients(lease).await;
+        let read = tree::read_acls(&src, &self.route.source.path, &creates, self.limits.max_in_flight)
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+        plan.copied = creates
+            .into_iter()
+            .zip(read)
+            .filter_map(|(rel, acl)| Some((rel, acl?)))
+            .collect();
+        Ok(plan)
+    }
+
+    /// Under `acls = "copy"`, brings the ACLs of existing target nodes at
+    /// `rels` to their source's. ZooKeeper has no `setACL` in a `multi`, so
+    /// these are single requests after the data writes; a source ACL change
+    /// fires no watch, so ACL-only changes arrive through anti-entropy.
+    async fn sync_acls(&self, lease: &Lease, src: &Client, rels: Vec<String>) -> Result<(), Interrupted> {
+        if self.route.config.acls != AclMode::Copy || rels.is_empty() {
+            return Ok(());
+        }
+        let tgt = lease.client();
+        let n = self.limits.max_in_flight;
+        let sources = tree::read_acls(src, &self.route.source.path, &rels, n)
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+        let targets = tree::read_acls(tgt, &self.target.path, &rels, n)
+            .await
+            .map_err(|source| Interrupted { side: "target", source })?;
+        for ((rel, s), t) in rels.iter().zip(sources).zip(targets) {
+            let (Some(s), Some(t)) = (s, t) else { continue };
+            if s == t {
+                continue;
+            }
+            let path = join(&self.target.path, rel);
+            match tgt.set_acl(&path, &s, None).await {
+                Ok(_) => {
+                    self.metrics.applied_acls.inc();
+                    debug!(%path, "ACL copied from source");
+                }
+                Err(Error::NoNode) => {}
+                Err(e) if is_transient(&e) => {
+                    return Err(Interrupted {
+                        side: "target",
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    warn!(%path, error = %e, "target refused the source's ACL");
+                    self.metrics.error(error_kind(&e));
+                    *self.status.last_error.lock().unwrap() = Some(format!("{path}: setACL refused: {e}"));
+                }
+            }
         }
         Ok(())
     }
@@ -1390,6 +1487,7 @@ impl Worker {
         op: Op,
         dirty: &BTreeMap<String, Dirty>,
         since: Instant,
+        acls: &AclPlan,
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let rel = op.rel().to_string();
@@ -1400,7 +1498,7 @@ impl Worker {
             target_only: false,
         });
         let kind = op.kind();
-        let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts).await;
+        let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts, acls).await;
         let op = &batch[0];
         match result {
             Ok(_) => {
@@ -1503,6 +1601,7 @@ fn commit<'a>(
     batch: Vec<Op>,
     extra: Option<&(String, Vec<u8>)>,
     conflicts: &'a Conflicts,
+    acls: &AclPlan,
 ) -> impl std::future::Future<Output = (Vec<Op>, Result<Option<i64>, Error>)> + 'a {
     let mut writer = lease.writer();
     let added: Result<(), Error> = batch
@@ -1510,7 +1609,7 @@ fn commit<'a>(
         .try_for_each(|op| {
             let path = join(base, op.rel());
             match op {
-                Op::Create { data, kind, .. } => writer.add_create(&path, data, &create_options(*kind)),
+                Op::Create { data, kind, rel } => writer.add_create(&path, data, &create_options(*kind, acls.of(rel))),
                 Op::Set { data, .. } => writer.add_set_data(&path, data, None),
                 Op::Delete { .. } => writer.add_delete(&path, None),
             }
@@ -1545,15 +1644,29 @@ fn commit<'a>(
 }
 
 /// How a node of `kind` is created in the target.
-fn create_options(kind: NodeKind) -> CreateOptions<'static> {
+fn create_options(kind: NodeKind, acl: &[Acl]) -> CreateOptions<'_> {
     match kind {
-        NodeKind::Persistent => CREATE_OPTIONS,
-        NodeKind::Ephemeral => CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+        NodeKind::Persistent => CreateMode::Persistent.with_acls(Acls::new(acl)),
+        NodeKind::Ephemeral => CreateMode::Ephemeral.with_acls(Acls::new(acl)),
+    }
+}
+
+/// The ACL each node of a write is created with: the source node's under
+/// `acls = "copy"` (read just before the write), else the target
+/// ensemble's configured ACL.
+struct AclPlan {
+    default: Arc<Vec<Acl>>,
+    copied: HashMap<String, Vec<Acl>>,
+}
+
+impl AclPlan {
+    fn of(&self, rel: &str) -> &[Acl] {
+        self.copied.get(rel).unwrap_or(&self.default)
     }
 }
 
 /// Sets (or creates) `path` in a `multi` fenced by the lease.
-async fn fenced_put(lease: &Lease, path: &str, data: &[u8]) -> Result<i64, Error> {
+async fn fenced_put(lease: &Lease, path: &str, data: &[u8], acl: &[Acl]) -> Result<i64, Error> {
     let mut writer = lease.writer();
     writer.add_set_data(path, data, None)?;
     match writer.commit().await.map_err(fenced_error) {
@@ -1563,7 +1676,7 @@ async fn fenced_put(lease: &Lease, path: &str, data: &[u8]) -> Result<i64, Error
         },
         Err(Error::NoNode) => {
             let mut writer = lease.writer();
-            writer.add_create(path, data, &CREATE_OPTIONS)?;
+            writer.add_create(path, data, &persistent(acl))?;
             writer.commit().await.map_err(fenced_error)?;
             // A create's stat in a multi is unreliable on servers before
             // 3.8.2: read the zxid back.

@@ -112,7 +112,14 @@ impl Capture {
             bridge: self.bridge_id.clone(),
             ts_ms,
         };
-        match put_json(client, &heartbeat_path(&self.meta_path, self.route.name()), &beat).await {
+        match put_json(
+            client,
+            &heartbeat_path(&self.meta_path, self.route.name()),
+            &beat,
+            &self.source.acl,
+        )
+        .await
+        {
             Ok(zxid) => {
                 while let Some(event) = watcher.changed().now_or_never() {
                     if let Flow::SessionEnded = self.handle(event, kinds, disconnected) {

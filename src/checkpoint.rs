@@ -8,9 +8,12 @@
 //! idempotent. See docs/architecture.md ("Checkpoints").
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, Client, CreateMode, Error};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Error};
 
-const OPEN: zookeeper_client::CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+/// Create options for a persistent node with the ensemble's ACL.
+pub fn persistent(acl: &[Acl]) -> CreateOptions<'_> {
+    CreateMode::Persistent.with_acls(Acls::new(acl))
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -55,7 +58,8 @@ pub fn now_ms() -> i64 {
 
 /// The ensemble's identity, created once (a UUID) and read ever after. A
 /// rebuilt ensemble gets a new one, which invalidates checkpoints against it.
-pub async fn ensemble_id(client: &Client, meta: &str) -> Result<String, Error> {
+pub async fn ensemble_id(client: &Client, meta: &str, acl: &[Acl]) -> Result<String, Error> {
+    let options = persistent(acl);
     let path = format!("{meta}/ensemble-id");
     loop {
         match client.get_data(&path).await {
@@ -63,12 +67,12 @@ pub async fn ensemble_id(client: &Client, meta: &str) -> Result<String, Error> {
             Err(Error::NoNode) => {}
             Err(e) => return Err(e),
         }
-        match client.mkdir(meta, &OPEN).await {
+        match client.mkdir(meta, &options).await {
             Ok(()) | Err(Error::NodeExists) => {}
             Err(e) => return Err(e),
         }
         let id = uuid::Uuid::new_v4().to_string();
-        match client.create(&path, id.as_bytes(), &OPEN).await {
+        match client.create(&path, id.as_bytes(), &options).await {
             Ok(_) => return Ok(id),
             // Another instance won the race: read theirs.
             Err(Error::NodeExists) => continue,
@@ -79,18 +83,19 @@ pub async fn ensemble_id(client: &Client, meta: &str) -> Result<String, Error> {
 
 /// Writes JSON to `path`, creating it (and its parents) when missing.
 /// Returns the zxid of the write.
-pub async fn put_json(client: &Client, path: &str, value: &impl Serialize) -> Result<i64, Error> {
+pub async fn put_json(client: &Client, path: &str, value: &impl Serialize, acl: &[Acl]) -> Result<i64, Error> {
+    let options = persistent(acl);
     let data = serde_json::to_vec(value).expect("JSON of plain structs");
     match client.set_data(path, &data, None).await {
         Ok(stat) => Ok(stat.mzxid),
         Err(Error::NoNode) => {
             if let Some((parent, _)) = path.rsplit_once('/') {
-                match client.mkdir(parent, &OPEN).await {
+                match client.mkdir(parent, &options).await {
                     Ok(()) | Err(Error::NodeExists) => {}
                     Err(e) => return Err(e),
                 }
             }
-            match client.create(path, &data, &OPEN).await {
+            match client.create(path, &data, &options).await {
                 Ok((stat, _)) if !stat.is_invalid() => Ok(stat.mzxid),
                 Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, &data, None).await?.mzxid),
                 Err(e) => Err(e),

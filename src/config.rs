@@ -109,10 +109,101 @@ pub struct EnsembleConfig {
     pub digest_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// SASL DIGEST-MD5 login, for servers that require SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslConfig>,
+    /// ACL of every node zkbridge creates in this ensemble — mirrored nodes
+    /// of `acls = "target-default"` routes and its own znodes — as ZooKeeper
+    /// `scheme:id:perms` entries. Open by default, as ZooKeeper's own CLI;
+    /// `["auth::cdrwa", "world:anyone:r"]` lets only zkbridge's identity write.
+    #[serde(default = "default_acl")]
+    pub acl: Vec<String>,
 }
 
 fn default_session_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_acl() -> Vec<String> {
+    vec!["world:anyone:cdrwa".into()]
+}
+
+impl EnsembleConfig {
+    /// The parsed `acl` (validated at load, so this cannot fail afterwards).
+    pub fn acl(&self) -> Vec<zookeeper_client::Acl> {
+        self.acl
+            .iter()
+            .map(|entry| parse_acl(entry).expect("acl validated at load"))
+            .collect()
+    }
+}
+
+/// Parses one `scheme:id:perms` ACL entry; `perms` is a subset of `cdrwa`.
+/// The id may itself hold colons (`digest:user:hash`), so the scheme ends at
+/// the first colon and the permissions start after the last.
+pub fn parse_acl(entry: &str) -> Result<zookeeper_client::Acl, String> {
+    use zookeeper_client::{Acl, AuthId, Permission};
+    let (scheme, rest) = entry
+        .split_once(':')
+        .ok_or_else(|| format!("{entry:?} is not scheme:id:perms"))?;
+    let (id, perms) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{entry:?} is not scheme:id:perms"))?;
+    if !["world", "auth", "digest", "ip", "x509", "sasl", "super"].contains(&scheme) {
+        return Err(format!("{entry:?}: unknown scheme {scheme:?}"));
+    }
+    let mut permission = Permission::NONE;
+    for c in perms.chars() {
+        permission = permission
+            | match c {
+                'c' => Permission::CREATE,
+                'd' => Permission::DELETE,
+                'r' => Permission::READ,
+                'w' => Permission::WRITE,
+                'a' => Permission::ADMIN,
+                other => return Err(format!("{entry:?}: permission {other:?} is not one of c, d, r, w, a")),
+            };
+    }
+    if permission == Permission::NONE {
+        return Err(format!("{entry:?} grants no permission"));
+    }
+    Ok(Acl::new(permission, AuthId::new(scheme, id)))
+}
+
+/// Prints an ACL the way it is configured (`scheme:id:perms`).
+pub fn format_acl(acl: &zookeeper_client::Acl) -> String {
+    use zookeeper_client::Permission;
+    let perms: String = [
+        ('c', Permission::CREATE),
+        ('d', Permission::DELETE),
+        ('r', Permission::READ),
+        ('w', Permission::WRITE),
+        ('a', Permission::ADMIN),
+    ]
+    .iter()
+    .filter(|(_, p)| acl.permission().has(*p))
+    .map(|(c, _)| *c)
+    .collect();
+    format!("{}:{}:{perms}", acl.scheme(), acl.id())
+}
+
+/// SASL DIGEST-MD5 credentials (the server's `Server` JAAS section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact_all")]
+    pub password: Option<String>,
+    /// File holding the password; refused if group or others can read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+fn redact_all<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -128,8 +219,11 @@ fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    pub ca: Option<String>,
+    /// PEM file of the CA certificate(s) the servers' certificates chain to.
+    pub ca: String,
+    /// PEM client certificate, for servers that require mutual TLS.
     pub cert: Option<String>,
+    /// PEM private key of `cert`; refused if group or others can read it.
     pub key: Option<String>,
     #[serde(default = "yes")]
     pub verify_hostname: bool,
@@ -502,16 +596,55 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         if ensemble.digest.is_some() && ensemble.digest_file.is_some() {
             return Err(ConfigError::invalid(key, "set digest or digest_file, not both"));
         }
-        if ensemble.tls.is_some() {
+        if let Some(tls) = &ensemble.tls {
+            readable_file(&tls.ca, &format!("{key}.tls.ca"))?;
+            match (&tls.cert, &tls.key) {
+                (Some(cert), Some(k)) => {
+                    readable_file(cert, &format!("{key}.tls.cert"))?;
+                    private_file(k, &format!("{key}.tls.key"))?;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.tls"),
+                        "set both cert and key (mutual TLS) or neither",
+                    ))
+                }
+            }
+        }
+        if let Some(sasl) = &ensemble.sasl {
+            if sasl.username.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.sasl.username"),
+                    "must not be empty",
+                ));
+            }
+            if sasl.password.is_some() == sasl.password_file.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.sasl"),
+                    "set exactly one of password and password_file",
+                ));
+            }
+        }
+        if ensemble.acl.is_empty() {
             return Err(ConfigError::invalid(
-                format!("{key}.tls"),
-                "TLS is not supported by this version of zkbridge yet",
+                format!("{key}.acl"),
+                "must not be empty (ZooKeeper refuses a node without ACL)",
             ));
+        }
+        for (i, entry) in ensemble.acl.iter().enumerate() {
+            parse_acl(entry).map_err(|r| ConfigError::invalid(format!("{key}.acl[{i}]"), r))?;
         }
         if let Some(digest) = &ensemble.digest {
             if !digest.contains(':') {
                 return Err(ConfigError::invalid(format!("{key}.digest"), "must be user:secret"));
             }
+        }
+        if let Some(file) = &ensemble.digest_file {
+            read_digest_file(file, &format!("{key}.digest_file"))?;
+        }
+        if let Some(file) = ensemble.sasl.as_ref().and_then(|s| s.password_file.as_ref()) {
+            private_file(file, &format!("{key}.sasl.password_file"))?;
         }
     }
 
@@ -641,11 +774,14 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
                 "must be in (0, 1]",
             ));
         }
-        if rc.acls == AclMode::Copy {
-            return Err(ConfigError::invalid(
-                format!("{key}.acls"),
-                "\"copy\" is not supported by this version of zkbridge yet (use \"target-default\")",
-            ));
+        for (what, ep) in std::iter::once(("source", &source)).chain(targets.iter().map(|t| ("targets", t))) {
+            let chrooted = config.ensembles[&ep.ensemble].connect.contains('/');
+            if !chrooted && (is_within(&ep.path, "/zookeeper") || ep.path == "/") {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{what}"),
+                    format!("{ep} holds /zookeeper, ZooKeeper's own reserved subtree (quotas, config), which must not be mirrored"),
+                ));
+            }
         }
         let mut filter = PathFilter::new(&rc.include, &rc.exclude, &key)?;
         if is_within(&bridge.meta_path, &source.path) {
@@ -661,21 +797,36 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
     Ok(Resolved { config, routes })
 }
 
+fn readable_file(path: &str, key: &str) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))
+}
+
+/// Checks that a secret (key, password) file exists and that only its
+/// owner may read it: a world-readable secret is refused, not used.
+fn private_file(path: &str, key: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{path} is readable by group or others; chmod 600 it"),
+        ));
+    }
+    readable_file(path, key)
+}
+
+/// Reads a secret from a file that only its owner may read.
+pub fn read_secret_file(path: &str, key: &str) -> Result<String, ConfigError> {
+    private_file(path, key)?;
+    let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
+    Ok(secret.trim().to_string())
+}
+
 /// Reads a digest secret from a file that only its owner may read.
 pub fn read_digest_file(path: &str, key: &str) -> Result<String, ConfigError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ConfigError::invalid(
-                key,
-                format!("{path} is readable by group or others; chmod 600 it"),
-            ));
-        }
-    }
-    let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
-    let secret = secret.trim().to_string();
+    let secret = read_secret_file(path, key)?;
     if !secret.contains(':') {
         return Err(ConfigError::invalid(key, format!("{path} must hold user:secret")));
     }

@@ -26,11 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error};
+use zookeeper_client::{Acl, Client, Error};
 
-use crate::checkpoint::{get_json, put_json};
-
-const OPEN: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+use crate::checkpoint::{get_json, persistent, put_json};
 
 pub fn kept_dir(meta: &str, route: &str, target: &str) -> String {
     format!("{meta}/routes/{route}/{target}/kept")
@@ -166,8 +164,8 @@ impl Conflicts {
 }
 
 /// Persists a kept path.
-pub async fn persist_kept(client: &Client, dir: &str, rel: &str, source_mzxid: i64) -> Result<(), Error> {
-    put_json(client, &format!("{dir}/{}", encode_rel(rel)), &source_mzxid)
+pub async fn persist_kept(client: &Client, dir: &str, rel: &str, source_mzxid: i64, acl: &[Acl]) -> Result<(), Error> {
+    put_json(client, &format!("{dir}/{}", encode_rel(rel)), &source_mzxid, acl)
         .await
         .map(drop)
 }
@@ -181,14 +179,14 @@ pub async fn unpersist_kept(client: &Client, dir: &str, rel: &str) -> Result<(),
 }
 
 /// Records a stop; `zkbridge resume` deletes it.
-pub async fn persist_stop(client: &Client, path: &str, record: &StopRecord) -> Result<(), Error> {
+pub async fn persist_stop(client: &Client, path: &str, record: &StopRecord, acl: &[Acl]) -> Result<(), Error> {
     if let Some((parent, _)) = path.rsplit_once('/') {
-        match client.mkdir(parent, &OPEN).await {
+        match client.mkdir(parent, &persistent(acl)).await {
             Ok(()) | Err(Error::NodeExists) => {}
             Err(e) => return Err(e),
         }
     }
-    put_json(client, path, record).await.map(drop)
+    put_json(client, path, record, acl).await.map(drop)
 }
 
 #[cfg(test)]

@@ -22,12 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
-    Acls, CheckWriter, Client, CreateMode, CreateOptions, Error, EventType, LockOptions, LockPrefix, OwnedLockClient,
+    Acls, CheckWriter, Client, CreateMode, Error, EventType, LockOptions, LockPrefix, OwnedLockClient,
 };
 
+use crate::checkpoint::persistent;
 use crate::zk::Ensemble;
-
-const OPEN_DIR: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
 
 /// What a lease node says about the instance holding or waiting for it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,9 +96,9 @@ impl Lease {
         let mut backoff = Duration::from_millis(100);
         loop {
             let session = target.session_after(after).await;
-            let options = LockOptions::new(Acls::anyone_all())
-                .with_ancestor_options(OPEN_DIR)
-                .expect("persistent open ACL is a valid ancestor option");
+            let options = LockOptions::new(Acls::new(&target.acl))
+                .with_ancestor_options(persistent(&target.acl))
+                .expect("a persistent mode is a valid ancestor option");
             let prefix = LockPrefix::new_curator(dir, LEASE_NAME).expect("lease dir is a validated path");
             let locked = session
                 .client
@@ -310,7 +309,7 @@ impl Balancer {
         let dir = instances_dir(&meta);
         let node = format!("{dir}/{}-{}", record.instance, record.pid);
         let data = serde_json::to_vec(&record).expect("JSON of a plain struct");
-        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::new(&ensemble.acl));
         let mut generation = 0;
         loop {
             let session = tokio::select! {
@@ -319,7 +318,7 @@ impl Balancer {
             };
             generation = session.generation;
             let client = session.client;
-            let _ = client.mkdir(&dir, &OPEN_DIR).await;
+            let _ = client.mkdir(&dir, &persistent(&ensemble.acl)).await;
             // A node of the same name may be left by a previous process
             // (same id and pid, e.g. pid 1 in a container) whose session has
             // not expired yet: replace it, or this instance would vanish

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use zookeeper_client::{Client, Error, MultiReadResult, Stat};
+use zookeeper_client::{Acl, Client, Error, MultiReadResult, Stat};
 
 /// Nodes read per `multi` read request (two ops each).
 const READ_BATCH: usize = 100;
@@ -251,6 +251,33 @@ pub async fn read_nodes(
                 }
             });
         }
+    }
+    Ok(out)
+}
+
+/// Reads the ACLs of several nodes, pipelined (ZooKeeper has no multi-read
+/// for ACLs); `None` for nodes that do not exist or whose ACL this session
+/// may not read.
+pub async fn read_acls(
+    client: &Client,
+    base: &str,
+    rels: &[String],
+    max_in_flight: usize,
+) -> Result<Vec<Option<Vec<Acl>>>, Error> {
+    let mut out = Vec::with_capacity(rels.len());
+    let mut pending = rels.iter();
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        while in_flight.len() < max_in_flight.max(1) * READ_BATCH {
+            let Some(rel) = pending.next() else { break };
+            in_flight.push_back(client.get_acl(&join(base, rel)));
+        }
+        let Some(result) = in_flight.next().await else { break };
+        out.push(match result {
+            Ok((acl, _)) => Some(acl),
+            Err(Error::NoNode | Error::NoAuth) => None,
+            Err(e) => return Err(e),
+        });
     }
     Ok(out)
 }

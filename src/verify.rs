@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tracing::{info, warn};
+use zookeeper_client::Client;
 
 use crate::apply::WorkerStatus;
-use crate::config::{Endpoint, Route};
+use crate::config::{AclMode, Endpoint, Route};
 use crate::plan::{self, Op};
 use crate::queue::TargetQueue;
 use crate::tree::{self, parent, Tree};
@@ -155,9 +156,13 @@ impl Verifier {
             !route.filter.excluded(rel)
         })
         .await?;
-        let found = classify(route, &source, &target, (c, t), |rel| {
+        let mut found = classify(route, &source, &target, (c, t), |rel| {
             self.status.conflicts.is_kept(rel)
         });
+        if route.config.acls == AclMode::Copy {
+            let differs = self.acl_differences(&src, &tgt, &source, &target, &found).await?;
+            found.drift.extend(differs);
+        }
         for rel in &found.local {
             self.queue.mark_target(rel);
         }
@@ -165,5 +170,39 @@ impl Verifier {
             self.queue.mark(rel, false);
         }
         Ok(Some(found))
+    }
+
+    /// Nodes whose target ACL differs from the source's, among those in
+    /// both trees with nothing else to repair (a source ACL change fires no
+    /// watch, so this is how one reaches the target). Read at the pass's rate.
+    async fn acl_differences(
+        &self,
+        src: &Client,
+        tgt: &Client,
+        source: &Tree,
+        target: &Tree,
+        found: &Findings,
+    ) -> Result<Vec<String>, zookeeper_client::Error> {
+        let route = &self.route;
+        let rels: Vec<String> = source
+            .iter()
+            .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && target.contains_key(*rel))
+            .map(|(rel, _)| rel.clone())
+            .filter(|rel| {
+                !found.local.contains(rel) && !found.drift.contains(rel) && !self.status.conflicts.is_kept(rel)
+            })
+            .collect();
+        let mut differs = Vec::new();
+        for chunk in rels.chunks(self.reads_per_s.max(1) as usize) {
+            let s = tree::read_acls(src, &route.source.path, chunk, 1).await?;
+            let t = tree::read_acls(tgt, &self.target.path, chunk, 1).await?;
+            for ((rel, s), t) in chunk.iter().zip(s).zip(t) {
+                if s.is_some() && t.is_some() && s != t {
+                    differs.push(rel.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(differs)
     }
 }

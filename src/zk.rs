@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use zookeeper_client::{Client, SessionState};
+use zookeeper_client::{Acl, Client, SessionState};
 
-use crate::config::{read_digest_file, EnsembleConfig};
+use anyhow::Context;
+use zookeeper_client::{SaslOptions, TlsOptions};
+
+use crate::config::{read_digest_file, read_secret_file, EnsembleConfig, TlsConfig};
 use crate::metrics::Metrics;
 
 /// A live session, tagged with the generation it belongs to.
@@ -27,6 +30,8 @@ pub struct Session {
 #[derive(Clone)]
 pub struct Ensemble {
     pub name: String,
+    /// ACL of every node zkbridge creates here (`[ensembles.X] acl`).
+    pub acl: Arc<Vec<Acl>>,
     current: watch::Receiver<Option<Session>>,
     publish: Arc<watch::Sender<Option<Session>>>,
     supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -47,6 +52,7 @@ impl Ensemble {
         let handle = tokio::spawn(supervisor.run(shutdown));
         Ensemble {
             name: name.to_string(),
+            acl: Arc::new(config.acl()),
             current: rx,
             publish,
             supervisor: Arc::new(std::sync::Mutex::new(Some(handle))),
@@ -173,7 +179,8 @@ impl Supervisor {
     }
 }
 
-/// Opens a session with the ensemble's settings (timeout, digest auth).
+/// Opens a session with the ensemble's settings: timeout, digest or SASL
+/// authentication, TLS.
 pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
     let mut connector = Client::connector().with_session_timeout(Duration::from_millis(config.session_timeout_ms));
     let digest = match (&config.digest, &config.digest_file) {
@@ -184,7 +191,115 @@ pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
     if let Some(d) = digest {
         connector = connector.with_auth("digest", d.as_bytes());
     }
-    Ok(connector.connect(&config.connect).await?)
+    if let Some(sasl) = &config.sasl {
+        let password = match (&sasl.password, &sasl.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => read_secret_file(file, "sasl.password_file")?,
+            (None, None) => anyhow::bail!("sasl: no password"),
+        };
+        connector = connector.with_sasl(SaslOptions::digest_md5(sasl.username.clone(), password));
+    }
+    let Some(tls) = &config.tls else {
+        return Ok(connector.connect(&config.connect).await?);
+    };
+    connector = connector.with_tls(tls_options(tls)?);
+    match connector.secure_connect(&config.connect).await {
+        Ok(client) => Ok(client),
+        // The client retries a failed handshake as a lost connection and
+        // ends in a time-out; say what the handshake said instead.
+        Err(e) => match diagnose_tls(tls, &config.connect).await {
+            Some(reason) => anyhow::bail!("TLS: {reason}"),
+            None => Err(e.into()),
+        },
+    }
+}
+
+fn tls_options(tls: &TlsConfig) -> anyhow::Result<TlsOptions> {
+    let read = |path: &str| std::fs::read_to_string(path).with_context(|| format!("tls: reading {path}"));
+    let mut options = TlsOptions::new()
+        .with_pem_ca(&read(&tls.ca)?)
+        .with_context(|| format!("tls.ca {}", tls.ca))?;
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options
+            .with_pem_identity(&read(cert)?, &read(key)?)
+            .with_context(|| format!("tls.cert {cert} / tls.key {key}"))?;
+    }
+    if !tls.verify_hostname {
+        // SAFETY (of intent): the operator turned hostname checks off for
+        // servers whose certificates do not name them; the CA still applies.
+        options = unsafe { options.with_no_hostname_verification() };
+    }
+    Ok(options)
+}
+
+/// Handshakes with the first server of `connect` the way the client would
+/// and returns why it failed, if it did: an unknown CA, a name mismatch, a
+/// server that wants a client certificate, a port that does not speak TLS.
+async fn diagnose_tls(tls: &TlsConfig, connect: &str) -> Option<String> {
+    let tls = tls.clone();
+    let host_port = connect.split('/').next()?.split(',').next()?.trim();
+    let host_port = host_port.strip_prefix("tcp+tls://").unwrap_or(host_port).to_string();
+    tokio::task::spawn_blocking(move || handshake(&tls, &host_port).err())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn handshake(tls: &TlsConfig, host_port: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::sync::Arc;
+
+    use rustls::pki_types::ServerName;
+
+    let (host, _) = host_port.rsplit_once(':').ok_or("no port in connect string")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&tls.ca).map_err(|e| e.to_string())?;
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()).flatten() {
+        roots.add(cert).map_err(|e| format!("tls.ca {}: {e}", tls.ca))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let cert = std::fs::read(cert).map_err(|e| e.to_string())?;
+            let key = std::fs::read(key).map_err(|e| e.to_string())?;
+            let chain = rustls_pemfile::certs(&mut cert.as_slice()).flatten().collect();
+            let key = rustls_pemfile::private_key(&mut key.as_slice())
+                .ok()
+                .flatten()
+                .ok_or("tls.key holds no private key")?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    if !tls.verify_hostname {
+        // Only the CA is judged here; a name mismatch is what the operator
+        // asked to ignore.
+        return Ok(());
+    }
+    config.enable_sni = true;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let addr = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{host_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host_port}: no address"))?;
+    let Ok(mut sock) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+        // Unreachable is not a TLS problem: the caller's error stands.
+        return Ok(());
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut stream = rustls::Stream::new(&mut conn, &mut sock);
+    // TLS 1.3 reports a refused client certificate only on the first read.
+    stream
+        .write_all(&[0, 0, 0, 0])
+        .and_then(|_| stream.read(&mut [0u8; 1]).map(drop))
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::UnexpectedEof => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| format!("handshake with {host_port} failed: {e}"))
 }
 
 /// Whether an error is worth retrying on the same or a new session, as

@@ -224,3 +224,80 @@ async fn a_node_the_bridge_may_not_read_is_reported_and_the_rest_goes_on() {
     await_in_sync(&bridge.config(), CONVERGE).await;
     assert_eq!(bridge.metric("zkbridge_errors_total", &[("kind", "no_auth")]), 1.0);
 }
+
+/// `acls = "copy"`: digest-protected source nodes arrive with their ACL, so
+/// the target protects them as the source does; a changed ACL follows, with
+/// the data at once and on its own through the anti-entropy pass (a source
+/// ACL change fires no watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_copy_carries_digest_protected_nodes_and_follows_changes() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let alice = |zk: &Zk| {
+        let connect = zk.connect_string();
+        async move {
+            Client::connector()
+                .with_auth("digest", b"alice:wonderland")
+                .connect(&connect)
+                .await
+                .unwrap()
+        }
+    };
+    let s = alice(&src).await;
+    mkdirs(&s, "/e").await;
+    s.create(
+        "/e/guarded",
+        b"g",
+        &CreateMode::Persistent.with_acls(Acls::creator_all()),
+    )
+    .await
+    .unwrap();
+    s.create("/e/shared", b"1", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        .await
+        .unwrap();
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n\
+         [ensembles.src]\nconnect = \"{}\"\nsession_timeout_ms = 4000\ndigest = \"alice:wonderland\"\n\
+         [ensembles.dst]\nconnect = \"{}\"\nsession_timeout_ms = 4000\ndigest = \"alice:wonderland\"\n\
+         [[routes]]\nname = \"e\"\nsource = \"src:/e\"\ntargets = [\"dst:/e\"]\nacls = \"copy\"\nverify_interval_s = 2\n",
+        src.connect_string(),
+        dst.connect_string()
+    );
+    let bridge = Bridge::start(&toml);
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    let t = alice(&dst).await;
+    let acl = |c: &Client, path: &'static str| {
+        let c = c.clone();
+        async move { c.get_acl(path).await.map(|(acl, _)| acl).ok() }
+    };
+    assert_eq!(acl(&t, "/e/guarded").await, acl(&s, "/e/guarded").await);
+    assert_eq!(acl(&s, "/e/guarded").await.unwrap()[0].scheme(), "digest");
+    let anonymous = dst.client().await;
+    assert_eq!(
+        anonymous.get_data("/e/guarded").await.unwrap_err(),
+        zookeeper_client::Error::NoAuth,
+        "the mirror is as closed as its source"
+    );
+
+    // ACL and data change together: the data's event carries both.
+    s.set_acl("/e/shared", &Acls::creator_all(), None).await.unwrap();
+    s.set_data("/e/shared", b"2", None).await.unwrap();
+    eventually("the new ACL follows the data", CONVERGE, async || {
+        acl(&t, "/e/shared").await == acl(&s, "/e/shared").await
+    })
+    .await;
+
+    // An ACL change alone: found by the next anti-entropy pass.
+    let mut opened = acl(&s, "/e/guarded").await.unwrap();
+    opened.push(zookeeper_client::Acl::new(
+        zookeeper_client::Permission::READ,
+        zookeeper_client::AuthId::anyone(),
+    ));
+    s.set_acl("/e/guarded", &opened, None).await.unwrap();
+    eventually("an ACL-only change arrives", CONVERGE, async || {
+        acl(&t, "/e/guarded").await == Some(opened.clone())
+    })
+    .await;
+    assert_eq!(anonymous.get_data("/e/guarded").await.unwrap().0, b"g");
+    assert!(bridge.metric("zkbridge_applied_ops_total", &[("op", "acl")]) >= 2.0);
+}
