@@ -104,7 +104,7 @@ pub struct EnsembleConfig {
     pub session_timeout_ms: u64,
     /// `user:secret` for ZooKeeper digest auth.
     #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
-    pub digest: Option<String>,
+    pub digest: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,22 +193,54 @@ pub fn format_acl(acl: &zookeeper_client::Acl) -> String {
 pub struct SaslConfig {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact_all")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// File holding the password; refused if group or others can read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
 }
 
-fn redact_all<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+fn redact_all<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_str("<redacted>"),
         None => s.serialize_none(),
     }
 }
 
-fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+/// A password or digest secret. It cannot be printed — `Debug` and
+/// `Display` show `<redacted>` — so no log line, error or panic message
+/// built from the configuration carries it; `expose` is for the one place
+/// that hands it to ZooKeeper.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn redact<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(v) => match v.split_once(':') {
+        Some(v) => match v.expose().split_once(':') {
             Some((user, _)) => s.serialize_str(&format!("{user}:<redacted>")),
             None => s.serialize_str("<redacted>"),
         },
@@ -636,7 +668,7 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
             parse_acl(entry).map_err(|r| ConfigError::invalid(format!("{key}.acl[{i}]"), r))?;
         }
         if let Some(digest) = &ensemble.digest {
-            if !digest.contains(':') {
+            if !digest.expose().contains(':') {
                 return Err(ConfigError::invalid(format!("{key}.digest"), "must be user:secret"));
             }
         }
@@ -818,16 +850,16 @@ fn private_file(path: &str, key: &str) -> Result<(), ConfigError> {
 }
 
 /// Reads a secret from a file that only its owner may read.
-pub fn read_secret_file(path: &str, key: &str) -> Result<String, ConfigError> {
+pub fn read_secret_file(path: &str, key: &str) -> Result<Secret, ConfigError> {
     private_file(path, key)?;
     let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
-    Ok(secret.trim().to_string())
+    Ok(Secret(secret.trim().to_string()))
 }
 
 /// Reads a digest secret from a file that only its owner may read.
-pub fn read_digest_file(path: &str, key: &str) -> Result<String, ConfigError> {
+pub fn read_digest_file(path: &str, key: &str) -> Result<Secret, ConfigError> {
     let secret = read_secret_file(path, key)?;
-    if !secret.contains(':') {
+    if !secret.expose().contains(':') {
         return Err(ConfigError::invalid(key, format!("{path} must hold user:secret")));
     }
     Ok(secret)
@@ -987,6 +1019,60 @@ targets = ["b:/c"]"#,
         let shown = toml_string(&r.config);
         assert!(!shown.contains("s3cret"));
         assert!(shown.contains("alice:<redacted>"));
+    }
+
+    /// Whatever formats the configuration — check-config, a log line, an
+    /// error, a panic message with `{:?}` — shows no secret.
+    #[test]
+    fn secrets_never_format() {
+        let r = load_str(&format!(
+            "{BASE}\n[ensembles.c]\nconnect = \"h:1\"\ndigest = \"alice:s3cret\"\n\
+             [ensembles.d]\nconnect = \"h:2\"\nsasl = {{ username = \"bob\", password = \"hunter2\" }}"
+        ))
+        .unwrap();
+        for shown in [toml_string(&r.config), format!("{r:?}"), format!("{:#?}", r.config)] {
+            assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+        }
+        assert_eq!(r.ensemble("c").digest.as_ref().unwrap().expose(), "alice:s3cret");
+    }
+
+    #[test]
+    fn acl_entries_parse_and_name_the_bad_one() {
+        let ok = load_str(&format!(
+            "{BASE}\n[ensembles.c]\nconnect = \"h:1\"\nacl = [\"auth::cdrwa\", \"world:anyone:r\", \"digest:u:abc=:rw\"]"
+        ))
+        .unwrap();
+        let acl = ok.ensemble("c").acl();
+        assert_eq!(
+            acl.iter().map(format_acl).collect::<Vec<_>>(),
+            ["auth::cdrwa", "world:anyone:r", "digest:u:abc=:rw"]
+        );
+        for (bad, why) in [
+            ("world:anyone:rx", "permission 'x'"),
+            ("nope:x:r", "unknown scheme"),
+            ("world", "not scheme:id:perms"),
+        ] {
+            let e = load_str(&format!(
+                "{BASE}\n[ensembles.c]\nconnect = \"h:1\"\nacl = [\"world:anyone:r\", \"{bad}\"]"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("ensembles.c.acl[1]: ") && e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_reserved_zookeeper_subtree_is_never_mirrored() {
+        for (source, target) in [
+            ("a:/zookeeper", "b:/x"),
+            ("a:/x", "b:/zookeeper/quota"),
+            ("a:/", "b:/x"),
+        ] {
+            let e = err(&route(&format!(
+                "name = \"r\"\nsource = \"{source}\"\ntargets = [\"{target}\"]"
+            )));
+            assert!(e.contains("/zookeeper"), "{e}");
+        }
     }
 
     fn toml_string(c: &Config) -> String {

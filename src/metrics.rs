@@ -24,6 +24,7 @@ pub struct Metrics {
     pub leader: IntGaugeVec,
     pub session_state: IntGaugeVec,
     pub session_expirations: IntCounterVec,
+    pub session_failures: IntCounterVec,
     pub mirrored_nodes: IntGaugeVec,
     pub fencing_rejections: IntCounterVec,
     pub deletes_blocked: IntCounterVec,
@@ -132,6 +133,13 @@ impl Metrics {
                 "zkbridge_session_expirations_total",
                 "ZooKeeper sessions lost to expiry",
                 &["ensemble"],
+                r
+            )
+            .unwrap(),
+            session_failures: register_int_counter_vec_with_registry!(
+                "zkbridge_session_failures_total",
+                "Attempts to open a ZooKeeper session that failed, by reason (auth, tls, unreachable, other)",
+                &["ensemble", "reason"],
                 r
             )
             .unwrap(),

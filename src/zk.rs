@@ -116,7 +116,12 @@ impl Supervisor {
             let client = match client {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(ensemble = %self.name, error = %e, "cannot establish ZooKeeper session; retrying");
+                    let reason = failure_reason(&e);
+                    self.metrics
+                        .session_failures
+                        .with_label_values(&[&self.name, reason])
+                        .inc();
+                    warn!(ensemble = %self.name, reason, error = %e, "cannot establish ZooKeeper session; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
                         _ = shutdown.changed() => break,
@@ -179,6 +184,19 @@ impl Supervisor {
     }
 }
 
+/// Why a session could not be opened, as the `reason` label of
+/// `zkbridge_session_failures_total`: wrong credentials and TLS problems
+/// need an operator; unreachable servers may heal by themselves.
+fn failure_reason(error: &anyhow::Error) -> &'static str {
+    use zookeeper_client::Error as E;
+    match error.downcast_ref::<E>() {
+        Some(E::AuthFailed) => "auth",
+        Some(E::Timeout | E::NoHosts | E::ConnectionLoss) => "unreachable",
+        _ if error.to_string().starts_with("TLS") => "tls",
+        _ => "other",
+    }
+}
+
 /// Opens a session with the ensemble's settings: timeout, digest or SASL
 /// authentication, TLS.
 pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
@@ -189,7 +207,7 @@ pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
         _ => None,
     };
     if let Some(d) = digest {
-        connector = connector.with_auth("digest", d.as_bytes());
+        connector = connector.with_auth("digest", d.expose().as_bytes());
     }
     if let Some(sasl) = &config.sasl {
         let password = match (&sasl.password, &sasl.password_file) {
@@ -197,19 +215,25 @@ pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
             (None, Some(file)) => read_secret_file(file, "sasl.password_file")?,
             (None, None) => anyhow::bail!("sasl: no password"),
         };
-        connector = connector.with_sasl(SaslOptions::digest_md5(sasl.username.clone(), password));
+        connector = connector.with_sasl(SaslOptions::digest_md5(
+            sasl.username.clone(),
+            password.expose().to_string(),
+        ));
     }
     let Some(tls) = &config.tls else {
         return Ok(connector.connect(&config.connect).await?);
     };
     connector = connector.with_tls(tls_options(tls)?);
-    match connector.secure_connect(&config.connect).await {
-        Ok(client) => Ok(client),
-        // The client retries a failed handshake as a lost connection and
-        // ends in a time-out; say what the handshake said instead.
-        Err(e) => match diagnose_tls(tls, &config.connect).await {
+    // The client retries a failed handshake as a lost connection and ends
+    // in a time-out. A handshake of our own, alongside, says why at once.
+    let connecting = connector.secure_connect(&config.connect);
+    let probe = diagnose_tls(tls, &config.connect);
+    tokio::pin!(connecting, probe);
+    tokio::select! {
+        client = &mut connecting => Ok(client?),
+        failure = &mut probe => match failure {
             Some(reason) => anyhow::bail!("TLS: {reason}"),
-            None => Err(e.into()),
+            None => Ok(connecting.await?),
         },
     }
 }
@@ -289,17 +313,36 @@ fn handshake(tls: &TlsConfig, host_port: &str) -> Result<(), String> {
         // Unreachable is not a TLS problem: the caller's error stands.
         return Ok(());
     };
+    // A server that refuses our certificate says so right after the
+    // handshake (TLS 1.3 reports it on the first read); one that accepts it
+    // waits for a request, and the read times out.
     sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
     let mut stream = rustls::Stream::new(&mut conn, &mut sock);
-    // TLS 1.3 reports a refused client certificate only on the first read.
-    stream
+    let outcome = stream
         .write_all(&[0, 0, 0, 0])
-        .and_then(|_| stream.read(&mut [0u8; 1]).map(drop))
-        .or_else(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::UnexpectedEof => Ok(()),
-            _ => Err(e),
-        })
-        .map_err(|e| format!("handshake with {host_port} failed: {e}"))
+        .and_then(|_| stream.read(&mut [0u8; 1]).map(drop));
+    let quiet = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::UnexpectedEof
+        )
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) if quiet(&e) && conn.is_handshaking() => Err(format!(
+            "handshake with {host_port} failed: no TLS answer ({e}); is it the server's secureClientPort?"
+        )),
+        Err(e) if quiet(&e) => Ok(()),
+        Err(e) => {
+            let hint = match (&tls.cert, e.to_string()) {
+                (None, alert) if alert.contains("BadCertificate") || alert.contains("CertificateRequired") => {
+                    " (the server wants a client certificate: set tls.cert and tls.key)"
+                }
+                _ => "",
+            };
+            Err(format!("handshake with {host_port} failed: {e}{hint}"))
+        }
+    }
 }
 
 /// Whether an error is worth retrying on the same or a new session, as

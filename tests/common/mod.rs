@@ -11,9 +11,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pki;
+
 use zookeeper_client::{Acls, Client, CreateMode};
 
-const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+const CLASSPATH: &str =
+    "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar";
+
+/// Security settings of test servers.
+#[derive(Default, Clone)]
+pub struct ServerSecurity {
+    /// A TLS secure client port (Netty) with these PEM files.
+    pub tls: Option<ServerTls>,
+    /// SASL DIGEST-MD5 users (`user`, `password`) the server accepts.
+    pub sasl_users: Vec<(String, String)>,
+    /// `enforce.auth.schemes`: sessions must authenticate with one of
+    /// these (`sasl`, `digest`) before any request.
+    pub require_auth: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ServerTls {
+    /// PEM with the server's private key and certificate.
+    pub keystore: PathBuf,
+    /// PEM with the CA that client certificates must chain to.
+    pub truststore: PathBuf,
+    /// `ssl.clientAuth`: `need` for mutual TLS, `none` otherwise.
+    pub client_auth: &'static str,
+}
 
 /// Set by the benchmark: servers tuned for throughput rather than start-up.
 pub static BENCHMARK_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -44,6 +69,8 @@ pub fn four_letter(port: u16, cmd: &str) -> Option<String> {
 /// One ZooKeeper server process (standalone or a member of an ensemble).
 pub struct ZkServer {
     pub port: u16,
+    /// The TLS client port, when the server has one.
+    pub secure_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -61,6 +88,10 @@ impl ZkServer {
             cmd.args(["-Xmx1g", "-XX:+UseParallelGC"]);
         } else {
             cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
+        }
+        let jaas = self.dir.join("jaas.conf");
+        if jaas.exists() {
+            cmd.arg(format!("-Djava.security.auth.login.config={}", jaas.display()));
         }
         cmd.args(["-cp", CLASSPATH])
             .arg("-Dzookeeper.extendedTypesEnabled=true")
@@ -86,12 +117,15 @@ impl ZkServer {
     fn wait_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.is_serving() {
-            assert!(
-                Instant::now() < deadline,
-                "ZooKeeper on port {} did not start; log in {}",
-                self.port,
-                self.dir.display()
-            );
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().filter(|l| !l.trim_start().starts_with("at ")).collect();
+                panic!(
+                    "ZooKeeper on port {} did not start; its log ends:\n{}",
+                    self.port,
+                    tail[tail.len().saturating_sub(30)..].join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -137,6 +171,11 @@ impl Zk {
     /// `n` servers: standalone for 1, an ensemble otherwise; returns when
     /// every member serves.
     pub fn start(n: usize) -> Zk {
+        Zk::start_secured(n, &ServerSecurity::default())
+    }
+
+    /// `n` servers with TLS and authentication as `security` says.
+    pub fn start_secured(n: usize, security: &ServerSecurity) -> Zk {
         let dir = tempfile::Builder::new().prefix("zkbridge-test-zk").tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let mut servers = Vec::new();
@@ -157,9 +196,39 @@ impl Zk {
             }
             let _ = quorum;
             let _ = election;
+            let secure_port = security.tls.as_ref().map(|tls| {
+                let port = free_port();
+                cfg.push_str(&format!(
+                    "secureClientPort={port}\nsecureClientPortAddress=127.0.0.1\n\
+                     serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                     ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+                     ssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth={}\n",
+                    tls.keystore.display(),
+                    tls.truststore.display(),
+                    tls.client_auth
+                ));
+                port
+            });
+            if !security.sasl_users.is_empty() {
+                cfg.push_str("authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider\n");
+                let users: String = security
+                    .sasl_users
+                    .iter()
+                    .map(|(u, p)| format!(" user_{u}=\"{p}\""))
+                    .collect();
+                std::fs::write(
+                    sdir.join("jaas.conf"),
+                    format!("Server {{\n org.apache.zookeeper.server.auth.DigestLoginModule required{users};\n}};\n"),
+                )
+                .unwrap();
+            }
+            if let Some(schemes) = &security.require_auth {
+                cfg.push_str(&format!("enforce.auth.enabled=true\nenforce.auth.schemes={schemes}\n"));
+            }
             std::fs::write(sdir.join("zoo.cfg"), cfg).unwrap();
             let mut server = ZkServer {
                 port: *client,
+                secure_port,
                 dir: sdir,
                 child: None,
             };
@@ -170,6 +239,15 @@ impl Zk {
             s.wait_serving();
         }
         Zk { servers, _dir: dir }
+    }
+
+    /// The TLS client ports, as a connect string.
+    pub fn secure_connect_string(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.secure_port.expect("server has a TLS port")))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn connect_string(&self) -> String {
@@ -489,9 +567,17 @@ impl Drop for Bridge {
 }
 
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
