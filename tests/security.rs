@@ -267,8 +267,11 @@ async fn digest_auth_and_the_ensemble_acl_keep_mirrors_read_only_to_others() {
     await_in_sync(&bridge.config(), CONVERGE).await;
 
     // No output carries the secret.
-    let inline = toml.replace(&format!("digest_file = \"{digest}\""), "digest = \"bridge:topsecret-digest\"");
-    let (code, shown, _) = zkbridge(&["check-config"], &inline);
+    let inline = toml.replace(
+        &format!("digest_file = \"{digest}\""),
+        "digest = \"bridge:topsecret-digest\"",
+    );
+    let (code, shown, _) = zkbridge(&["check-config"], &format!("[bridge]\n{inline}"));
     assert_eq!(code, 0, "{shown}");
     assert!(shown.contains("bridge:<redacted>"), "{shown}");
     let status = bridge.http_get("/status").unwrap().1;
