@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType};
 
 struct Args {
@@ -107,26 +106,6 @@ async fn pipelined_create(c: &Client, nodes: &[(String, Vec<u8>)]) -> Duration {
     started.elapsed()
 }
 
-/// Peak RSS (bytes) and CPU seconds of a process, from /proc.
-fn process_cost(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (hwm_kb * 1024, ticks / hz.max(1.0))
-}
-
 fn bridge_config(src: &str, dst: &str) -> String {
     format!(
         "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{src}\"\nsession_timeout_ms = 10000\n\
@@ -159,58 +138,6 @@ async fn assert_clean(bridge: &Bridge) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// A TCP proxy that delays every chunk by `delay` in each direction,
-/// preserving order: round trips pay twice the delay, pipelined traffic
-/// does not.
-async fn delay_proxy(upstream: String, delay: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(delayed_pipe(cr, sw, delay));
-            tokio::spawn(delayed_pipe(sr, cw, delay));
-        }
-    });
-    addr
-}
-
-async fn delayed_pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due.into()).await;
-            if to.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
 }
 
 /// Steady-state lag: sets data on random source nodes at `rate` for
@@ -489,13 +416,12 @@ async fn main() {
         let (src, dst) = (args.zk(), args.zk());
         let s = src.client().await;
         pipelined_create(&s, &nodes).await;
-        let proxy = delay_proxy(
-            dst.connect_string().split(',').next().unwrap().to_string(),
-            Duration::from_millis(40),
-        )
-        .await;
+        // Order is kept, so round trips pay twice the delay and pipelined
+        // traffic does not.
+        let proxy = proxy::FaultyEnsemble::start(&dst).await;
+        proxy.set(proxy::Fault::Delay(Duration::from_millis(40)));
         let started = Instant::now();
-        let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy));
+        let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy.connect_string()));
         await_ready(&bridge).await;
         m.add(
             "wan_sync_nodes_per_s",

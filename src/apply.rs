@@ -16,7 +16,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{
-    Acl, Acls, AddWatchMode, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
+    Acl, Acls, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
     PersistentWatcher,
 };
 
@@ -221,6 +221,9 @@ impl Interrupted {
 enum WatchFlow {
     Going,
     Ended,
+    /// The target connection is back: the watch must be re-armed (see
+    /// `zk::watch_subtree`).
+    Reconnected,
 }
 
 /// Why a worker stopped leading.
@@ -387,8 +390,10 @@ impl Worker {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
             }
-            if let WatchFlow::Ended = self.drain_target_events(&mut target_watch) {
-                return LeadEnd::LeaseLost;
+            match self.drain_target_events(&mut target_watch) {
+                WatchFlow::Going => {}
+                WatchFlow::Ended => return LeadEnd::LeaseLost,
+                WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
             }
             if let Some(stop) = self.status.conflicts.stopped() {
                 tokio::select! {
@@ -423,8 +428,10 @@ impl Worker {
                 let parked = self.queue.next_parked_due();
                 tokio::select! {
                     _ = self.queue.notified() => {},
-                    event = target_watch.changed() => if let WatchFlow::Ended = self.on_target_event(event) {
-                        return LeadEnd::LeaseLost;
+                    event = target_watch.changed() => match self.on_target_event(event) {
+                        WatchFlow::Going => {}
+                        WatchFlow::Ended => return LeadEnd::LeaseLost,
+                        WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
                     },
                     _ = sleep_until(parked) => {},
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {},
@@ -479,7 +486,7 @@ impl Worker {
     async fn start_leading(&self, lease: &Lease) -> Result<PersistentWatcher, Error> {
         let tgt = lease.client();
         let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        let watcher = tgt.watch(&self.target.path, AddWatchMode::PersistentRecursive).await?;
+        let watcher = crate::zk::watch_subtree(tgt, &self.target.path).await?;
         self.status.conflicts.reset_echoes();
         let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
         if !kept.is_empty() {
@@ -500,11 +507,23 @@ impl Worker {
     fn drain_target_events(&self, watcher: &mut PersistentWatcher) -> WatchFlow {
         use futures::FutureExt;
         while let Some(event) = watcher.changed().now_or_never() {
-            if let WatchFlow::Ended = self.on_target_event(event) {
-                return WatchFlow::Ended;
+            match self.on_target_event(event) {
+                WatchFlow::Going => {}
+                flow => return flow,
             }
         }
         WatchFlow::Going
+    }
+
+    /// Replaces the target watch after a reconnect; on failure keeps the
+    /// old one, whose next reconnect event tries again.
+    async fn rearm_target_watch(&self, lease: &Lease, watcher: &mut PersistentWatcher) {
+        match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
+            Ok(rearmed) => *watcher = rearmed,
+            Err(e) => {
+                warn!(error = %e, "cannot re-arm the target watch after a reconnect; local changes wait for the next anti-entropy pass")
+            }
+        }
     }
 
     /// An event in the target: the echo of an own write, or a possible local
@@ -512,13 +531,15 @@ impl Worker {
     fn on_target_event(&self, event: zookeeper_client::WatchedEvent) -> WatchFlow {
         match event.event_type {
             EventType::Session if event.session_state.is_terminated() => return WatchFlow::Ended,
-            EventType::Session => {
-                if matches!(event.session_state, zookeeper_client::SessionState::Disconnected) {
+            EventType::Session => match event.session_state {
+                zookeeper_client::SessionState::Disconnected => {
                     // Events (and echoes) may be lost across the gap; the
                     // anti-entropy pass catches what the watch missed.
                     self.status.conflicts.reset_echoes();
                 }
-            }
+                zookeeper_client::SessionState::SyncConnected => return WatchFlow::Reconnected,
+                _ => {}
+            },
             EventType::NodeChildrenChanged => {}
             _ => {
                 if self.status.conflicts.is_echo(&event.path) {

@@ -12,14 +12,14 @@ use futures::FutureExt;
 use prometheus::IntCounter;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
-use zookeeper_client::{AddWatchMode, EventType, SessionState};
+use zookeeper_client::{EventType, SessionState};
 
 use crate::checkpoint::{heartbeat_path, now_ms, put_json, Heartbeat};
 use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::queue::{ResyncReason, TargetQueue};
 use crate::tree::relative;
-use crate::zk::Ensemble;
+use crate::zk::{watch_subtree, Ensemble};
 
 pub struct Capture {
     pub route: Arc<Route>,
@@ -34,6 +34,8 @@ pub struct Capture {
 enum Flow {
     Continue,
     SessionEnded,
+    /// The same session is back after a lost connection.
+    Reconnected,
 }
 
 impl Capture {
@@ -50,11 +52,7 @@ impl Capture {
                     _ = shutdown.changed() => break,
                 };
                 generation = session.generation;
-                let mut watcher = match session
-                    .client
-                    .watch(&self.route.source.path, AddWatchMode::PersistentRecursive)
-                    .await
-                {
+                let mut watcher = match watch_subtree(&session.client, &self.route.source.path).await {
                     Ok(w) => w,
                     Err(e) => {
                         warn!(error = %e, "cannot arm the source watch; retrying on a new session");
@@ -74,17 +72,35 @@ impl Capture {
                 let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
                 heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    let event = tokio::select! {
-                        e = watcher.changed() => e,
+                    let flow = tokio::select! {
+                        e = watcher.changed() => self.handle(e, &kinds, &mut disconnected),
                         _ = heartbeat.tick() => {
-                            self.heartbeat(&session.client, &mut watcher, &kinds, &mut disconnected).await;
-                            continue;
+                            self.heartbeat(&session.client, &mut watcher, &kinds, &mut disconnected).await
                         }
                         _ = shutdown.changed() => return,
                     };
-                    if let Flow::SessionEnded = self.handle(event, &kinds, &mut disconnected) {
-                        reason = ResyncReason::SessionExpired;
-                        break;
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::SessionEnded => {
+                            reason = ResyncReason::SessionExpired;
+                            break;
+                        }
+                        Flow::Reconnected => {
+                            // Re-arm first (see `watch_subtree`), then rescan:
+                            // the scan covers the gap and everything before
+                            // the new watch.
+                            match watch_subtree(&session.client, &self.route.source.path).await {
+                                Ok(rearmed) => watcher = rearmed,
+                                Err(e) => {
+                                    // Lost again: the next reconnect retries.
+                                    warn!(error = %e, "cannot re-arm the source watch after a reconnect");
+                                    disconnected = true;
+                                    continue;
+                                }
+                            }
+                            info!("source reconnected; watch re-armed; rescanning to cover events lost in the gap");
+                            self.resync_all(ResyncReason::Reconnect);
+                        }
                     }
                 }
             }
@@ -106,7 +122,7 @@ impl Capture {
         watcher: &mut zookeeper_client::PersistentWatcher,
         kinds: &[IntCounter; 3],
         disconnected: &mut bool,
-    ) {
+    ) -> Flow {
         let ts_ms = now_ms();
         let beat = Heartbeat {
             bridge: self.bridge_id.clone(),
@@ -122,10 +138,12 @@ impl Capture {
         {
             Ok(zxid) => {
                 while let Some(event) = watcher.changed().now_or_never() {
-                    if let Flow::SessionEnded = self.handle(event, kinds, disconnected) {
-                        // The next changed() call would panic; the main loop
-                        // sees the same terminal state via the session.
-                        return;
+                    match self.handle(event, kinds, disconnected) {
+                        Flow::Continue => {}
+                        // No barrier: events before this heartbeat may be
+                        // lost (a gap), or the watcher is finished; the
+                        // caller re-arms and rescans first.
+                        flow => return flow,
                     }
                 }
                 for q in &self.queues {
@@ -134,6 +152,7 @@ impl Capture {
             }
             Err(e) => warn!(error = %e, "cannot write heartbeat to the source; checkpoints wait"),
         }
+        Flow::Continue
     }
 
     fn handle(&self, event: zookeeper_client::WatchedEvent, kinds: &[IntCounter; 3], disconnected: &mut bool) -> Flow {
@@ -143,8 +162,7 @@ impl Capture {
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly if *disconnected => {
                     // Events may have been lost while away.
                     *disconnected = false;
-                    info!("source reconnected; rescanning to cover events lost in the gap");
-                    self.resync_all(ResyncReason::Reconnect);
+                    return Flow::Reconnected;
                 }
                 s if s.is_terminated() => {
                     warn!(state = ?s, "source session ended; re-arming on a new session");

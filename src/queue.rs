@@ -138,6 +138,10 @@ impl TargetQueue {
             }
             None => {
                 if st.dirty.len() >= self.max_pending {
+                    tracing::warn!(
+                        max_pending_paths = self.max_pending,
+                        "pending paths overflowed: tracking them one by one stops; a full resync replaces them"
+                    );
                     st.dirty.clear();
                     st.parked.clear();
                     st.resync = Some(ResyncReason::Overflow);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use zookeeper_client::{Acl, Client, SessionState};
+use zookeeper_client::{Acl, AddWatchMode, Client, PersistentWatcher, SessionState};
 
 use anyhow::Context;
 use zookeeper_client::{SaslOptions, TlsOptions};
@@ -184,6 +184,19 @@ impl Supervisor {
     }
 }
 
+/// Arms (or re-arms) a persistent recursive watch on `path`.
+///
+/// Needed again after every reconnect of the same session: the client
+/// crate (zookeeper-client 0.11) re-registers only one-shot watches when it
+/// reconnects — its `SetWatches` never carries persistent ones (the index
+/// of the highest watch kind is never raised) — so without this a watch
+/// goes silent after the first lost connection, while heartbeats, and with
+/// them checkpoints, carry on. `AddWatch` on a live connection is
+/// idempotent on the server; the caller drops the old watcher afterwards.
+pub async fn watch_subtree(client: &Client, path: &str) -> Result<PersistentWatcher, zookeeper_client::Error> {
+    client.watch(path, AddWatchMode::PersistentRecursive).await
+}
+
 /// Why a session could not be opened, as the `reason` label of
 /// `zkbridge_session_failures_total`: wrong credentials and TLS problems
 /// need an operator; unreachable servers may heal by themselves.
@@ -296,11 +309,6 @@ fn handshake(tls: &TlsConfig, host_port: &str) -> Result<(), String> {
         }
         _ => builder.with_no_client_auth(),
     };
-    if !tls.verify_hostname {
-        // Only the CA is judged here; a name mismatch is what the operator
-        // asked to ignore.
-        return Ok(());
-    }
     config.enable_sni = true;
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
@@ -333,6 +341,9 @@ fn handshake(tls: &TlsConfig, host_port: &str) -> Result<(), String> {
             "handshake with {host_port} failed: no TLS answer ({e}); is it the server's secureClientPort?"
         )),
         Err(e) if quiet(&e) => Ok(()),
+        // A name mismatch is what the operator asked to ignore; the CA and
+        // the client certificate are still judged.
+        Err(e) if !tls.verify_hostname && e.to_string().contains("NotValidForName") => Ok(()),
         Err(e) => {
             let hint = match (&tls.cert, e.to_string()) {
                 (None, alert) if alert.contains("BadCertificate") || alert.contains("CertificateRequired") => {

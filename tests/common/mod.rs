@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod pki;
+pub mod proxy;
 
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -561,6 +562,22 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- bridge log ----\n{}", self.log());
+            if let Some((_, status)) = self.http_get("/status") {
+                eprintln!("---- bridge /status ----\n{status}");
+            }
+            if let Some((_, metrics)) = self.http_get("/metrics") {
+                let interesting = [
+                    "zkbridge_source_events_total",
+                    "zkbridge_resyncs_total",
+                    "zkbridge_pending_paths",
+                    "zkbridge_leader",
+                    "zkbridge_session_state",
+                    "zkbridge_applied_ops_total",
+                ];
+                for line in metrics.lines().filter(|l| interesting.iter().any(|m| l.starts_with(m))) {
+                    eprintln!("{line}");
+                }
+            }
         }
         self.kill();
     }
@@ -655,4 +672,24 @@ pub fn ensembles(list: &[(&str, &Zk)]) -> String {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Peak RSS (bytes) and CPU seconds of a process, from /proc.
+pub fn process_cost(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hwm_kb * 1024, ticks / hz.max(1.0))
 }
