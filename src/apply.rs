@@ -39,6 +39,9 @@ const PARK_FOR: Duration = Duration::from_secs(30);
 /// What `/status` and `/readyz` need to know about a worker.
 #[derive(Default)]
 pub struct WorkerStatus {
+    /// When this instance took the lead (ms since the epoch): the lag of a
+    /// leader that has committed no checkpoint yet counts from here.
+    pub leading_since_ms: std::sync::atomic::AtomicI64,
     /// This instance holds the route/target's lease.
     pub leading: AtomicBool,
     /// The initial sync since this instance took the lead is finished.
@@ -301,6 +304,7 @@ impl Worker {
                 self.identity.balancer.gained();
                 self.metrics.leader.set(1);
                 self.status.initial_sync_done.store(false, Ordering::Relaxed);
+                self.status.leading_since_ms.store(now_ms(), Ordering::Relaxed);
                 self.status.leading.store(true, Ordering::Relaxed);
                 self.queue.set_leading(true);
                 let end = self.lead(&lease, &mut shutdown).await;
@@ -451,7 +455,10 @@ impl Worker {
             match result {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
-                    *self.status.last_error.lock().unwrap() = None;
+                    // An error stays shown while a path it held back waits.
+                    if self.queue.next_parked_due().is_none() {
+                        *self.status.last_error.lock().unwrap() = None;
+                    }
                 }
                 Err((e, reason, paths)) => {
                     if e.lease_lost() {
@@ -1361,6 +1368,30 @@ impl Worker {
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let acls = self.acl_plan(lease, &ops).await?;
+        // A request over the target's jute.maxbuffer makes the server drop
+        // the connection, every time: such a node would stall the route as
+        // a "network" error. It is held back and kept pending instead.
+        let limit = self.target_zk.max_request_bytes;
+        let (ops, oversized): (Vec<Op>, Vec<Op>) = ops
+            .into_iter()
+            .partition(|op| op.wire_size(base.len()) + REQUEST_OVERHEAD <= limit);
+        for op in oversized {
+            let rel = op.rel().to_string();
+            let path = join(base, &rel);
+            let bytes = op.wire_size(base.len());
+            warn!(%path, bytes, max_request_bytes = limit, "node too large for the target ensemble (its jute.maxbuffer); it stays pending until it shrinks or the limit is raised");
+            self.metrics.error("too_large");
+            *self.status.last_error.lock().unwrap() = Some(format!(
+                "{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"
+            ));
+            let d = dirty.get(&rel).copied().unwrap_or(Dirty {
+                since,
+                scaffold: false,
+                seq: 0,
+                target_only: false,
+            });
+            self.queue.park(rel, d, Instant::now() + PARK_FOR);
+        }
         let mut batches = batch(ops, base.len(), self.limits);
         let mut last = checkpoint.as_ref().and_then(|_| batches.pop());
         let mut refused: Vec<Op> = Vec::new();
@@ -1556,6 +1587,10 @@ impl Worker {
         Ok(())
     }
 }
+
+/// Bytes a single-op `multi` adds beyond the op itself: the header, the
+/// lease check, the ACL. Generous on purpose.
+const REQUEST_OVERHEAD: usize = 1024;
 
 /// Whether a path's last segment ends like a sequential node's name (ten
 /// digits, as ZooKeeper appends them).

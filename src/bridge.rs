@@ -28,8 +28,15 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Now minus the heartbeat time of the last checkpoint; for a leader
+    /// with no checkpoint yet, now minus when it took the lead, so a route
+    /// that never manages one shows a growing lag rather than none.
     fn lag_seconds(&self) -> Option<f64> {
-        let ts = self.status.checkpoint.lock().unwrap().as_ref()?.heartbeat_ts_ms;
+        let ts = match self.status.checkpoint.lock().unwrap().as_ref() {
+            Some(c) => c.heartbeat_ts_ms,
+            None if self.leading() => self.status.leading_since_ms.load(Ordering::Relaxed),
+            None => return None,
+        };
         Some(((crate::checkpoint::now_ms() - ts) as f64 / 1000.0).max(0.0))
     }
 

@@ -118,6 +118,16 @@ pub struct EnsembleConfig {
     /// `["auth::cdrwa", "world:anyone:r"]` lets only zkbridge's identity write.
     #[serde(default = "default_acl")]
     pub acl: Vec<String>,
+    /// The largest request this ensemble's servers accept: their
+    /// `jute.maxbuffer` (ZooKeeper's default is 1 MiB − 1). A server drops
+    /// the connection on a larger one, so a node too large for it is held
+    /// back, reported and kept pending instead of being sent.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    0xfffff
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -658,6 +668,12 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
                 ));
             }
         }
+        if ensemble.max_request_bytes < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_request_bytes"),
+                "must be at least 65536 (set it to the servers' jute.maxbuffer)",
+            ));
+        }
         if ensemble.acl.is_empty() {
             return Err(ConfigError::invalid(
                 format!("{key}.acl"),
@@ -1077,5 +1093,104 @@ targets = ["b:/c"]"#,
 
     fn toml_string(c: &Config) -> String {
         serde_json::to_string(c).unwrap()
+    }
+}
+
+/// Property: whatever value lands on whatever key, loading never panics,
+/// and a refusal names the key it is about.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::load_str;
+
+    /// Every key of the schema, as `(table, key)`; `table` is where it goes.
+    const KEYS: &[(&str, &str)] = &[
+        ("bridge", "id"),
+        ("bridge", "listen"),
+        ("bridge", "meta_path"),
+        ("bridge", "heartbeat_interval_ms"),
+        ("bridge", "max_pending_paths"),
+        ("bridge", "batch_max_ops"),
+        ("bridge", "batch_max_bytes"),
+        ("bridge", "max_in_flight"),
+        ("bridge", "balance"),
+        ("bridge", "ready_max_lag_s"),
+        ("bridge", "verify_reads_per_s"),
+        ("ensembles.a", "connect"),
+        ("ensembles.a", "session_timeout_ms"),
+        ("ensembles.a", "digest"),
+        ("ensembles.a", "acl"),
+        ("routes", "name"),
+        ("routes", "source"),
+        ("routes", "targets"),
+        ("routes", "include"),
+        ("routes", "exclude"),
+        ("routes", "conflict"),
+        ("routes", "max_delete_fraction"),
+        ("routes", "delete_window_s"),
+        ("routes", "allow_root_delete"),
+        ("routes", "verify_interval_s"),
+        ("routes", "ephemerals"),
+        ("routes", "deletes"),
+        ("routes", "acls"),
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(String::new()),
+            Just("/".to_string()),
+            Just("a:/x/../y".to_string()),
+            Just("a:/x/".to_string()),
+            Just("b:/zookeeper".to_string()),
+            Just("b:/with space/\u{e9}t\u{e9}".to_string()),
+            Just("[".to_string()),
+            Just("world:anyone:q".to_string()),
+            Just("127.0.0.1:99999".to_string()),
+            "[a-z:/\\.\\* \u{e9}\u{65e5}-]{0,12}",
+        ];
+        prop_oneof![
+            text.clone().prop_map(|t| format!("{t:?}")),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-2.0f64..3.0).prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            proptest::collection::vec(text, 0..3).prop_map(|v| format!("{v:?}")),
+        ]
+    }
+
+    fn config_with(table: &str, key: &str, value: &str) -> String {
+        let mut bridge = String::from("[bridge]\n");
+        let mut ensemble = String::from("[ensembles.a]\nconnect = \"h:1\"\n");
+        let mut route = vec![
+            ("name", "\"r\"".to_string()),
+            ("source", "\"a:/app\"".to_string()),
+            ("targets", "[\"b:/app\"]".to_string()),
+        ];
+        match table {
+            "bridge" => bridge.push_str(&format!("{key} = {value}\n")),
+            "ensembles.a" if key == "connect" => ensemble = format!("[ensembles.a]\nconnect = {value}\n"),
+            "ensembles.a" => ensemble.push_str(&format!("{key} = {value}\n")),
+            _ => match route.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = value.to_string(),
+                None => route.push((key, value.to_string())),
+            },
+        }
+        let route: String = route.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        format!("{bridge}{ensemble}[ensembles.b]\nconnect = \"h:2\"\n[[routes]]\n{route}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn loading_never_panics_and_names_the_key((table, key) in proptest::sample::select(KEYS), value in value()) {
+            let toml = config_with(table, key, &value);
+            if let Err(e) = load_str(&toml) {
+                let message = e.to_string();
+                prop_assert!(
+                    message.contains(key),
+                    "setting {table}.{key} = {value} was refused without naming it: {message}"
+                );
+            }
+        }
     }
 }

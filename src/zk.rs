@@ -32,6 +32,8 @@ pub struct Ensemble {
     pub name: String,
     /// ACL of every node zkbridge creates here (`[ensembles.X] acl`).
     pub acl: Arc<Vec<Acl>>,
+    /// The largest request the servers accept (`max_request_bytes`).
+    pub max_request_bytes: usize,
     current: watch::Receiver<Option<Session>>,
     publish: Arc<watch::Sender<Option<Session>>>,
     supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -53,6 +55,7 @@ impl Ensemble {
         Ensemble {
             name: name.to_string(),
             acl: Arc::new(config.acl()),
+            max_request_bytes: config.max_request_bytes,
             current: rx,
             publish,
             supervisor: Arc::new(std::sync::Mutex::new(Some(handle))),

@@ -53,7 +53,7 @@ async fn mirrors_into_a_mutual_tls_ensemble_and_refuses_what_does_not_match() {
     let src = Zk::standalone();
     let dst = Zk::start_secured(
         1,
-        &ServerSecurity {
+        &ServerOptions {
             tls: Some(pki.server(true)),
             ..Default::default()
         },
@@ -137,7 +137,7 @@ async fn sasl_digest_md5_is_required_and_a_wrong_password_is_reported() {
     let src = Zk::standalone();
     let dst = Zk::start_secured(
         1,
-        &ServerSecurity {
+        &ServerOptions {
             sasl_users: vec![("bridge".into(), "s3cret-sasl".into())],
             require_auth: Some("sasl".into()),
             ..Default::default()
@@ -227,7 +227,7 @@ async fn digest_auth_and_the_ensemble_acl_keep_mirrors_read_only_to_others() {
     let src = Zk::standalone();
     let dst = Zk::start_secured(
         1,
-        &ServerSecurity {
+        &ServerOptions {
             require_auth: Some("digest".into()),
             ..Default::default()
         },

@@ -19,9 +19,9 @@ use zookeeper_client::{Acls, Client, CreateMode};
 const CLASSPATH: &str =
     "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar";
 
-/// Security settings of test servers.
+/// Settings of test servers beyond the defaults: security, limits.
 #[derive(Default, Clone)]
-pub struct ServerSecurity {
+pub struct ServerOptions {
     /// A TLS secure client port (Netty) with these PEM files.
     pub tls: Option<ServerTls>,
     /// SASL DIGEST-MD5 users (`user`, `password`) the server accepts.
@@ -29,6 +29,8 @@ pub struct ServerSecurity {
     /// `enforce.auth.schemes`: sessions must authenticate with one of
     /// these (`sasl`, `digest`) before any request.
     pub require_auth: Option<String>,
+    /// `jute.maxbuffer` of the server (bytes), when not the default 1 MiB.
+    pub max_buffer: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,9 @@ impl ZkServer {
             cmd.args(["-Xmx1g", "-XX:+UseParallelGC"]);
         } else {
             cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
+        }
+        if let Ok(max) = std::fs::read_to_string(self.dir.join("jute.maxbuffer")) {
+            cmd.arg(format!("-Djute.maxbuffer={}", max.trim()));
         }
         let jaas = self.dir.join("jaas.conf");
         if jaas.exists() {
@@ -172,11 +177,11 @@ impl Zk {
     /// `n` servers: standalone for 1, an ensemble otherwise; returns when
     /// every member serves.
     pub fn start(n: usize) -> Zk {
-        Zk::start_secured(n, &ServerSecurity::default())
+        Zk::start_secured(n, &ServerOptions::default())
     }
 
     /// `n` servers with TLS and authentication as `security` says.
-    pub fn start_secured(n: usize, security: &ServerSecurity) -> Zk {
+    pub fn start_secured(n: usize, security: &ServerOptions) -> Zk {
         let dir = tempfile::Builder::new().prefix("zkbridge-test-zk").tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let mut servers = Vec::new();
@@ -222,6 +227,9 @@ impl Zk {
                     format!("Server {{\n org.apache.zookeeper.server.auth.DigestLoginModule required{users};\n}};\n"),
                 )
                 .unwrap();
+            }
+            if let Some(max) = security.max_buffer {
+                std::fs::write(sdir.join("jute.maxbuffer"), max.to_string()).unwrap();
             }
             if let Some(schemes) = &security.require_auth {
                 cfg.push_str(&format!("enforce.auth.enabled=true\nenforce.auth.schemes={schemes}\n"));
