@@ -77,7 +77,7 @@ async fn hostile_trees_arrive_and_what_the_target_refuses_is_reported() {
     assert!(status.contains("/app/big"), "status names it: {status}");
     assert_eq!(get(&t, "/app/after-big").await.as_deref(), Some(&b"fine"[..]));
     assert_eq!(get(&t, "/app/bin\u{e9}ry node").await, Some(binary));
-    assert_eq!(get(&t, &format!("{}", chain[199].0)).await, Some(b"199".to_vec()));
+    assert_eq!(get(&t, &chain[199].0).await, Some(b"199".to_vec()));
     assert_eq!(t.get_children("/app/wide").await.unwrap().0.len(), 50_000);
 
     // The route goes on after it.
