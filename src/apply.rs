@@ -394,7 +394,23 @@ impl Worker {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
             }
-            match self.drain_target_events(&mut target_watch) {
+            if target_watch.is_none() && self.status.initial_sync_done.load(Ordering::Relaxed) {
+                // Every event of the bulk copy would have come back to this
+                // watch: half the write throughput. Anti-entropy covers the
+                // unwatched window (its first pass follows at once).
+                match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
+                    Ok(w) => {
+                        self.status.conflicts.set_watching(true);
+                        target_watch = Some(w);
+                    }
+                    Err(e) => debug!(error = %e, "cannot arm the target watch yet; retrying"),
+                }
+            }
+            let flow = match target_watch.as_mut() {
+                Some(w) => self.drain_target_events(w),
+                None => WatchFlow::Going,
+            };
+            match flow {
                 WatchFlow::Going => {}
                 WatchFlow::Ended => return LeadEnd::LeaseLost,
                 WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
@@ -432,7 +448,12 @@ impl Worker {
                 let parked = self.queue.next_parked_due();
                 tokio::select! {
                     _ = self.queue.notified() => {},
-                    event = target_watch.changed() => match self.on_target_event(event) {
+                    event = async {
+                        match target_watch.as_mut() {
+                            Some(w) => w.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => match self.on_target_event(event) {
                         WatchFlow::Going => {}
                         WatchFlow::Ended => return LeadEnd::LeaseLost,
                         WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
@@ -490,11 +511,19 @@ impl Worker {
     /// What a new leader reads before applying: paths kept by policy and a
     /// stop left by the previous leader; and the watch on the target path
     /// that reveals local changes from now on.
-    async fn start_leading(&self, lease: &Lease) -> Result<PersistentWatcher, Error> {
+    async fn start_leading(&self, lease: &Lease) -> Result<Option<PersistentWatcher>, Error> {
         let tgt = lease.client();
         let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        let watcher = crate::zk::watch_subtree(tgt, &self.target.path).await?;
-        self.status.conflicts.reset_echoes();
+        // With anti-entropy on, the watch is armed once the initial sync is
+        // done and a pass follows at once (see `lead`); else now.
+        let watcher = if self.route.config.verify_interval_s > 0 {
+            self.status.conflicts.set_watching(false);
+            None
+        } else {
+            let w = crate::zk::watch_subtree(tgt, &self.target.path).await?;
+            self.status.conflicts.set_watching(true);
+            Some(w)
+        };
         let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
         if !kept.is_empty() {
             info!(paths = kept.len(), "target versions kept by policy (target-wins)");
@@ -524,9 +553,9 @@ impl Worker {
 
     /// Replaces the target watch after a reconnect; on failure keeps the
     /// old one, whose next reconnect event tries again.
-    async fn rearm_target_watch(&self, lease: &Lease, watcher: &mut PersistentWatcher) {
+    async fn rearm_target_watch(&self, lease: &Lease, watcher: &mut Option<PersistentWatcher>) {
         match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
-            Ok(rearmed) => *watcher = rearmed,
+            Ok(rearmed) => *watcher = Some(rearmed),
             Err(e) => {
                 warn!(error = %e, "cannot re-arm the target watch after a reconnect; local changes wait for the next anti-entropy pass")
             }
@@ -954,6 +983,7 @@ impl Worker {
             }
         }
 
+        let scan_started = Instant::now();
         let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
             !route.filter.excluded(rel)
         })
@@ -1020,16 +1050,29 @@ impl Worker {
         self.status.planned.store(planned as u64, Ordering::Relaxed);
         self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
         if !self.status.initial_sync_done.load(Ordering::Relaxed) {
-            let reference = if resume_from.is_some() { stored_target_zxid } else { -1 };
+            // From T on, every write to the target is accounted for: ours
+            // since the resumed checkpoint, or — for a full copy, which runs
+            // before the target watch is armed — ours since this instance
+            // took the lead (its lease node's creation), so that a local
+            // change made during the copy is judged as one.
+            let reference = match resume_from {
+                Some(_) => stored_target_zxid,
+                None => match tgt.check_stat(lease.path()).await {
+                    Ok(Some(stat)) => stat.czxid,
+                    _ => -1,
+                },
+            };
             self.status.reference_target_zxid.store(reference, Ordering::Relaxed);
         }
         if resume_from.is_some() {
             self.metrics.resume_writes.inc_by(planned as u64);
         }
         let since = Instant::now();
+        let scan_ms = (since - scan_started).as_millis() as u64;
         let dirty = BTreeMap::new();
         let checkpoint = self.ride_along_checkpoint();
         self.write(lease, ops, &dirty, since, checkpoint).await?;
+        let write_ms = since.elapsed().as_millis() as u64;
         if route.config.acls == AclMode::Copy {
             // A resume looks at nodes changed since C; an ACL-only change
             // leaves no trace there and is found by the anti-entropy pass
@@ -1057,7 +1100,15 @@ impl Worker {
             "full"
         };
         if !self.status.initial_sync_done.swap(true, Ordering::Relaxed) {
-            info!(nodes = mirrored, ops = planned, elapsed_ms, how, "initial sync done");
+            info!(
+                nodes = mirrored,
+                ops = planned,
+                elapsed_ms,
+                scan_ms,
+                write_ms,
+                how,
+                "initial sync done"
+            );
         } else {
             info!(
                 reason = reason.as_str(),

@@ -86,6 +86,9 @@ pub async fn read_stopped(client: &Client, path: &str) -> Result<Option<StopReco
 pub struct Conflicts {
     /// Absolute target path → own writes whose events have not come back.
     echoes: Mutex<HashMap<String, u32>>,
+    /// Whether a target watch is armed: without one no echo will come, so
+    /// none is recorded.
+    watching: std::sync::atomic::AtomicBool,
     /// Relative path → source mzxid when the target's version was kept.
     kept: Mutex<BTreeMap<String, i64>>,
     stopped: Mutex<Option<StopRecord>>,
@@ -94,7 +97,15 @@ pub struct Conflicts {
 impl Conflicts {
     /// Registers the echo of an op about to be sent.
     pub fn expect_echo(&self, path: String) {
-        *self.echoes.lock().unwrap().entry(path).or_default() += 1;
+        if self.watching.load(std::sync::atomic::Ordering::Relaxed) {
+            *self.echoes.lock().unwrap().entry(path).or_default() += 1;
+        }
+    }
+
+    /// Starts (a new watch) or stops recording echoes; forgets the old ones.
+    pub fn set_watching(&self, watching: bool) {
+        self.echoes.lock().unwrap().clear();
+        self.watching.store(watching, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Withdraws an echo whose op failed (no event will come).

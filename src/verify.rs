@@ -103,8 +103,9 @@ pub struct Verifier {
 
 impl Verifier {
     /// Passes every `interval`; the first right after the lead's initial
-    /// sync when it resumed from a checkpoint (changes made in the target
-    /// while no bridge ran are found then). Cancelled with the lead.
+    /// sync, which covers changes made in the target while no bridge ran
+    /// and while the initial sync ran unwatched (the target watch is armed
+    /// after it). Cancelled with the lead.
     pub async fn run(self) {
         loop {
             if self.status.initial_sync_done.load(Ordering::Relaxed) {
@@ -112,11 +113,8 @@ impl Verifier {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if !self.status.resumed.load(Ordering::Relaxed) {
-            tokio::time::sleep(self.interval).await;
-        }
         loop {
-            match self.pass().await {
+            let next = match self.pass().await {
                 Ok(Some(found)) => {
                     self.drift.set((found.local.len() + found.drift.len()) as i64);
                     if found.local.is_empty() && found.drift.is_empty() {
@@ -129,11 +127,16 @@ impl Verifier {
                             "anti-entropy pass found differences; repairing under the route's policy"
                         );
                     }
+                    self.interval
                 }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "anti-entropy pass interrupted; next pass retries"),
-            }
-            tokio::time::sleep(self.interval).await;
+                // No checkpoint to judge against yet: soon, not in an hour.
+                Ok(None) => Duration::from_secs(1),
+                Err(e) => {
+                    warn!(error = %e, "anti-entropy pass interrupted; next pass retries");
+                    self.interval
+                }
+            };
+            tokio::time::sleep(next).await;
         }
     }
 
