@@ -984,11 +984,31 @@ impl Worker {
         }
 
         let scan_started = Instant::now();
-        let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
-            !route.filter.excluded(rel)
-        })
-        .await
-        .map_err(|source| Interrupted { side: "source", source })?;
+        let scan_target = || async {
+            tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted { side: "target", source })
+        };
+        // A full copy into an empty target writes while it reads (see
+        // `stream_copy`); the plan would be "create everything" anyway.
+        let full_target = match resume_from {
+            None => Some(scan_target().await?),
+            Some(_) => None,
+        };
+        let streaming = full_target.as_ref().is_some_and(|t| t.is_empty()) && route.config.include == ["**"];
+        let (source, streamed) = if streaming {
+            self.ensure_target_parent(&tgt).await?;
+            self.stream_copy(lease, &src).await?
+        } else {
+            let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+            (source, 0)
+        };
         for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
             self.report_unreadable(rel);
         }
@@ -996,12 +1016,12 @@ impl Worker {
         let mut in_target = 0;
         let ops = match resume_from {
             Some(c) if !source.is_empty() => self.resume_plan(&tgt, &source, c).await?,
+            _ if streaming => Vec::new(),
             _ => {
-                let target = tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
-                    !route.filter.excluded(rel)
-                })
-                .await
-                .map_err(|source| Interrupted { side: "target", source })?;
+                let target = match full_target {
+                    Some(t) => t,
+                    None => scan_target().await?,
+                };
                 in_target = target.keys().filter(|rel| route.filter.managed(rel)).count();
                 plan::plan(route, &source, &target)
             }
@@ -1045,7 +1065,7 @@ impl Worker {
         {
             self.ensure_target_parent(&tgt).await?;
         }
-        let planned = ops.len();
+        let planned = ops.len() + streamed;
         self.status.scanned.store(source.len() as u64, Ordering::Relaxed);
         self.status.planned.store(planned as u64, Ordering::Relaxed);
         self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
@@ -1120,6 +1140,50 @@ impl Worker {
             );
         }
         Ok(())
+    }
+
+    /// Copies the source into an empty target while scanning it: each node
+    /// read becomes a create at once, and creates are written in pipelined
+    /// batches as they come, parents first (the scan is breadth-first and a
+    /// session's requests are applied in order). Scan and write overlap, so
+    /// the copy takes about as long as the slower of the two instead of
+    /// their sum. Returns the source tree and the number of creates.
+    async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
+        let route = &self.route;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
+        let scan = tree::scan_streaming(
+            src,
+            &route.source.path,
+            self.limits.max_in_flight,
+            |rel| !route.filter.excluded(rel),
+            move |rel, node| {
+                if plan::is_mirrored(route, rel, node) {
+                    // The rest of the resync needs stats and child lists,
+                    // not payloads: the create takes the data.
+                    let _ = tx.send(Op::Create {
+                        rel: rel.to_string(),
+                        kind: NodeKind::of(route, node),
+                        data: std::mem::take(&mut node.data),
+                    });
+                }
+            },
+        );
+        let write = async {
+            let mut written = 0;
+            let none = BTreeMap::new();
+            while let Some(first) = rx.recv().await {
+                let mut ops = vec![first];
+                while let Ok(op) = rx.try_recv() {
+                    ops.push(op);
+                }
+                written += ops.len();
+                self.write(lease, ops, &none, Instant::now(), None).await?;
+            }
+            Ok::<usize, Interrupted>(written)
+        };
+        let (scanned, written) = tokio::join!(scan, write);
+        let source = scanned.map_err(|source| Interrupted { side: "source", source })?;
+        Ok((source, written?))
     }
 
     /// The ops a resume from checkpoint `c` needs: the target is read only

@@ -116,6 +116,20 @@ pub async fn scan(
     scan_from(client, base, vec![String::new()], max_in_flight, descend).await
 }
 
+/// Like [`scan`], handing each node to `sink` as soon as it is read, in
+/// breadth-first order (a parent before its children), so that a caller can
+/// start writing before the scan ends. The sink may take the node's data
+/// (the tree keeps what it leaves), so a copy holds each payload once.
+pub async fn scan_streaming(
+    client: &Client,
+    base: &str,
+    max_in_flight: usize,
+    descend: impl Fn(&str) -> bool,
+    sink: impl FnMut(&str, &mut NodeState),
+) -> Result<Tree, Error> {
+    scan_inner(client, base, vec![String::new()], max_in_flight, None, descend, sink).await
+}
+
 /// Like [`scan`], at no more than `nodes_per_s` nodes per second: one
 /// multi-read at a time, spaced out. For background passes that must not
 /// compete with the ensemble's clients.
@@ -126,7 +140,7 @@ pub async fn scan_paced(
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
     let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
-    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend).await
+    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend, |_, _| {}).await
 }
 
 /// Like [`scan`], starting from several relative roots at once.
@@ -137,7 +151,7 @@ pub async fn scan_from(
     max_in_flight: usize,
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
-    scan_inner(client, base, roots, max_in_flight, None, descend).await
+    scan_inner(client, base, roots, max_in_flight, None, descend, |_, _| {}).await
 }
 
 async fn scan_inner(
@@ -147,6 +161,7 @@ async fn scan_inner(
     max_in_flight: usize,
     pause: Option<std::time::Duration>,
     descend: impl Fn(&str) -> bool,
+    mut sink: impl FnMut(&str, &mut NodeState),
 ) -> Result<Tree, Error> {
     let mut tree = Tree::new();
     let mut frontier: VecDeque<String> = roots.into();
@@ -190,7 +205,9 @@ async fn scan_inner(
                             tree.entry(child_rel).or_insert_with(NodeState::unread);
                         }
                     }
-                    tree.insert(rel, NodeState { data, stat, children });
+                    let mut node = NodeState { data, stat, children };
+                    sink(&rel, &mut node);
+                    tree.insert(rel, node);
                 }
                 (Some(MultiReadResult::Error { err: Error::NoNode }), _)
                 | (_, Some(MultiReadResult::Error { err: Error::NoNode })) => {}
