@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
@@ -35,6 +35,17 @@ use crate::zk::{error_kind, is_transient, Ensemble};
 /// How long a path that failed for a lasting reason (no permission, data the
 /// target refuses) waits before it is tried again.
 const PARK_FOR: Duration = Duration::from_secs(30);
+
+/// Reconcile units a leader keeps in flight at once.
+const UNITS_IN_FLIGHT: usize = 4;
+
+/// A reconcile unit (`Some(id)`) or a resync (`None`) and how it ended:
+/// on failure, the error, the resync to redo, or the paths to put back.
+type UnitOutcome = (
+    Option<u64>,
+    Result<(), (Interrupted, Option<ResyncReason>, Vec<(String, Dirty)>)>,
+);
+type UnitFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = UnitOutcome> + Send + 'a>>;
 
 /// What `/status` and `/readyz` need to know about a worker.
 #[derive(Default)]
@@ -66,6 +77,8 @@ pub struct WorkerStatus {
     pub breaker: Mutex<Option<StopRecord>>,
     /// Paths whose deletes the breaker holds (parked in the queue).
     pub held_deletes: Mutex<std::collections::BTreeSet<String>>,
+    /// Held deletes an operator released, until they are applied.
+    pub released_deletes: Mutex<std::collections::BTreeSet<String>>,
     /// An operator released the held deletes: they go until none is left.
     pub breaker_released: AtomicBool,
     /// Source nodes read by the last resync, and the ops it planned (for
@@ -390,6 +403,7 @@ impl Worker {
             };
             AbortOnDrop(tokio::spawn(verifier.run().instrument(tracing::Span::current())))
         });
+        let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -444,35 +458,61 @@ impl Worker {
             }
             self.maybe_checkpoint(lease).await;
             self.review_breaker(lease).await;
-            let Some(work) = self.queue.take(self.limits.batch_max_ops * 4) else {
-                let parked = self.queue.next_parked_due();
-                tokio::select! {
-                    _ = self.queue.notified() => {},
-                    event = async {
-                        match target_watch.as_mut() {
-                            Some(w) => w.changed().await,
-                            None => std::future::pending().await,
-                        }
-                    } => match self.on_target_event(event) {
-                        WatchFlow::Going => {}
-                        WatchFlow::Ended => return LeadEnd::LeaseLost,
-                        WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
-                    },
-                    _ = sleep_until(parked) => {},
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    _ = shutdown.changed() => {},
-                    _ = &mut lost => return LeadEnd::LeaseLost,
+            // Start units while there is room. Each costs about one round
+            // trip to the target; several in flight hide the distance to a
+            // remote region. The queue keeps a path out of a new unit while
+            // an older one holds it, and hands out a resync only when no
+            // unit is in flight.
+            let mut resync = None;
+            while running.len() < UNITS_IN_FLIGHT {
+                match self.queue.take(self.limits.batch_max_ops * 4) {
+                    Some(Work::Paths(unit, paths)) => running.push(Box::pin(async move {
+                        let result = self.reconcile(lease, unit, paths).await;
+                        (Some(unit), result.map_err(|(e, p)| (e, None, p)))
+                    }) as UnitFuture<'_>),
+                    Some(Work::Resync(reason)) => {
+                        resync = Some(reason);
+                        break;
+                    }
+                    None => break,
                 }
+            }
+            let finished = match resync {
+                Some(reason) => Some((
+                    None,
+                    self.resync(lease, reason)
+                        .await
+                        .map_err(|e| (e, Some(reason), Vec::new())),
+                )),
+                None => {
+                    let parked = self.queue.next_parked_due();
+                    tokio::select! {
+                        Some(done) = running.next(), if !running.is_empty() => Some(done),
+                        _ = self.queue.notified() => None,
+                        event = async {
+                            match target_watch.as_mut() {
+                                Some(w) => w.changed().await,
+                                None => std::future::pending().await,
+                            }
+                        } => match self.on_target_event(event) {
+                            WatchFlow::Going => None,
+                            WatchFlow::Ended => return LeadEnd::LeaseLost,
+                            WatchFlow::Reconnected => {
+                                self.rearm_target_watch(lease, &mut target_watch).await;
+                                None
+                            }
+                        },
+                        _ = sleep_until(parked) => None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                        _ = shutdown.changed() => None,
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    }
+                }
+            };
+            let Some((unit, result)) = finished else {
                 continue;
             };
-            let result = match work {
-                Work::Resync(reason) => self
-                    .resync(lease, reason)
-                    .await
-                    .map_err(|e| (e, Some(reason), Vec::new())),
-                Work::Paths(paths) => self.reconcile(lease, paths).await.map_err(|(e, p)| (e, None, p)),
-            };
-            self.queue.settle();
+            self.queue.settle(unit);
             match result {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
@@ -740,7 +780,11 @@ impl Worker {
     /// none is left, or when an operator deleted the stop record.
     async fn review_breaker(&self, lease: &Lease) {
         if self.status.breaker.lock().unwrap().is_none() {
-            if self.queue.parked_count() == 0 {
+            // Released deletes pass until every one of them is applied (they
+            // may sit in units in flight for a while).
+            let mut released = self.status.released_deletes.lock().unwrap();
+            released.retain(|rel| self.queue.is_pending(rel));
+            if released.is_empty() {
                 self.status.breaker_released.store(false, Ordering::Relaxed);
             }
             return;
@@ -755,7 +799,8 @@ impl Worker {
         if cleared_by_operator {
             info!("held deletes released by an operator");
             self.status.breaker_released.store(true, Ordering::Relaxed);
-            self.status.held_deletes.lock().unwrap().clear();
+            let held = std::mem::take(&mut *self.status.held_deletes.lock().unwrap());
+            self.status.released_deletes.lock().unwrap().extend(held);
             *self.status.breaker.lock().unwrap() = None;
             self.queue.unpark_all();
         } else if none_left {
@@ -874,9 +919,9 @@ impl Worker {
     /// A checkpoint that can ride in the same `multi` as the last writes of
     /// the work in flight: only over an existing checkpoint node (a first
     /// checkpoint is created alone).
-    fn ride_along_checkpoint(&self) -> Option<Checkpoint> {
+    fn ride_along_checkpoint(&self, unit: Option<u64>) -> Option<Checkpoint> {
         self.status.checkpoint.lock().unwrap().as_ref()?;
-        self.checkpoint_for(self.queue.barrier_completed_by_in_flight())
+        self.checkpoint_for(self.queue.barrier_completed_by(unit))
     }
 
     /// Commits the newest fully applied heartbeat barrier as the checkpoint
@@ -1090,7 +1135,7 @@ impl Worker {
         let since = Instant::now();
         let scan_ms = (since - scan_started).as_millis() as u64;
         let dirty = BTreeMap::new();
-        let checkpoint = self.ride_along_checkpoint();
+        let checkpoint = self.ride_along_checkpoint(None);
         self.write(lease, ops, &dirty, since, checkpoint).await?;
         let write_ms = since.elapsed().as_millis() as u64;
         if route.config.acls == AclMode::Copy {
@@ -1318,6 +1363,7 @@ impl Worker {
     async fn reconcile(
         &self,
         lease: &Lease,
+        unit: u64,
         paths: Vec<(String, Dirty)>,
     ) -> Result<(), (Interrupted, Vec<(String, Dirty)>)> {
         let (src, tgt) = self.clients(lease).await;
@@ -1442,7 +1488,7 @@ impl Worker {
         let ops = self
             .hold_mass_deletes(lease, ops, &dirty, (root_vanished, mirrored))
             .await;
-        let checkpoint = self.ride_along_checkpoint();
+        let checkpoint = self.ride_along_checkpoint(Some(unit));
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;

@@ -216,6 +216,9 @@ mod tests {
     #[test]
     fn echoes_are_consumed_once_each() {
         let c = Conflicts::default();
+        c.expect_echo("/t/unwatched".into());
+        assert!(!c.is_echo("/t/unwatched"), "no watch, no echo recorded");
+        c.set_watching(true);
         c.expect_echo("/t/a".into());
         c.expect_echo("/t/a".into());
         assert!(c.is_echo("/t/a"));

@@ -71,8 +71,12 @@ struct State {
     resync: Option<ResyncReason>,
     /// A resync taken by the worker and not yet finished.
     resync_active: bool,
-    /// Smallest seq among paths taken by the worker and not yet settled.
-    in_flight_min: Option<u64>,
+    /// Units taken by the worker and not yet settled: unit id → (smallest
+    /// seq among its paths, its paths). Several may be in flight at once; a
+    /// path is never in two (the later unit waits), so a path's writes
+    /// cannot overtake each other.
+    in_flight: BTreeMap<u64, (u64, Vec<String>)>,
+    next_unit: u64,
     next_seq: u64,
     barriers: std::collections::VecDeque<Barrier>,
     /// Whether this instance leads the route/target. A standby tracks
@@ -87,6 +91,27 @@ impl State {
     fn pending(&self) -> i64 {
         (self.dirty.len() + self.parked.len()) as i64
     }
+
+    fn in_flight_paths(&self) -> usize {
+        self.in_flight.values().map(|(_, p)| p.len()).sum()
+    }
+
+    /// Smallest seq still waiting: dirty, parked, or in a unit in flight
+    /// other than `except`.
+    fn oldest_pending(&self, except: Option<u64>) -> u64 {
+        self.dirty
+            .values()
+            .map(|d| d.seq)
+            .chain(self.parked.values().map(|(d, _)| d.seq))
+            .chain(
+                self.in_flight
+                    .iter()
+                    .filter(|(id, _)| Some(**id) != except)
+                    .map(|(_, (seq, _))| *seq),
+            )
+            .min()
+            .unwrap_or(u64::MAX)
+    }
 }
 
 pub struct TargetQueue {
@@ -99,7 +124,8 @@ pub struct TargetQueue {
 /// Work taken from the queue by the worker.
 pub enum Work {
     Resync(ResyncReason),
-    Paths(Vec<(String, Dirty)>),
+    /// A unit of paths, with the id to settle it by.
+    Paths(u64, Vec<(String, Dirty)>),
 }
 
 impl TargetQueue {
@@ -169,6 +195,7 @@ impl TargetQueue {
     pub fn set_leading(&self, leading: bool) {
         let mut st = self.state.lock().unwrap();
         st.standby = !leading;
+        st.in_flight.clear();
         st.dirty.clear();
         st.parked.clear();
         st.barriers.clear();
@@ -185,6 +212,14 @@ impl TargetQueue {
             st.parked.insert(rel, (dirty, until));
         }
         self.pending_gauge.set(st.pending());
+    }
+
+    /// Whether `rel` still waits: dirty, parked, or in a unit in flight.
+    pub fn is_pending(&self, rel: &str) -> bool {
+        let st = self.state.lock().unwrap();
+        st.dirty.contains_key(rel)
+            || st.parked.contains_key(rel)
+            || st.in_flight.values().any(|(_, paths)| paths.iter().any(|p| p == rel))
     }
 
     /// Whether `rel` is parked.
@@ -243,9 +278,15 @@ impl TargetQueue {
     }
 
     /// Takes the next piece of work, at most `max` paths, without waiting.
+    /// A resync is handed out once no unit is in flight; paths that are in
+    /// a unit still in flight wait for it to settle.
     pub fn take(&self, max: usize) -> Option<Work> {
         let mut st = self.state.lock().unwrap();
-        if let Some(reason) = st.resync.take() {
+        if st.resync.is_some() {
+            if !st.in_flight.is_empty() {
+                return None;
+            }
+            let reason = st.resync.take()?;
             // The scan that follows reads after this instant, so it covers
             // every change marked so far.
             st.resync_active = true;
@@ -269,25 +310,53 @@ impl TargetQueue {
         if st.dirty.is_empty() {
             return None;
         }
-        let mut taken = Vec::with_capacity(max.min(st.dirty.len()));
-        while taken.len() < max {
-            match st.dirty.pop_first() {
-                Some(entry) => taken.push(entry),
-                None => break,
-            }
+        let busy: std::collections::HashSet<&str> = st
+            .in_flight
+            .values()
+            .flat_map(|(_, paths)| paths.iter().map(String::as_str))
+            .collect();
+        let chosen: Vec<String> = st
+            .dirty
+            .keys()
+            .filter(|rel| !busy.contains(rel.as_str()))
+            .take(max)
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            return None;
         }
-        self.pending_gauge.set(st.pending() + taken.len() as i64);
-        st.in_flight_min = taken.iter().map(|(_, d)| d.seq).min();
-        Some(Work::Paths(taken))
+        let taken: Vec<(String, Dirty)> = chosen
+            .into_iter()
+            .filter_map(|rel| st.dirty.remove_entry(&rel))
+            .collect();
+        let unit = st.next_unit;
+        st.next_unit += 1;
+        let min_seq = taken.iter().map(|(_, d)| d.seq).min().unwrap_or(u64::MAX);
+        let paths = taken.iter().map(|(r, _)| r.clone()).collect();
+        st.in_flight.insert(unit, (min_seq, paths));
+        self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
+        Some(Work::Paths(unit, taken))
     }
 
-    /// Records that the work last taken is finished (committed, re-queued
-    /// or parked), and updates the pending gauge.
-    pub fn settle(&self) {
+    /// Records that a unit (`Some(id)`) or the resync (`None`) is finished
+    /// — committed, re-queued or parked — and updates the pending gauge.
+    pub fn settle(&self, unit: Option<u64>) {
         let mut st = self.state.lock().unwrap();
-        st.resync_active = false;
-        st.in_flight_min = None;
-        self.pending_gauge.set(st.pending());
+        match unit {
+            Some(id) => {
+                st.in_flight.remove(&id);
+            }
+            None => st.resync_active = false,
+        }
+        self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
+        drop(st);
+        // A path that waited for this unit may be taken now.
+        self.notify.notify_one();
+    }
+
+    /// Units in flight.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap().in_flight.len()
     }
 
     /// Records a heartbeat barrier: everything marked so far precedes it.
@@ -315,14 +384,7 @@ impl TargetQueue {
         if st.resync.is_some() || st.resync_active {
             return None;
         }
-        let oldest_pending = st
-            .dirty
-            .values()
-            .map(|d| d.seq)
-            .chain(st.parked.values().map(|(d, _)| d.seq))
-            .chain(st.in_flight_min)
-            .min()
-            .unwrap_or(u64::MAX);
+        let oldest_pending = st.oldest_pending(None);
         let mut reached = None;
         while st.barriers.front().is_some_and(|b| b.seq < oldest_pending) {
             reached = st.barriers.pop_front();
@@ -330,22 +392,17 @@ impl TargetQueue {
         reached
     }
 
-    /// The newest barrier that the work now in flight completes: it is
-    /// reached as soon as that work commits in full. Lets the worker put the
+    /// The newest barrier that `unit` completes (the resync, for `None`):
+    /// reached as soon as that unit commits in full, every other unit in
+    /// flight being older than it or unrelated. Lets the worker put the
     /// checkpoint in the same `multi` as the last writes it covers. Not
     /// consumed here; `reached_barrier` consumes it after the commit.
-    pub fn barrier_completed_by_in_flight(&self) -> Option<Barrier> {
+    pub fn barrier_completed_by(&self, unit: Option<u64>) -> Option<Barrier> {
         let st = self.state.lock().unwrap();
         if st.resync.is_some() {
             return None;
         }
-        let oldest_waiting = st
-            .dirty
-            .values()
-            .map(|d| d.seq)
-            .chain(st.parked.values().map(|(d, _)| d.seq))
-            .min()
-            .unwrap_or(u64::MAX);
+        let oldest_waiting = st.oldest_pending(unit);
         st.barriers.iter().rev().find(|b| b.seq < oldest_waiting).copied()
     }
 
@@ -366,7 +423,7 @@ impl TargetQueue {
 
     pub fn is_idle(&self) -> bool {
         let st = self.state.lock().unwrap();
-        st.dirty.is_empty() && st.parked.is_empty() && st.resync.is_none()
+        st.dirty.is_empty() && st.parked.is_empty() && st.resync.is_none() && st.in_flight.is_empty()
     }
 }
 
@@ -385,10 +442,12 @@ mod tests {
         q.barrier(100, 1);
         q.mark("b", false);
         assert_eq!(q.reached_barrier(), None, "a is still dirty");
-        let Some(Work::Paths(p)) = q.take(1) else { panic!() };
+        let Some(Work::Paths(unit, p)) = q.take(1) else {
+            panic!()
+        };
         assert_eq!(p[0].0, "a");
         assert_eq!(q.reached_barrier(), None, "a is in flight");
-        q.settle();
+        q.settle(Some(unit));
         assert_eq!(
             q.reached_barrier().map(|b| b.zxid),
             Some(100),
@@ -399,7 +458,7 @@ mod tests {
         assert_eq!(q.reached_barrier(), None, "resync pending");
         assert!(matches!(q.take(10), Some(Work::Resync(_))));
         assert_eq!(q.reached_barrier(), None, "resync running");
-        q.settle();
+        q.settle(None);
         assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(200));
     }
 
@@ -410,18 +469,55 @@ mod tests {
         q.barrier(100, 1);
         q.mark("b", false);
         q.barrier(200, 2);
-        let Some(Work::Paths(p)) = q.take(1) else { panic!() };
+        let Some(Work::Paths(unit, p)) = q.take(1) else {
+            panic!()
+        };
         assert_eq!(p[0].0, "a");
         assert_eq!(
-            q.barrier_completed_by_in_flight().map(|b| b.zxid),
+            q.barrier_completed_by(Some(unit)).map(|b| b.zxid),
             Some(100),
             "b, marked before 200, still waits"
         );
-        q.settle();
+        q.settle(Some(unit));
         assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(100));
-        let Some(Work::Paths(_)) = q.take(1) else { panic!() };
-        assert_eq!(q.barrier_completed_by_in_flight().map(|b| b.zxid), Some(200));
+        let Some(Work::Paths(unit, _)) = q.take(1) else {
+            panic!()
+        };
+        assert_eq!(q.barrier_completed_by(Some(unit)).map(|b| b.zxid), Some(200));
         assert_eq!(q.reached_barrier(), None, "not before the commit");
+    }
+
+    /// Several units in flight: a path in one waits for it; a unit's
+    /// checkpoint never covers an older unit still in flight.
+    #[test]
+    fn units_in_flight_keep_paths_apart_and_barriers_honest() {
+        let q = queue(10);
+        q.mark("a", false);
+        q.barrier(100, 1);
+        q.mark("b", false);
+        q.barrier(200, 2);
+        let Some(Work::Paths(first, p)) = q.take(1) else {
+            panic!()
+        };
+        assert_eq!(p[0].0, "a");
+        q.mark("a", false);
+        let Some(Work::Paths(second, p)) = q.take(10) else {
+            panic!()
+        };
+        let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["b"], "a is in flight in the first unit: it waits");
+        assert_eq!(
+            q.barrier_completed_by(Some(second)).map(|b| b.zxid),
+            None,
+            "the first unit is older"
+        );
+        assert!(q.take(10).is_none());
+        q.settle(Some(first));
+        assert_eq!(q.reached_barrier().map(|b| b.zxid), Some(100));
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        assert_eq!(p[0].0, "a", "taken again once its unit settled");
+        q.request_resync(ResyncReason::Overflow);
+        assert!(q.take(10).is_none(), "a resync waits for the units in flight");
     }
 
     #[test]
@@ -430,7 +526,7 @@ mod tests {
         q.mark("a/b", false);
         q.mark("a", false);
         q.mark("a/b", false);
-        let Some(Work::Paths(p)) = q.take(10) else {
+        let Some(Work::Paths(_, p)) = q.take(10) else {
             panic!("expected paths")
         };
         let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
