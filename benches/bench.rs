@@ -110,7 +110,7 @@ fn bridge_config(src: &str, dst: &str) -> String {
     format!(
         "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{src}\"\nsession_timeout_ms = 10000\n\
          [ensembles.dst]\nconnect = \"{dst}\"\nsession_timeout_ms = 10000\n\
-         [[routes]]\nname = \"bench\"\nsource = \"src:/t\"\ntargets = [\"dst:/t\"]\nverify_interval_s = 0\n\
+         [[routes]]\nname = \"bench\"\nsource = \"src:/t\"\ntargets = [\"dst:/t\"]\n\
          max_delete_fraction = 1.0\n"
     )
 }

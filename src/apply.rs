@@ -404,6 +404,7 @@ impl Worker {
             AbortOnDrop(tokio::spawn(verifier.run().instrument(tracing::Span::current())))
         });
         let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        let mut checkpointing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> = None;
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -456,7 +457,13 @@ impl Worker {
                     self.identity.balancer.release_abandoned();
                 }
             }
-            self.maybe_checkpoint(lease).await;
+            // A checkpoint on its own costs a round trip to the target: it
+            // goes alongside the units rather than holding them up.
+            if checkpointing.is_none() {
+                if let Some(checkpoint) = self.checkpoint_for(self.queue.reached_barrier()) {
+                    checkpointing = Some(Box::pin(self.write_checkpoint(lease, checkpoint)));
+                }
+            }
             self.review_breaker(lease).await;
             // Start units while there is room. Each costs about one round
             // trip to the target; several in flight hide the distance to a
@@ -488,6 +495,10 @@ impl Worker {
                     let parked = self.queue.next_parked_due();
                     tokio::select! {
                         Some(done) = running.next(), if !running.is_empty() => Some(done),
+                        _ = async { checkpointing.as_mut().expect("guarded").await }, if checkpointing.is_some() => {
+                            checkpointing = None;
+                            None
+                        }
                         _ = self.queue.notified() => None,
                         event = async {
                             match target_watch.as_mut() {
@@ -928,10 +939,7 @@ impl Worker {
     /// on its own: used when there were no writes to carry it, or the
     /// batch that carried one was refused. Never ahead of the data: the
     /// barrier is only reached once everything before it is committed.
-    async fn maybe_checkpoint(&self, lease: &Lease) {
-        let Some(checkpoint) = self.checkpoint_for(self.queue.reached_barrier()) else {
-            return;
-        };
+    async fn write_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) {
         let tgt = lease.client();
         let path = checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
@@ -1518,7 +1526,7 @@ impl Worker {
     /// batch, sent once every earlier batch is known to have committed, so
     /// the checkpoint commits atomically with the last writes it covers.
     /// When that cannot be (a refused op, nothing to write), it is left to
-    /// `maybe_checkpoint`.
+    /// `write_checkpoint`.
     async fn write(
         &self,
         lease: &Lease,

@@ -132,7 +132,9 @@ pub async fn scan_streaming(
 
 /// Like [`scan`], at no more than `nodes_per_s` nodes per second: one
 /// multi-read at a time, spaced out. For background passes that must not
-/// compete with the ensemble's clients.
+/// compete with the ensemble's clients. Payloads are replaced by a 128-bit
+/// digest as they arrive — enough to tell equal from different, and a pass
+/// over two trees then holds neither tree's data.
 pub async fn scan_paced(
     client: &Client,
     base: &str,
@@ -140,7 +142,23 @@ pub async fn scan_paced(
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
     let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
-    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend, |_, _| {}).await
+    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend, |_, node| {
+        node.data = digest(&node.data).to_vec();
+    })
+    .await
+}
+
+/// A 128-bit digest of a payload (two SipHash passes with different keys):
+/// for comparing payloads without keeping them.
+pub fn digest(data: &[u8]) -> [u8; 16] {
+    use std::hash::{Hash, Hasher};
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (i as u8, data).hash(&mut h);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 /// Like [`scan`], starting from several relative roots at once.
