@@ -485,12 +485,17 @@ impl Worker {
                 }
             }
             let finished = match resync {
-                Some(reason) => Some((
-                    None,
-                    self.resync(lease, reason)
-                        .await
-                        .map_err(|e| (e, Some(reason), Vec::new())),
-                )),
+                Some(reason) => {
+                    // A standalone checkpoint from before the resync must not
+                    // land after it (the source may have been rebuilt).
+                    checkpointing = None;
+                    Some((
+                        None,
+                        self.resync(lease, reason)
+                            .await
+                            .map_err(|e| (e, Some(reason), Vec::new())),
+                    ))
+                }
                 None => {
                     let parked = self.queue.next_parked_due();
                     tokio::select! {
@@ -804,7 +809,7 @@ impl Worker {
         let cleared_by_operator = matches!(lease.client().check_stat(&path).await, Ok(None));
         let none_left = {
             let mut held = self.status.held_deletes.lock().unwrap();
-            held.retain(|rel| self.queue.is_parked(rel));
+            held.retain(|rel| self.queue.is_pending(rel));
             held.is_empty()
         };
         if cleared_by_operator {
@@ -969,8 +974,19 @@ impl Worker {
             source_zxid: checkpoint.source_zxid,
             ts_ms: checkpoint.heartbeat_ts_ms,
         };
-        self.metrics.checkpoint_zxid.set(checkpoint.source_zxid);
-        *self.status.checkpoint.lock().unwrap() = Some(checkpoint);
+        {
+            // Units commit out of order: an older checkpoint committed after
+            // a newer one must not move the known position back.
+            let mut known = self.status.checkpoint.lock().unwrap();
+            let newer = known.as_ref().is_none_or(|k| {
+                k.source_ensemble_id != checkpoint.source_ensemble_id || k.source_zxid < checkpoint.source_zxid
+            });
+            if !newer {
+                return;
+            }
+            self.metrics.checkpoint_zxid.set(checkpoint.source_zxid);
+            *known = Some(checkpoint);
+        }
         let src = self.source_zk.session().await.client;
         let path = progress_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         if let Err(e) = put_json(&src, &path, &progress, &self.source_zk.acl).await {
@@ -1533,7 +1549,7 @@ impl Worker {
         ops: Vec<Op>,
         dirty: &BTreeMap<String, Dirty>,
         since: Instant,
-        checkpoint: Option<Checkpoint>,
+        mut checkpoint: Option<Checkpoint>,
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let acls = self.acl_plan(lease, &ops).await?;
@@ -1560,8 +1576,19 @@ impl Worker {
                 target_only: false,
             });
             self.queue.park(rel, d, Instant::now() + PARK_FOR);
+            // The checkpoint was chosen on the premise that this unit
+            // commits in full; it waits for the parked path instead.
+            checkpoint = None;
         }
-        let mut batches = batch(ops, base.len(), self.limits);
+        // A whole batch must fit the target's request limit too.
+        let limits = Limits {
+            batch_max_bytes: self
+                .limits
+                .batch_max_bytes
+                .min(limit.saturating_sub(REQUEST_OVERHEAD * 4)),
+            ..self.limits
+        };
+        let mut batches = batch(ops, base.len(), limits);
         let mut last = checkpoint.as_ref().and_then(|_| batches.pop());
         let mut refused: Vec<Op> = Vec::new();
         let mut interrupted: Option<Error> = None;

@@ -92,10 +92,17 @@ impl Capture {
                             match watch_subtree(&session.client, &self.route.source.path).await {
                                 Ok(rearmed) => watcher = rearmed,
                                 Err(e) => {
-                                    // Lost again: the next reconnect retries.
-                                    warn!(error = %e, "cannot re-arm the source watch after a reconnect");
-                                    disconnected = true;
-                                    continue;
+                                    // No heartbeat (and so no barrier) until
+                                    // a watch is armed: the outer loop arms
+                                    // one on this session and rescans.
+                                    warn!(error = %e, "cannot re-arm the source watch after a reconnect; retrying");
+                                    reason = ResyncReason::Reconnect;
+                                    generation = generation.saturating_sub(1);
+                                    tokio::select! {
+                                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {},
+                                        _ = shutdown.changed() => return,
+                                    }
+                                    break;
                                 }
                             }
                             info!("source reconnected; watch re-armed; rescanning to cover events lost in the gap");

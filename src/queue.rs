@@ -310,18 +310,34 @@ impl TargetQueue {
         if st.dirty.is_empty() {
             return None;
         }
-        let busy: std::collections::HashSet<&str> = st
+        // A path is busy while an in-flight unit holds it, an ancestor (whose
+        // delete covers its subtree) or a descendant (whose create needs it).
+        let busy: std::collections::BTreeSet<&str> = st
             .in_flight
             .values()
             .flat_map(|(_, paths)| paths.iter().map(String::as_str))
             .collect();
-        let chosen: Vec<String> = st
-            .dirty
-            .keys()
-            .filter(|rel| !busy.contains(rel.as_str()))
-            .take(max)
-            .cloned()
-            .collect();
+        let is_busy = |rel: &str| {
+            if busy.is_empty() {
+                return false;
+            }
+            let mut up = Some(rel);
+            while let Some(p) = up {
+                if busy.contains(p) {
+                    return true;
+                }
+                up = crate::tree::parent(p);
+            }
+            let below = if rel.is_empty() {
+                String::new()
+            } else {
+                format!("{rel}/")
+            };
+            busy.range(below.as_str()..)
+                .next()
+                .is_some_and(|b| b.starts_with(below.as_str()) && *b != rel)
+        };
+        let chosen: Vec<String> = st.dirty.keys().filter(|rel| !is_busy(rel)).take(max).cloned().collect();
         if chosen.is_empty() {
             return None;
         }
@@ -418,7 +434,7 @@ impl TargetQueue {
     /// Nothing left but parked paths (which wait for an operator or time).
     pub fn only_parked(&self) -> bool {
         let st = self.state.lock().unwrap();
-        st.dirty.is_empty() && st.resync.is_none()
+        st.dirty.is_empty() && st.resync.is_none() && st.in_flight.is_empty() && !st.resync_active
     }
 
     pub fn is_idle(&self) -> bool {
@@ -518,6 +534,26 @@ mod tests {
         assert_eq!(p[0].0, "a", "taken again once its unit settled");
         q.request_resync(ResyncReason::Overflow);
         assert!(q.take(10).is_none(), "a resync waits for the units in flight");
+    }
+
+    /// A unit deleting `a` (and its subtree) and one creating `a/b` must not
+    /// be in flight together: the delete could take the fresh create along.
+    #[test]
+    fn ancestors_and_descendants_of_a_path_in_flight_wait() {
+        let q = queue(10);
+        q.mark("a", false);
+        let Some(Work::Paths(first, _)) = q.take(1) else {
+            panic!()
+        };
+        for rel in ["a/b", "a/b/c", "ab"] {
+            q.mark(rel, false);
+        }
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["ab"], "only the unrelated sibling");
+        q.settle(Some(first));
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        assert_eq!(p.len(), 2);
     }
 
     #[test]

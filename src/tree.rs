@@ -144,6 +144,8 @@ pub async fn scan_paced(
     let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
     scan_inner(client, base, vec![String::new()], 1, Some(pause), descend, |_, node| {
         node.data = digest(&node.data).to_vec();
+        // Already queued for reading; a pass compares nodes, not lists.
+        node.children = Vec::new();
     })
     .await
 }

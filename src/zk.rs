@@ -248,7 +248,12 @@ pub async fn connect(config: &EnsembleConfig) -> anyhow::Result<Client> {
     tokio::select! {
         client = &mut connecting => Ok(client?),
         failure = &mut probe => match failure {
-            Some(reason) => anyhow::bail!("TLS: {reason}"),
+            // Another server of the ensemble may still be fine: give the
+            // client a moment before naming the failure.
+            Some(reason) => match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+                Ok(Ok(client)) => Ok(client),
+                _ => anyhow::bail!("TLS: {reason}"),
+            },
             None => Ok(connecting.await?),
         },
     }
@@ -346,7 +351,14 @@ fn handshake(tls: &TlsConfig, host_port: &str) -> Result<(), String> {
         Err(e) if quiet(&e) => Ok(()),
         // A name mismatch is what the operator asked to ignore; the CA and
         // the client certificate are still judged.
-        Err(e) if !tls.verify_hostname && e.to_string().contains("NotValidForName") => Ok(()),
+        Err(e)
+            if !tls.verify_hostname && {
+                let text = e.to_string();
+                text.contains("NotValidForName") || text.contains("not valid for name")
+            } =>
+        {
+            Ok(())
+        }
         Err(e) => {
             let hint = match (&tls.cert, e.to_string()) {
                 (None, alert) if alert.contains("BadCertificate") || alert.contains("CertificateRequired") => {
