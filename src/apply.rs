@@ -736,8 +736,17 @@ impl Worker {
         let now = Instant::now();
         let root_blocked = root_vanished && !self.route.config.allow_root_delete;
         if self.status.breaker_released.load(Ordering::Relaxed) {
-            self.delete_window.lock().unwrap().record(deletes, now);
-            return ops;
+            // Only the deletes an operator released skip the check; a new
+            // mass delete meanwhile is judged like any other.
+            let released = self.status.released_deletes.lock().unwrap();
+            if ops
+                .iter()
+                .all(|o| !matches!(o, Op::Delete { .. }) || released.contains(o.rel()))
+            {
+                drop(released);
+                self.delete_window.lock().unwrap().record(deletes, now);
+                return ops;
+            }
         }
         // Once tripped, every delete waits for the operator or for the
         // condition to clear: held deletes must not trickle through as the
@@ -1219,14 +1228,15 @@ impl Worker {
     /// their sum. Returns the source tree and the number of creates.
     async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
         let route = &self.route;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
         let scan = tree::scan_streaming(
             src,
             &route.source.path,
             self.limits.max_in_flight,
             |rel| !route.filter.excluded(rel),
             move |rel, node| {
-                if plan::is_mirrored(route, rel, node) {
+                // Once the writer stopped (an error), the scan only reads.
+                if plan::is_mirrored(route, rel, node) && !tx.is_closed() {
                     // The rest of the resync needs stats and child lists,
                     // not payloads: the create takes the data.
                     let _ = tx.send(Op::Create {
@@ -1237,7 +1247,10 @@ impl Worker {
                 }
             },
         );
-        let write = async {
+        let write = async move {
+            // Owning the receiver: on an error it goes, and the scan stops
+            // handing over payloads that nobody would write.
+            let mut rx = rx;
             let mut written = 0;
             let none = BTreeMap::new();
             while let Some(first) = rx.recv().await {
@@ -1756,9 +1769,15 @@ impl Worker {
             }
             Err(Error::NoNode) if matches!(op, Op::Delete { .. }) => {}
             Err(Error::NoNode) if matches!(op, Op::Create { .. }) => {
-                // The target lacks the parent: make it exist first.
+                // The target lacks the parent: make it exist first — unless
+                // the parent itself waits (too large, no permission): then
+                // the child waits with it rather than spin.
                 let p = parent(&rel).unwrap_or("").to_string();
-                self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
+                if self.queue.is_parked(&p) {
+                    self.queue.park(rel, d, Instant::now() + PARK_FOR);
+                } else {
+                    self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
+                }
             }
             // A blind write found the target otherwise than the checkpoint
             // promised: look again, with reads, as a change in the target.

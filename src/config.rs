@@ -177,6 +177,16 @@ pub fn parse_acl(entry: &str) -> Result<zookeeper_client::Acl, String> {
     if permission == Permission::NONE {
         return Err(format!("{entry:?} grants no permission"));
     }
+    // The ids ZooKeeper would refuse (InvalidACL) at every create.
+    match scheme {
+        "world" if id != "anyone" => return Err(format!("{entry:?}: the world scheme's only id is \"anyone\"")),
+        "auth" if !id.is_empty() => return Err(format!("{entry:?}: the auth scheme takes no id (auth::perms)")),
+        "digest" if !id.contains(':') => {
+            return Err(format!("{entry:?}: a digest id is user:base64(sha1(user:password))"))
+        }
+        "ip" | "x509" | "sasl" | "super" | "digest" if id.is_empty() => return Err(format!("{entry:?}: needs an id")),
+        _ => {}
+    }
     Ok(Acl::new(permission, AuthId::new(scheme, id)))
 }
 

@@ -115,7 +115,14 @@ impl Lease {
                     }
                 }
                 Err(e) => {
-                    debug!(error = %e, "lease contention interrupted; competing again");
+                    // Contention ends quietly; anything else (an ACL the
+                    // server refuses, no permission) would keep this
+                    // instance from ever leading, so it is said out loud.
+                    if matches!(e, Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) {
+                        debug!(error = %e, "lease contention interrupted; competing again");
+                    } else {
+                        warn!(error = %e, dir, "cannot compete for the lease; retrying");
+                    }
                     if matches!(e, Error::SessionExpired | Error::ClientClosed) {
                         after = session.generation;
                     }

@@ -337,7 +337,33 @@ impl TargetQueue {
                 .next()
                 .is_some_and(|b| b.starts_with(below.as_str()) && *b != rel)
         };
-        let chosen: Vec<String> = st.dirty.keys().filter(|rel| !is_busy(rel)).take(max).cloned().collect();
+        // A path that must wait also holds back new work beneath it, or a
+        // busy ancestor (the root, say) would starve while units keep
+        // starting under it: its subtree drains, then it goes.
+        let mut waiting: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut chosen: Vec<String> = Vec::new();
+        for rel in st.dirty.keys() {
+            if chosen.len() >= max {
+                break;
+            }
+            let mut up = Some(rel.as_str());
+            let mut under_waiting = false;
+            while let Some(p) = up {
+                if waiting.contains(p) {
+                    under_waiting = true;
+                    break;
+                }
+                up = crate::tree::parent(p);
+            }
+            if under_waiting {
+                continue;
+            }
+            if is_busy(rel) {
+                waiting.insert(rel.as_str());
+                continue;
+            }
+            chosen.push(rel.clone());
+        }
         if chosen.is_empty() {
             return None;
         }
@@ -554,6 +580,24 @@ mod tests {
         q.settle(Some(first));
         let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
         assert_eq!(p.len(), 2);
+    }
+
+    /// A waiting ancestor holds back new work beneath it: the root, dirty
+    /// while units run under it, goes once they drain instead of starving.
+    #[test]
+    fn a_waiting_ancestor_is_not_starved() {
+        let q = queue(10);
+        q.mark("a/b", false);
+        let Some(Work::Paths(first, _)) = q.take(1) else {
+            panic!()
+        };
+        q.mark("", false);
+        q.mark("a/c", false);
+        q.mark("z", false);
+        assert!(q.take(10).is_none(), "the root waits, and everything is under it");
+        q.settle(Some(first));
+        let Some(Work::Paths(_, p)) = q.take(1) else { panic!() };
+        assert_eq!(p[0].0, "", "the root goes first");
     }
 
     #[test]

@@ -163,8 +163,12 @@ impl Verifier {
             self.status.conflicts.is_kept(rel)
         });
         if route.config.acls == AclMode::Copy {
-            let differs = self.acl_differences(&src, &tgt, &source, &target, &found).await?;
-            found.drift.extend(differs);
+            // An ACL read that fails costs the ACL part of the pass, not
+            // what the data part found.
+            match self.acl_differences(&src, &tgt, &source, &target, &found).await {
+                Ok(differs) => found.drift.extend(differs),
+                Err(e) => warn!(error = %e, "anti-entropy: ACL comparison interrupted; the next pass retries"),
+            }
         }
         for rel in &found.local {
             self.queue.mark_target(rel);
@@ -187,13 +191,12 @@ impl Verifier {
         found: &Findings,
     ) -> Result<Vec<String>, zookeeper_client::Error> {
         let route = &self.route;
+        let found_already: std::collections::HashSet<&String> = found.local.iter().chain(&found.drift).collect();
         let rels: Vec<String> = source
             .iter()
             .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && target.contains_key(*rel))
             .map(|(rel, _)| rel.clone())
-            .filter(|rel| {
-                !found.local.contains(rel) && !found.drift.contains(rel) && !self.status.conflicts.is_kept(rel)
-            })
+            .filter(|rel| !found_already.contains(rel) && !self.status.conflicts.is_kept(rel))
             .collect();
         let mut differs = Vec::new();
         for chunk in rels.chunks(self.reads_per_s.max(1) as usize) {
