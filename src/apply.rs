@@ -373,11 +373,11 @@ impl Worker {
         tokio::pin!(lost);
         let mut balance_check = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        let mut target_watch = loop {
+        loop {
             match self.start_leading(lease).await {
-                Ok(w) => break w,
+                Ok(()) => break,
                 Err(e) => {
-                    warn!(error = %e, "cannot read the route's conflict state or watch the target; retrying");
+                    warn!(error = %e, "cannot read the route's conflict state; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
                         _ = shutdown.changed() => return LeadEnd::Shutdown,
@@ -386,8 +386,9 @@ impl Worker {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        };
+        }
         backoff = Duration::from_millis(100);
+        let mut target_watch: Option<PersistentWatcher> = None;
         // Anti-entropy passes run beside the worker for as long as it leads.
         let _verifier = (self.route.config.verify_interval_s > 0).then(|| {
             let verifier = crate::verify::Verifier {
@@ -409,14 +410,30 @@ impl Worker {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
             }
-            if target_watch.is_none() && self.status.initial_sync_done.load(Ordering::Relaxed) {
-                // Every event of the bulk copy would have come back to this
-                // watch: half the write throughput. Anti-entropy covers the
-                // unwatched window (its first pass follows at once).
+            let watch_due =
+                self.route.config.verify_interval_s == 0 || self.status.initial_sync_done.load(Ordering::Relaxed);
+            // The one place the target watch is armed: on taking the lead,
+            // after a reconnect (see `zk::watch_subtree`), and — with
+            // anti-entropy on — only once the initial sync is done: every
+            // event of a bulk copy would come back to it, halving the write
+            // rate, and the pass that follows at once covers the window.
+            if target_watch.is_none() && watch_due {
                 match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
                     Ok(w) => {
                         self.status.conflicts.set_watching(true);
                         target_watch = Some(w);
+                    }
+                    Err(e) if self.route.config.verify_interval_s == 0 => {
+                        // Nothing else would find local changes: no work
+                        // without the watch.
+                        warn!(error = %e, "cannot watch the target; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {},
+                            _ = shutdown.changed() => {},
+                            _ = &mut lost => return LeadEnd::LeaseLost,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
                     }
                     Err(e) => debug!(error = %e, "cannot arm the target watch yet; retrying"),
                 }
@@ -428,7 +445,8 @@ impl Worker {
             match flow {
                 WatchFlow::Going => {}
                 WatchFlow::Ended => return LeadEnd::LeaseLost,
-                WatchFlow::Reconnected => self.rearm_target_watch(lease, &mut target_watch).await,
+                // Armed again at the top of the loop (see `zk::watch_subtree`).
+                WatchFlow::Reconnected => target_watch = None,
             }
             if let Some(stop) = self.status.conflicts.stopped() {
                 tokio::select! {
@@ -514,7 +532,7 @@ impl Worker {
                             WatchFlow::Going => None,
                             WatchFlow::Ended => return LeadEnd::LeaseLost,
                             WatchFlow::Reconnected => {
-                                self.rearm_target_watch(lease, &mut target_watch).await;
+                                target_watch = None;
                                 None
                             }
                         },
@@ -567,19 +585,10 @@ impl Worker {
     /// What a new leader reads before applying: paths kept by policy and a
     /// stop left by the previous leader; and the watch on the target path
     /// that reveals local changes from now on.
-    async fn start_leading(&self, lease: &Lease) -> Result<Option<PersistentWatcher>, Error> {
+    async fn start_leading(&self, lease: &Lease) -> Result<(), Error> {
         let tgt = lease.client();
         let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        // With anti-entropy on, the watch is armed once the initial sync is
-        // done and a pass follows at once (see `lead`); else now.
-        let watcher = if self.route.config.verify_interval_s > 0 {
-            self.status.conflicts.set_watching(false);
-            None
-        } else {
-            let w = crate::zk::watch_subtree(tgt, &self.target.path).await?;
-            self.status.conflicts.set_watching(true);
-            Some(w)
-        };
+        self.status.conflicts.set_watching(false);
         let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
         if !kept.is_empty() {
             info!(paths = kept.len(), "target versions kept by policy (target-wins)");
@@ -590,7 +599,7 @@ impl Worker {
             warn!(path = %stop.path, reason = %stop.reason, "route/target is stopped; `zkbridge resume` clears it");
         }
         self.status.conflicts.set_stopped(stop);
-        Ok(watcher)
+        Ok(())
     }
 
     /// Handles the target events that queued up while a unit was applied.
@@ -605,17 +614,6 @@ impl Worker {
             }
         }
         WatchFlow::Going
-    }
-
-    /// Replaces the target watch after a reconnect; on failure keeps the
-    /// old one, whose next reconnect event tries again.
-    async fn rearm_target_watch(&self, lease: &Lease, watcher: &mut Option<PersistentWatcher>) {
-        match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
-            Ok(rearmed) => *watcher = Some(rearmed),
-            Err(e) => {
-                warn!(error = %e, "cannot re-arm the target watch after a reconnect; local changes wait for the next anti-entropy pass")
-            }
-        }
     }
 
     /// An event in the target: the echo of an own write, or a possible local
@@ -774,12 +772,7 @@ impl Worker {
             let mut held_set = self.status.held_deletes.lock().unwrap();
             for op in held {
                 let rel = op.rel().to_string();
-                let d = dirty.get(&rel).copied().unwrap_or(Dirty {
-                    since: now,
-                    scaffold: false,
-                    seq: 0,
-                    target_only: false,
-                });
+                let d = dirty_or_unmarked(dirty, &rel, now);
                 self.queue.park(rel.clone(), d, now + PARK_FOR);
                 held_set.insert(rel);
             }
@@ -1578,17 +1571,12 @@ impl Worker {
             let path = join(base, &rel);
             let bytes = op.wire_size(base.len());
             warn!(%path, bytes, max_request_bytes = limit, "node too large for the target ensemble (its jute.maxbuffer); it stays pending until it shrinks or the limit is raised");
-            self.metrics.error("too_large");
-            *self.status.last_error.lock().unwrap() = Some(format!(
-                "{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"
-            ));
-            let d = dirty.get(&rel).copied().unwrap_or(Dirty {
-                since,
-                scaffold: false,
-                seq: 0,
-                target_only: false,
-            });
-            self.queue.park(rel, d, Instant::now() + PARK_FOR);
+            self.park_refused(
+                rel.clone(),
+                dirty_or_unmarked(dirty, &rel, since),
+                "too_large",
+                format!("{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"),
+            );
             // The checkpoint was chosen on the premise that this unit
             // commits in full; it waits for the parked path instead.
             checkpoint = None;
@@ -1668,6 +1656,14 @@ impl Worker {
             self.write_one(lease, op, dirty, since, &acls).await?;
         }
         Ok(())
+    }
+
+    /// Sets aside a path the target will not take as it is: counted, shown
+    /// in `status` (`error`), retried in `PARK_FOR`, pending meanwhile.
+    fn park_refused(&self, rel: String, dirty: Dirty, kind: &str, error: String) {
+        self.metrics.error(kind);
+        *self.status.last_error.lock().unwrap() = Some(error);
+        self.queue.park(rel, dirty, Instant::now() + PARK_FOR);
     }
 
     /// The ACLs the creates among `ops` get (see [`AclPlan`]).
@@ -1752,12 +1748,7 @@ impl Worker {
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let rel = op.rel().to_string();
-        let d = dirty.get(&rel).copied().unwrap_or(Dirty {
-            since,
-            scaffold: false,
-            seq: 0,
-            target_only: false,
-        });
+        let d = dirty_or_unmarked(dirty, &rel, since);
         let kind = op.kind();
         let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts, acls).await;
         let op = &batch[0];
@@ -1794,13 +1785,22 @@ impl Worker {
             Err(e) => {
                 let path = join(base, &rel);
                 warn!(%path, op = kind, error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
-                self.metrics.error(error_kind(&e));
-                *self.status.last_error.lock().unwrap() = Some(format!("{path}: {kind} refused: {e}"));
-                self.queue.park(rel, d, Instant::now() + PARK_FOR);
+                self.park_refused(rel, d, error_kind(&e), format!("{path}: {kind} refused: {e}"));
             }
         }
         Ok(())
     }
+}
+
+/// The dirty record of `rel`, or one for a path the queue did not mark (a
+/// resync's ops): first seen at `since`, ordered before everything.
+fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant) -> Dirty {
+    dirty.get(rel).copied().unwrap_or(Dirty {
+        since,
+        scaffold: false,
+        seq: 0,
+        target_only: false,
+    })
 }
 
 /// Bytes a single-op `multi` adds beyond the op itself: the header, the

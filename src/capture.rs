@@ -55,9 +55,8 @@ impl Capture {
                 let mut watcher = match watch_subtree(&session.client, &self.route.source.path).await {
                     Ok(w) => w,
                     Err(e) => {
-                        warn!(error = %e, "cannot arm the source watch; retrying on a new session");
-                        // Arming only fails when the session is unusable;
-                        // wait for the next generation.
+                        warn!(error = %e, "cannot arm the source watch; retrying");
+                        // On this session if it recovers, else on the next.
                         generation = generation.saturating_sub(1);
                         tokio::select! {
                             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {},
@@ -86,27 +85,15 @@ impl Capture {
                             break;
                         }
                         Flow::Reconnected => {
-                            // Re-arm first (see `watch_subtree`), then rescan:
-                            // the scan covers the gap and everything before
-                            // the new watch.
-                            match watch_subtree(&session.client, &self.route.source.path).await {
-                                Ok(rearmed) => watcher = rearmed,
-                                Err(e) => {
-                                    // No heartbeat (and so no barrier) until
-                                    // a watch is armed: the outer loop arms
-                                    // one on this session and rescans.
-                                    warn!(error = %e, "cannot re-arm the source watch after a reconnect; retrying");
-                                    reason = ResyncReason::Reconnect;
-                                    generation = generation.saturating_sub(1);
-                                    tokio::select! {
-                                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {},
-                                        _ = shutdown.changed() => return,
-                                    }
-                                    break;
-                                }
-                            }
-                            info!("source reconnected; watch re-armed; rescanning to cover events lost in the gap");
-                            self.resync_all(ResyncReason::Reconnect);
+                            // The same session is back, but its watch may
+                            // not be (see `watch_subtree`): arm it again at
+                            // the top of the loop, on this session, and
+                            // rescan the gap. No heartbeat runs in between,
+                            // so no barrier can pass over the gap.
+                            info!("source reconnected; re-arming the watch and rescanning the gap");
+                            reason = ResyncReason::Reconnect;
+                            generation = generation.saturating_sub(1);
+                            break;
                         }
                     }
                 }

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use zookeeper_client::{Acl, Client, Error};
 
-use crate::checkpoint::{get_json, persistent, put_json};
+use crate::checkpoint::{get_json, put_json};
 
 pub fn kept_dir(meta: &str, route: &str, target: &str) -> String {
     format!("{meta}/routes/{route}/{target}/kept")
@@ -189,14 +189,8 @@ pub async fn unpersist_kept(client: &Client, dir: &str, rel: &str) -> Result<(),
     }
 }
 
-/// Records a stop; `zkbridge resume` deletes it.
+/// Records a stop (creating its parents); `zkbridge resume` deletes it.
 pub async fn persist_stop(client: &Client, path: &str, record: &StopRecord, acl: &[Acl]) -> Result<(), Error> {
-    if let Some((parent, _)) = path.rsplit_once('/') {
-        match client.mkdir(parent, &persistent(acl)).await {
-            Ok(()) | Err(Error::NodeExists) => {}
-            Err(e) => return Err(e),
-        }
-    }
     put_json(client, path, record, acl).await.map(drop)
 }
 

@@ -114,6 +114,19 @@ impl State {
     }
 }
 
+/// Whether `rel` or one of its ancestors (up to the route root `""`) is in
+/// the set `contains` describes.
+fn self_or_ancestor_in(rel: &str, contains: impl Fn(&str) -> bool) -> bool {
+    let mut up = Some(rel);
+    while let Some(p) = up {
+        if contains(p) {
+            return true;
+        }
+        up = crate::tree::parent(p);
+    }
+    false
+}
+
 pub struct TargetQueue {
     state: Mutex<State>,
     notify: Notify,
@@ -321,12 +334,8 @@ impl TargetQueue {
             if busy.is_empty() {
                 return false;
             }
-            let mut up = Some(rel);
-            while let Some(p) = up {
-                if busy.contains(p) {
-                    return true;
-                }
-                up = crate::tree::parent(p);
+            if self_or_ancestor_in(rel, |p| busy.contains(p)) {
+                return true;
             }
             let below = if rel.is_empty() {
                 String::new()
@@ -346,16 +355,7 @@ impl TargetQueue {
             if chosen.len() >= max {
                 break;
             }
-            let mut up = Some(rel.as_str());
-            let mut under_waiting = false;
-            while let Some(p) = up {
-                if waiting.contains(p) {
-                    under_waiting = true;
-                    break;
-                }
-                up = crate::tree::parent(p);
-            }
-            if under_waiting {
+            if self_or_ancestor_in(rel, |p| waiting.contains(p)) {
                 continue;
             }
             if is_busy(rel) {
