@@ -34,6 +34,9 @@ struct Args {
     seconds: u64,
     ensemble: bool,
     peer_nodes: usize,
+    /// Phases to run (`--only raw,sync,wan,peer`; `sync` includes resume and
+    /// steady-state lag, which start from its copy): all by default.
+    only: Option<Vec<String>>,
 }
 
 impl Args {
@@ -57,7 +60,16 @@ impl Args {
             // zk-shell copies a few hundred nodes per second: a smaller tree
             // keeps the bench within its time budget; the figure is a rate.
             peer_nodes: value("--peer-nodes").unwrap_or(if quick { 300 } else { 5_000 }) as usize,
+            only: argv
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| argv.get(i + 1))
+                .map(|v| v.split(',').map(str::to_string).collect()),
         }
+    }
+
+    fn runs_phase(&self, phase: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|p| p == phase))
     }
 
     fn zk(&self) -> Zk {
@@ -341,110 +353,17 @@ async fn main() {
     let mut clean = true;
     for run in 1..=args.runs {
         eprintln!("run {run}/{}", args.runs);
-        eprintln!("  raw target writes");
-        // 1. The limit: raw pipelined creates into a fresh target.
-        let raw = args.zk();
-        let c = raw.client().await;
-        let took = pipelined_create(&c, &nodes).await;
-        m.add("raw_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
-        drop(c);
-        drop(raw);
-
-        eprintln!("  initial sync");
-        // 2. Initial sync, then 6. resume, then 4. steady-state lag.
-        let (src, dst) = (args.zk(), args.zk());
-        let s = src.client().await;
-        pipelined_create(&s, &nodes).await;
-        let started = Instant::now();
-        let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
-        await_ready(&bridge).await;
-        let took = started.elapsed();
-        clean &= assert_clean(&bridge).await;
-        m.add("sync_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
-        let (rss, cpu) = process_cost(bridge.pid().unwrap());
-        m.add("sync_rss_mib", rss as f64 / 1048576.0);
-        m.add("sync_cpu_s", cpu);
-
-        // Bare source scan, for scale.
-        let scan_started = Instant::now();
-        let scanned = zkbridge::tree::scan(&s, "/t", 16, |_| true).await.unwrap();
-        m.add("scan_s", scan_started.elapsed().as_secs_f64());
-        assert_eq!(scanned.len(), nodes.len());
-
-        eprintln!("  resume");
-        // Resume after a 1% change.
-        let checkpoint_at = {
-            let (_, stat) = s.get_data("/t").await.unwrap();
-            s.set_data("/t", &stat.mzxid.to_le_bytes(), None).await.unwrap().mzxid
-        };
-        while (bridge.metric("zkbridge_checkpoint_zxid", &[]) as i64) < checkpoint_at {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if args.runs_phase("raw") {
+            raw_writes(&nodes, &args, &mut m).await;
         }
-        bridge.stop();
-        let changed = nodes.len() / 100;
-        for (path, _) in nodes.iter().skip(1).step_by(100).take(changed) {
-            s.set_data(path, b"changed while stopped", None).await.unwrap();
+        if args.runs_phase("sync") {
+            clean &= sync_resume_lag(&nodes, &args, &mut m).await;
         }
-        let started = Instant::now();
-        bridge.restart();
-        await_ready(&bridge).await;
-        m.add("resume_s", started.elapsed().as_secs_f64());
-        clean &= assert_clean(&bridge).await;
-        let writes = bridge.metric("zkbridge_resume_target_writes_total", &[]);
-        let reads = bridge.metric("zkbridge_resume_target_reads_total", &[]);
-        m.add("resume_target_ops", writes + reads);
-        m.add("resume_changed", changed as f64);
-
-        eprintln!("  steady-state lag");
-        let d = dst.client().await;
-        let lag = measure_lag(&s, &d, &nodes, args.rate, args.seconds).await;
-        clean &= assert_clean(&bridge).await;
-        m.add("lag_p50_ms", lag.p50_ms);
-        m.add("lag_p99_ms", lag.p99_ms);
-        m.add("lag_max_ms", lag.max_ms);
-        m.add("lag_rate", lag.rate);
-        m.add("lag_observed_fraction", lag.observed as f64 / lag.writes.max(1) as f64);
-        let (rss, cpu) = process_cost(bridge.pid().unwrap());
-        m.add("lag_rss_mib", rss as f64 / 1048576.0);
-        m.add("lag_cpu_s", cpu);
-        bridge.stop();
-        drop(bridge);
-        drop((s, d, src, dst));
-
-        eprintln!("  lag with 40 ms each way");
-        // 5. The same lag through 40 ms of latency each way to the target.
-        let (src, dst) = (args.zk(), args.zk());
-        let s = src.client().await;
-        pipelined_create(&s, &nodes).await;
-        // Order is kept, so round trips pay twice the delay and pipelined
-        // traffic does not.
-        let proxy = proxy::FaultyEnsemble::start(&dst).await;
-        proxy.set(proxy::Fault::Delay(Duration::from_millis(40)));
-        let started = Instant::now();
-        let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy.connect_string()));
-        await_ready(&bridge).await;
-        m.add(
-            "wan_sync_nodes_per_s",
-            nodes.len() as f64 / started.elapsed().as_secs_f64(),
-        );
-        let d = dst.client().await;
-        let lag = measure_lag(&s, &d, &nodes, args.rate, args.seconds).await;
-        clean &= assert_clean(&bridge).await;
-        m.add("wan_lag_p50_ms", lag.p50_ms);
-        m.add("wan_lag_p99_ms", lag.p99_ms);
-        m.add("wan_lag_max_ms", lag.max_ms);
-        m.add("wan_lag_rate", lag.rate);
-        drop(bridge);
-        drop((s, d, src, dst));
-
-        eprintln!("  zk-shell");
-        // 3. The peer.
-        match zk_shell_rate(&args).await {
-            Ok(rate) => m.add("peer_nodes_per_s", rate),
-            Err(why) => {
-                eprintln!("peer: {why}");
-                m.0.entry("peer_unavailable").or_default();
-            }
+        if args.runs_phase("wan") {
+            clean &= wan_lag(&nodes, &args, &mut m).await;
+        }
+        if args.runs_phase("peer") {
+            peer(&args, &mut m).await;
         }
     }
 
@@ -596,5 +515,125 @@ async fn main() {
     eprintln!("wrote {}", dir.join("results.json").display());
     if !clean {
         std::process::exit(1);
+    }
+}
+
+/// The limit (1): raw pipelined creates into a fresh target.
+async fn raw_writes(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) {
+    eprintln!("  raw target writes");
+    let raw = args.zk();
+    let c = raw.client().await;
+    let took = pipelined_create(&c, nodes).await;
+    m.add("raw_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+}
+
+/// Initial sync (2), then resume (6), then steady-state lag (4), on one
+/// pair of servers. Returns whether every phase ended `diff`-clean.
+async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
+    let mut clean = true;
+    eprintln!("  initial sync");
+    // 2. Initial sync, then 6. resume, then 4. steady-state lag.
+    let (src, dst) = (args.zk(), args.zk());
+    let s = src.client().await;
+    pipelined_create(&s, nodes).await;
+    let started = Instant::now();
+    let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
+    await_ready(&bridge).await;
+    let took = started.elapsed();
+    clean &= assert_clean(&bridge).await;
+    m.add("sync_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+    let (rss, cpu) = process_cost(bridge.pid().unwrap());
+    m.add("sync_rss_mib", rss as f64 / 1048576.0);
+    m.add("sync_cpu_s", cpu);
+
+    // Bare source scan, for scale.
+    let scan_started = Instant::now();
+    let scanned = zkbridge::tree::scan(&s, "/t", 16, |_| true).await.unwrap();
+    m.add("scan_s", scan_started.elapsed().as_secs_f64());
+    assert_eq!(scanned.len(), nodes.len());
+
+    eprintln!("  resume");
+    // Resume after a 1% change.
+    let checkpoint_at = {
+        let (_, stat) = s.get_data("/t").await.unwrap();
+        s.set_data("/t", &stat.mzxid.to_le_bytes(), None).await.unwrap().mzxid
+    };
+    while (bridge.metric("zkbridge_checkpoint_zxid", &[]) as i64) < checkpoint_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bridge.stop();
+    let changed = nodes.len() / 100;
+    for (path, _) in nodes.iter().skip(1).step_by(100).take(changed) {
+        s.set_data(path, b"changed while stopped", None).await.unwrap();
+    }
+    let started = Instant::now();
+    bridge.restart();
+    await_ready(&bridge).await;
+    m.add("resume_s", started.elapsed().as_secs_f64());
+    clean &= assert_clean(&bridge).await;
+    let writes = bridge.metric("zkbridge_resume_target_writes_total", &[]);
+    let reads = bridge.metric("zkbridge_resume_target_reads_total", &[]);
+    m.add("resume_target_ops", writes + reads);
+    m.add("resume_changed", changed as f64);
+
+    eprintln!("  steady-state lag");
+    let d = dst.client().await;
+    let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    clean &= assert_clean(&bridge).await;
+    m.add("lag_p50_ms", lag.p50_ms);
+    m.add("lag_p99_ms", lag.p99_ms);
+    m.add("lag_max_ms", lag.max_ms);
+    m.add("lag_rate", lag.rate);
+    m.add("lag_observed_fraction", lag.observed as f64 / lag.writes.max(1) as f64);
+    let (rss, cpu) = process_cost(bridge.pid().unwrap());
+    m.add("lag_rss_mib", rss as f64 / 1048576.0);
+    m.add("lag_cpu_s", cpu);
+    bridge.stop();
+    drop(bridge);
+    drop((s, d, src, dst));
+    clean
+}
+
+/// Steady-state lag (5) through 40 ms of latency each way to the target.
+async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
+    let mut clean = true;
+    eprintln!("  lag with 40 ms each way");
+    // 5. The same lag through 40 ms of latency each way to the target.
+    let (src, dst) = (args.zk(), args.zk());
+    let s = src.client().await;
+    pipelined_create(&s, nodes).await;
+    // Order is kept, so round trips pay twice the delay and pipelined
+    // traffic does not.
+    let proxy = proxy::FaultyEnsemble::start(&dst).await;
+    proxy.set(proxy::Fault::Delay(Duration::from_millis(40)));
+    let started = Instant::now();
+    let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy.connect_string()));
+    await_ready(&bridge).await;
+    m.add(
+        "wan_sync_nodes_per_s",
+        nodes.len() as f64 / started.elapsed().as_secs_f64(),
+    );
+    let d = dst.client().await;
+    let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    clean &= assert_clean(&bridge).await;
+    m.add("wan_lag_p50_ms", lag.p50_ms);
+    m.add("wan_lag_p99_ms", lag.p99_ms);
+    m.add("wan_lag_max_ms", lag.max_ms);
+    m.add("wan_lag_rate", lag.rate);
+    drop(bridge);
+    drop((s, d, src, dst));
+    clean
+}
+
+/// The peer (3).
+async fn peer(args: &Args, m: &mut Series) {
+    eprintln!("  zk-shell");
+    // 3. The peer.
+    match zk_shell_rate(args).await {
+        Ok(rate) => m.add("peer_nodes_per_s", rate),
+        Err(why) => {
+            eprintln!("peer: {why}");
+            m.0.entry("peer_unavailable").or_default();
+        }
     }
 }

@@ -37,7 +37,7 @@ use crate::zk::{error_kind, is_transient, Ensemble};
 const PARK_FOR: Duration = Duration::from_secs(30);
 
 /// Reconcile units a leader keeps in flight at once.
-const UNITS_IN_FLIGHT: usize = 4;
+const UNITS_IN_FLIGHT: usize = 128;
 
 /// A reconcile unit (`Some(id)`) or a resync (`None`) and how it ended:
 /// on failure, the error, the resync to redo, or the paths to put back.
@@ -45,6 +45,8 @@ type UnitOutcome = (
     Option<u64>,
     Result<(), (Interrupted, Option<ResyncReason>, Vec<(String, Dirty)>)>,
 );
+type WatchArming<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PersistentWatcher, Error>> + Send + 'a>>;
 type UnitFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = UnitOutcome> + Send + 'a>>;
 
 /// What `/status` and `/readyz` need to know about a worker.
@@ -406,6 +408,9 @@ impl Worker {
         });
         let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         let mut checkpointing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> = None;
+        let mut arming: Option<WatchArming<'_>> = None;
+        // No new work before this instant: the last attempt was interrupted.
+        let mut paused_until: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -417,25 +422,31 @@ impl Worker {
             // anti-entropy on — only once the initial sync is done: every
             // event of a bulk copy would come back to it, halving the write
             // rate, and the pass that follows at once covers the window.
-            if target_watch.is_none() && watch_due {
-                match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
-                    Ok(w) => {
-                        self.status.conflicts.set_watching(true);
-                        target_watch = Some(w);
-                    }
-                    Err(e) if self.route.config.verify_interval_s == 0 => {
-                        // Nothing else would find local changes: no work
-                        // without the watch.
-                        warn!(error = %e, "cannot watch the target; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {},
-                            _ = shutdown.changed() => {},
-                            _ = &mut lost => return LeadEnd::LeaseLost,
+            if target_watch.is_none() && arming.is_none() && watch_due {
+                if self.route.config.verify_interval_s == 0 {
+                    // Nothing else would find local changes: no work
+                    // without the watch.
+                    match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
+                        Ok(w) => {
+                            self.status.conflicts.set_watching(true);
+                            target_watch = Some(w);
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
+                        Err(e) => {
+                            warn!(error = %e, "cannot watch the target; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {},
+                                _ = shutdown.changed() => {},
+                                _ = &mut lost => return LeadEnd::LeaseLost,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
                     }
-                    Err(e) => debug!(error = %e, "cannot arm the target watch yet; retrying"),
+                } else {
+                    // Armed alongside the units: a round trip to a distant
+                    // target is not spent holding up the changes that
+                    // arrived during the initial sync.
+                    arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
                 }
             }
             let flow = match target_watch.as_mut() {
@@ -489,7 +500,8 @@ impl Worker {
             // an older one holds it, and hands out a resync only when no
             // unit is in flight.
             let mut resync = None;
-            while running.len() < UNITS_IN_FLIGHT {
+            let paused = paused_until.is_some_and(|t| Instant::now() < t);
+            while running.len() < UNITS_IN_FLIGHT && !paused {
                 match self.queue.take(self.limits.batch_max_ops * 4) {
                     Some(Work::Paths(unit, paths)) => running.push(Box::pin(async move {
                         let result = self.reconcile(lease, unit, paths).await;
@@ -523,6 +535,17 @@ impl Worker {
                             None
                         }
                         _ = self.queue.notified() => None,
+                        armed = async { arming.as_mut().expect("guarded").await }, if arming.is_some() => {
+                            arming = None;
+                            match armed {
+                                Ok(w) => {
+                                    self.status.conflicts.set_watching(true);
+                                    target_watch = Some(w);
+                                }
+                                Err(e) => debug!(error = %e, "cannot arm the target watch yet; retrying"),
+                            }
+                            None
+                        }
                         event = async {
                             match target_watch.as_mut() {
                                 Some(w) => w.changed().await,
@@ -537,6 +560,7 @@ impl Worker {
                             }
                         },
                         _ = sleep_until(parked) => None,
+                        _ = sleep_until(paused_until.filter(|_| paused)) => None,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                         _ = shutdown.changed() => None,
                         _ = &mut lost => return LeadEnd::LeaseLost,
@@ -562,19 +586,22 @@ impl Worker {
                         }
                         return LeadEnd::LeaseLost;
                     }
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
-                    self.metrics.error(error_kind(&e.source));
-                    *self.status.last_error.lock().unwrap() = Some(e.to_string());
                     match reason {
                         Some(reason) => self.queue.request_resync(reason),
                         None => self.queue.requeue(paths),
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.changed() => {},
-                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    // One incident (a lost connection, say) fails every unit
+                    // in flight: it pauses new work once, while the others
+                    // come back and are put back too.
+                    if paused_until.is_none_or(|t| Instant::now() >= t) {
+                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
+                        self.metrics.error(error_kind(&e.source));
+                        *self.status.last_error.lock().unwrap() = Some(e.to_string());
+                        paused_until = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    } else {
+                        debug!(error = %e, "unit failed in the same interruption; put back");
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
             let error = self.status.last_error.lock().unwrap().clone();
@@ -950,12 +977,14 @@ impl Worker {
         let tgt = lease.client();
         let path = checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
-        let mut result = fenced_put(lease, &path, &data, &self.target_zk.acl).await;
+        // Before the first checkpoint of a route/target, the node is missing.
+        let likely_missing = self.status.checkpoint.lock().unwrap().is_none();
+        let mut result = fenced_put(lease, &path, &data, &self.target_zk.acl, likely_missing).await;
         if result == Err(Error::NoNode) {
             if let Some((parent, _)) = path.rsplit_once('/') {
                 let _ = tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await;
             }
-            result = fenced_put(lease, &path, &data, &self.target_zk.acl).await;
+            result = fenced_put(lease, &path, &data, &self.target_zk.acl, true).await;
         }
         match result {
             Ok(target_zxid) => self.checkpoint_committed(checkpoint, target_zxid).await,
@@ -1182,6 +1211,13 @@ impl Worker {
             .map(|(rel, _)| rel.clone())
             .collect();
         self.align_sequence_counters(lease, &src, sequential_parents).await?;
+        // A first checkpoint has no node to ride along on, and a streamed
+        // copy leaves no batch to carry one: it is written before the sync
+        // counts as done, so that the changes that follow are written blind
+        // (see `reconcile`) instead of a target read later.
+        if let Some(checkpoint) = self.checkpoint_for(self.queue.barrier_completed_by(None)) {
+            self.write_checkpoint(lease, checkpoint).await;
+        }
         let mirrored = mirrored_in_source;
         self.metrics.mirrored.set(mirrored as i64);
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -1504,6 +1540,14 @@ impl Worker {
             }
         }
 
+        // Data-changed paths are not kept apart from creates beneath them
+        // in other units (see `TargetQueue::take`): if such a path turns out
+        // deleted, a create racing the delete may be undone by it.
+        let unguarded_deletes: Vec<String> = delete_roots
+            .iter()
+            .filter(|rel| paths.iter().any(|(r, d)| r == *rel && d.data_only))
+            .cloned()
+            .collect();
         let deletes = self
             .subtree_deletes(&tgt, delete_roots)
             .await
@@ -1522,6 +1566,9 @@ impl Worker {
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;
+        self.recheck_deleted(&src, unguarded_deletes)
+            .await
+            .map_err(|e| (e, paths.clone()))?;
         let acl_rels = rels
             .into_iter()
             .filter(|rel| !self.status.conflicts.is_kept(rel))
@@ -1537,6 +1584,26 @@ impl Worker {
         self.align_sequence_counters(lease, &src, parents.into_iter().collect())
             .await
             .map_err(|e| (e, paths))
+    }
+
+    /// After a subtree delete that was not kept apart from other units: if
+    /// the source node exists again (re-created since it was read), creates
+    /// beneath it may have been undone by the delete, so its whole source
+    /// subtree is marked to be reconciled again. Rare: a data change to a
+    /// node deleted and re-created before the change was applied.
+    async fn recheck_deleted(&self, src: &Client, roots: Vec<String>) -> Result<(), Interrupted> {
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let back = tree::scan_from(src, &self.route.source.path, roots, self.limits.max_in_flight, |rel| {
+            !self.route.filter.excluded(rel)
+        })
+        .await
+        .map_err(|source| Interrupted { side: "source", source })?;
+        for rel in back.keys() {
+            self.queue.mark(rel, false);
+        }
+        Ok(())
     }
 
     /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes,
@@ -1767,15 +1834,23 @@ impl Worker {
                 if self.queue.is_parked(&p) {
                     self.queue.park(rel, d, Instant::now() + PARK_FOR);
                 } else {
+                    let d = Dirty { data_only: false, ..d };
                     self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
                 }
             }
             // A blind write found the target otherwise than the checkpoint
             // promised: look again, with reads, as a change in the target.
-            Err(Error::NoNode | Error::NodeExists) if !matches!(op, Op::Delete { .. }) => {
-                self.queue.requeue([(rel, Dirty { target_only: true, ..d })])
+            Err(Error::NoNode | Error::NodeExists) if !matches!(op, Op::Delete { .. }) => self.queue.requeue([(
+                rel,
+                Dirty {
+                    target_only: true,
+                    data_only: false,
+                    ..d
+                },
+            )]),
+            Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => {
+                self.queue.requeue([(rel, Dirty { data_only: false, ..d })])
             }
-            Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => self.queue.requeue([(rel, d)]),
             Err(e) if is_transient(&e) => {
                 return Err(Interrupted {
                     side: "target",
@@ -1800,6 +1875,7 @@ fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant)
         scaffold: false,
         seq: 0,
         target_only: false,
+        data_only: false,
     })
 }
 
@@ -1937,27 +2013,27 @@ impl AclPlan {
 }
 
 /// Sets (or creates) `path` in a `multi` fenced by the lease.
-async fn fenced_put(lease: &Lease, path: &str, data: &[u8], acl: &[Acl]) -> Result<i64, Error> {
-    let mut writer = lease.writer();
-    writer.add_set_data(path, data, None)?;
-    match writer.commit().await.map_err(fenced_error) {
-        Ok(results) => match results.last() {
-            Some(MultiWriteResult::SetData { stat }) => Ok(stat.mzxid),
-            _ => Ok(-1),
-        },
-        Err(Error::NoNode) => {
-            let mut writer = lease.writer();
-            writer.add_create(path, data, &persistent(acl))?;
-            writer.commit().await.map_err(fenced_error)?;
-            // A create's stat in a multi is unreliable on servers before
-            // 3.8.2: read the zxid back.
-            Ok(lease
-                .client()
-                .get_data(path)
-                .await
-                .map(|(_, stat)| stat.mzxid)
-                .unwrap_or(-1))
-        }
+async fn fenced_put(lease: &Lease, path: &str, data: &[u8], acl: &[Acl], likely_missing: bool) -> Result<i64, Error> {
+    // Creating: a create followed by a set of the same node in one `multi`,
+    // whose set's stat carries the transaction's zxid (a create's stat in a
+    // multi is unreliable on servers before 3.8.2), in one round trip.
+    let put = |create: bool| {
+        let mut writer = lease.writer();
+        let create_op = match create {
+            true => writer.add_create(path, data, &persistent(acl)),
+            false => Ok(()),
+        };
+        create_op
+            .and_then(|()| writer.add_set_data(path, data, None))
+            .map(|()| writer)
+    };
+    let zxid = |results: Vec<MultiWriteResult>| match results.last() {
+        Some(MultiWriteResult::SetData { stat }) => stat.mzxid,
+        _ => -1,
+    };
+    match put(likely_missing)?.commit().await.map_err(fenced_error) {
+        Ok(results) => Ok(zxid(results)),
+        Err(Error::NoNode | Error::NodeExists) => Ok(zxid(put(!likely_missing)?.commit().await.map_err(fenced_error)?)),
         Err(e) => Err(e),
     }
 }

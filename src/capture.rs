@@ -185,7 +185,10 @@ impl Capture {
                     return Flow::Continue;
                 }
                 for q in &self.queues {
-                    q.mark(rel, false);
+                    match kind {
+                        EventType::NodeDataChanged => q.mark_data(rel),
+                        _ => q.mark(rel, false),
+                    }
                 }
             }
         }

@@ -50,6 +50,10 @@ pub struct Dirty {
     /// Seen changed in the target only (no source event): if source and
     /// target differ, the target was changed locally (a conflict).
     pub target_only: bool,
+    /// Only data changes were seen (no create, delete, scaffolding or
+    /// target change): such a path is kept apart from other units by its
+    /// own name only, not by its ancestors and descendants (see `take`).
+    pub data_only: bool,
 }
 
 /// A point in the source's event stream: every event received before the
@@ -59,6 +63,13 @@ pub struct Barrier {
     pub zxid: i64,
     pub ts_ms: i64,
     seq: u64,
+}
+
+/// A unit in flight: the smallest seq among its paths, and its paths with
+/// whether each saw data changes only.
+struct Unit {
+    min_seq: u64,
+    paths: Vec<(String, bool)>,
 }
 
 #[derive(Default)]
@@ -75,7 +86,7 @@ struct State {
     /// seq among its paths, its paths). Several may be in flight at once; a
     /// path is never in two (the later unit waits), so a path's writes
     /// cannot overtake each other.
-    in_flight: BTreeMap<u64, (u64, Vec<String>)>,
+    in_flight: BTreeMap<u64, Unit>,
     next_unit: u64,
     next_seq: u64,
     barriers: std::collections::VecDeque<Barrier>,
@@ -93,7 +104,7 @@ impl State {
     }
 
     fn in_flight_paths(&self) -> usize {
-        self.in_flight.values().map(|(_, p)| p.len()).sum()
+        self.in_flight.values().map(|u| u.paths.len()).sum()
     }
 
     /// Smallest seq still waiting: dirty, parked, or in a unit in flight
@@ -107,7 +118,7 @@ impl State {
                 self.in_flight
                     .iter()
                     .filter(|(id, _)| Some(**id) != except)
-                    .map(|(_, (seq, _))| *seq),
+                    .map(|(_, u)| u.min_seq),
             )
             .min()
             .unwrap_or(u64::MAX)
@@ -151,18 +162,24 @@ impl TargetQueue {
         }
     }
 
-    /// Marks a path (relative to the route root) dirty after a source event.
+    /// Marks a path (relative to the route root) dirty after a source event
+    /// that may change the tree's shape (or when unsure what changed).
     pub fn mark(&self, rel: &str, scaffold: bool) {
-        self.mark_dirty(rel, scaffold, false)
+        self.mark_dirty(rel, scaffold, false, false)
+    }
+
+    /// Marks a path dirty after a source event that changed its data only.
+    pub fn mark_data(&self, rel: &str) {
+        self.mark_dirty(rel, false, false, true)
     }
 
     /// Marks a path dirty after an event in the target that was not the
     /// echo of an own write.
     pub fn mark_target(&self, rel: &str) {
-        self.mark_dirty(rel, false, true)
+        self.mark_dirty(rel, false, true, false)
     }
 
-    fn mark_dirty(&self, rel: &str, scaffold: bool, target_only: bool) {
+    fn mark_dirty(&self, rel: &str, scaffold: bool, target_only: bool, data_only: bool) {
         let mut st = self.state.lock().unwrap();
         st.next_seq += 1;
         let seq = st.next_seq;
@@ -174,6 +191,7 @@ impl TargetQueue {
             Some(d) => {
                 d.scaffold &= scaffold;
                 d.target_only &= target_only;
+                d.data_only &= data_only;
             }
             None => {
                 if st.dirty.len() >= self.max_pending {
@@ -192,6 +210,7 @@ impl TargetQueue {
                             scaffold,
                             seq,
                             target_only,
+                            data_only,
                         },
                     );
                 }
@@ -232,7 +251,7 @@ impl TargetQueue {
         let st = self.state.lock().unwrap();
         st.dirty.contains_key(rel)
             || st.parked.contains_key(rel)
-            || st.in_flight.values().any(|(_, paths)| paths.iter().any(|p| p == rel))
+            || st.in_flight.values().any(|u| u.paths.iter().any(|(p, _)| p == rel))
     }
 
     /// Whether `rel` is parked.
@@ -265,6 +284,7 @@ impl TargetQueue {
                 e.since = e.since.min(d.since);
                 e.scaffold &= d.scaffold;
                 e.target_only &= d.target_only;
+                e.data_only &= d.data_only;
                 e.seq = e.seq.min(d.seq);
             }
         }
@@ -323,18 +343,28 @@ impl TargetQueue {
         if st.dirty.is_empty() {
             return None;
         }
-        // A path is busy while an in-flight unit holds it, an ancestor (whose
-        // delete covers its subtree) or a descendant (whose create needs it).
-        let busy: std::collections::BTreeSet<&str> = st
-            .in_flight
-            .values()
-            .flat_map(|(_, paths)| paths.iter().map(String::as_str))
+        // A path is busy while an in-flight unit holds it. A path whose
+        // shape may change is also busy while a unit holds an ancestor
+        // (whose delete covers its subtree) or a descendant (whose create
+        // needs it) that may change shape too. A data change needs neither:
+        // most changes are data changes, and waiting for a neighbour costs a
+        // round trip to the target. (A unit that finds its data-changed node
+        // gone and deletes a subtree checks the source again afterwards; see
+        // `Worker::reconcile`.)
+        let in_flight = || st.in_flight.values().flat_map(|u| u.paths.iter());
+        let held: std::collections::BTreeSet<&str> = in_flight().map(|(rel, _)| rel.as_str()).collect();
+        let reshaping: std::collections::BTreeSet<&str> = in_flight()
+            .filter(|(_, data_only)| !data_only)
+            .map(|(rel, _)| rel.as_str())
             .collect();
-        let is_busy = |rel: &str| {
-            if busy.is_empty() {
+        let is_busy = |rel: &str, data_only: bool| {
+            if held.contains(rel) {
+                return true;
+            }
+            if data_only || reshaping.is_empty() {
                 return false;
             }
-            if self_or_ancestor_in(rel, |p| busy.contains(p)) {
+            if self_or_ancestor_in(rel, |p| reshaping.contains(p)) {
                 return true;
             }
             let below = if rel.is_empty() {
@@ -342,24 +372,27 @@ impl TargetQueue {
             } else {
                 format!("{rel}/")
             };
-            busy.range(below.as_str()..)
+            reshaping
+                .range(below.as_str()..)
                 .next()
-                .is_some_and(|b| b.starts_with(below.as_str()) && *b != rel)
+                .is_some_and(|b| b.starts_with(below.as_str()))
         };
-        // A path that must wait also holds back new work beneath it, or a
-        // busy ancestor (the root, say) would starve while units keep
-        // starting under it: its subtree drains, then it goes.
+        // A reshaping path that must wait also holds back new work beneath
+        // it, or a busy ancestor (the root, say) would starve while units
+        // keep starting under it: its subtree drains, then it goes.
         let mut waiting: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut chosen: Vec<String> = Vec::new();
-        for rel in st.dirty.keys() {
+        for (rel, dirty) in &st.dirty {
             if chosen.len() >= max {
                 break;
             }
             if self_or_ancestor_in(rel, |p| waiting.contains(p)) {
                 continue;
             }
-            if is_busy(rel) {
-                waiting.insert(rel.as_str());
+            if is_busy(rel, dirty.data_only) {
+                if !dirty.data_only {
+                    waiting.insert(rel.as_str());
+                }
                 continue;
             }
             chosen.push(rel.clone());
@@ -374,8 +407,8 @@ impl TargetQueue {
         let unit = st.next_unit;
         st.next_unit += 1;
         let min_seq = taken.iter().map(|(_, d)| d.seq).min().unwrap_or(u64::MAX);
-        let paths = taken.iter().map(|(r, _)| r.clone()).collect();
-        st.in_flight.insert(unit, (min_seq, paths));
+        let paths = taken.iter().map(|(r, d)| (r.clone(), d.data_only)).collect();
+        st.in_flight.insert(unit, Unit { min_seq, paths });
         self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
         Some(Work::Paths(unit, taken))
     }
@@ -580,6 +613,38 @@ mod tests {
         q.settle(Some(first));
         let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
         assert_eq!(p.len(), 2);
+    }
+
+    /// Data changes wait only for a unit holding the same path: a unit's
+    /// ancestors and descendants cannot be undone by a data write.
+    #[test]
+    fn data_changes_wait_only_for_their_own_path() {
+        let q = queue(10);
+        q.mark("a", false);
+        q.mark_data("x");
+        let Some(Work::Paths(first, _)) = q.take(10) else {
+            panic!()
+        };
+        for rel in ["a/b", "x"] {
+            q.mark_data(rel);
+        }
+        q.mark_data("");
+        q.mark("x/new", false);
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            rels,
+            ["", "a/b", "x/new"],
+            "x waits for itself; the data changes around a, and a create under a data-only x, go"
+        );
+        // A path that saw a create as well as a data change is not data-only.
+        q.mark_data("a/c");
+        q.mark("a/c", false);
+        assert!(q.take(10).is_none(), "x waits for its unit, a/c for a's");
+        q.settle(Some(first));
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, ["a/c", "x"]);
     }
 
     /// A waiting ancestor holds back new work beneath it: the root, dirty
