@@ -392,7 +392,10 @@ async fn main() {
     row(
         "raw target writes (limit)",
         range("raw_nodes_per_s", "nodes/s", 0),
-        "pipelined multi creates, 200/batch, 16 in flight".into(),
+        format!(
+            "pipelined multi creates, 200/batch, 16 in flight; the server used {:.2} s CPU",
+            m.med("raw_server_cpu_s")
+        ),
     );
     row(
         "initial sync",
@@ -463,7 +466,12 @@ async fn main() {
             range("sync_rss_mib", "MiB", 1),
             range("sync_cpu_s", "s", 2)
         ),
-        format!("mirrored data ≈ {:.1} MiB", data_bytes as f64 / 1048576.0),
+        format!(
+            "mirrored data ≈ {:.1} MiB; meanwhile the source server used {:.2} s CPU, the target server {:.2} s",
+            data_bytes as f64 / 1048576.0,
+            m.med("sync_source_server_cpu_s"),
+            m.med("sync_target_server_cpu_s")
+        ),
     );
     row(
         "cost: steady state",
@@ -523,8 +531,17 @@ async fn raw_writes(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) {
     eprintln!("  raw target writes");
     let raw = args.zk();
     let c = raw.client().await;
+    let cpu = || {
+        raw.servers
+            .iter()
+            .filter_map(|s| s.pid())
+            .map(|p| process_cost(p).1)
+            .sum::<f64>()
+    };
+    let before = cpu();
     let took = pipelined_create(&c, nodes).await;
     m.add("raw_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+    m.add("raw_server_cpu_s", cpu() - before);
 }
 
 /// Initial sync (2), then resume (6), then steady-state lag (4), on one
@@ -536,10 +553,26 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     let (src, dst) = (args.zk(), args.zk());
     let s = src.client().await;
     pipelined_create(&s, nodes).await;
+    // CPU the servers spend on the copy: on one machine they share its
+    // cores with zkbridge (see docs/performance.md).
+    let servers_cpu = || {
+        let cpu = |zk: &Zk| {
+            zk.servers
+                .iter()
+                .filter_map(|s| s.pid())
+                .map(|p| process_cost(p).1)
+                .sum::<f64>()
+        };
+        (cpu(&src), cpu(&dst))
+    };
+    let before = servers_cpu();
     let started = Instant::now();
     let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
     await_ready(&bridge).await;
     let took = started.elapsed();
+    let after = servers_cpu();
+    m.add("sync_source_server_cpu_s", after.0 - before.0);
+    m.add("sync_target_server_cpu_s", after.1 - before.1);
     clean &= assert_clean(&bridge).await;
     m.add("sync_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
     let (rss, cpu) = process_cost(bridge.pid().unwrap());
