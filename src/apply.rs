@@ -411,6 +411,9 @@ impl Worker {
         let mut arming: Option<WatchArming<'_>> = None;
         // No new work before this instant: the last attempt was interrupted.
         let mut paused_until: Option<Instant> = None;
+        // No new attempt to arm the target watch before this instant.
+        let mut arm_after: Option<Instant> = None;
+        let mut arm_backoff = Duration::from_millis(100);
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -422,7 +425,8 @@ impl Worker {
             // anti-entropy on — only once the initial sync is done: every
             // event of a bulk copy would come back to it, halving the write
             // rate, and the pass that follows at once covers the window.
-            if target_watch.is_none() && arming.is_none() && watch_due {
+            let arm_due = arm_after.is_none_or(|t| Instant::now() >= t);
+            if target_watch.is_none() && arming.is_none() && watch_due && arm_due {
                 if self.route.config.verify_interval_s == 0 {
                     // Nothing else would find local changes: no work
                     // without the watch.
@@ -445,7 +449,10 @@ impl Worker {
                 } else {
                     // Armed alongside the units: a round trip to a distant
                     // target is not spent holding up the changes that
-                    // arrived during the initial sync.
+                    // arrived during the initial sync. Echoes are expected
+                    // from now on: a unit's write that commits after the
+                    // watch does fires an event that must not look local.
+                    self.status.conflicts.set_watching(true);
                     arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
                 }
             }
@@ -527,7 +534,13 @@ impl Worker {
                     ))
                 }
                 None => {
-                    let parked = self.queue.next_parked_due();
+                    // A due parked path is taken with new work: not while
+                    // paused or full, or waking for it would spin.
+                    let parked = self
+                        .queue
+                        .next_parked_due()
+                        .filter(|_| !paused && running.len() < UNITS_IN_FLIGHT);
+                    let rearm = arm_after.filter(|_| target_watch.is_none() && arming.is_none());
                     tokio::select! {
                         Some(done) = running.next(), if !running.is_empty() => Some(done),
                         _ = async { checkpointing.as_mut().expect("guarded").await }, if checkpointing.is_some() => {
@@ -539,10 +552,14 @@ impl Worker {
                             arming = None;
                             match armed {
                                 Ok(w) => {
-                                    self.status.conflicts.set_watching(true);
                                     target_watch = Some(w);
+                                    arm_backoff = Duration::from_millis(100);
                                 }
-                                Err(e) => debug!(error = %e, "cannot arm the target watch yet; retrying"),
+                                Err(e) => {
+                                    debug!(error = %e, retry_in_ms = arm_backoff.as_millis() as u64, "cannot arm the target watch yet; retrying");
+                                    arm_after = Some(Instant::now() + arm_backoff);
+                                    arm_backoff = (arm_backoff * 2).min(Duration::from_secs(5));
+                                }
                             }
                             None
                         }
@@ -561,6 +578,7 @@ impl Worker {
                         },
                         _ = sleep_until(parked) => None,
                         _ = sleep_until(paused_until.filter(|_| paused)) => None,
+                        _ = sleep_until(rearm) => None,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                         _ = shutdown.changed() => None,
                         _ = &mut lost => return LeadEnd::LeaseLost,
@@ -1457,6 +1475,7 @@ impl Worker {
             let blind = match (&s, checkpoint_c) {
                 (Some(node), Some(c))
                     if !dirty.target_only
+                        && !dirty.read_first
                         && !dirty.scaffold
                         && plan::is_mirrored(&self.route, rel, node)
                         && !self.status.conflicts.is_kept(rel) =>
@@ -1600,7 +1619,7 @@ impl Worker {
         })
         .await
         .map_err(|source| Interrupted { side: "source", source })?;
-        for rel in back.keys() {
+        for rel in back.keys().filter(|rel| !self.route.filter.excluded(rel)) {
             self.queue.mark(rel, false);
         }
         Ok(())
@@ -1832,15 +1851,29 @@ impl Worker {
                 // the child waits with it rather than spin.
                 let p = parent(&rel).unwrap_or("").to_string();
                 if self.queue.is_parked(&p) {
-                    self.queue.park(rel, d, Instant::now() + PARK_FOR);
+                    self.queue
+                        .park(rel, Dirty { data_only: false, ..d }, Instant::now() + PARK_FOR);
                 } else {
                     let d = Dirty { data_only: false, ..d };
                     self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
                 }
             }
-            // A blind write found the target otherwise than the checkpoint
-            // promised: look again, with reads, as a change in the target.
-            Err(Error::NoNode | Error::NodeExists) if !matches!(op, Op::Delete { .. }) => self.queue.requeue([(
+            // A create found the node there: an earlier unit's create (a
+            // node created and changed again in quick succession), or a
+            // local create, which the target watch reports on its own. Look
+            // again, with reads, without calling it a conflict.
+            Err(Error::NodeExists) if matches!(op, Op::Create { .. }) => self.queue.requeue([(
+                rel,
+                Dirty {
+                    data_only: false,
+                    read_first: true,
+                    ..d
+                },
+            )]),
+            // A blind set found the node gone, which the checkpoint said was
+            // there: look again, with reads, as a change in the target (it
+            // may have been deleted while no bridge watched).
+            Err(Error::NoNode) if !matches!(op, Op::Delete { .. }) => self.queue.requeue([(
                 rel,
                 Dirty {
                     target_only: true,
@@ -1876,6 +1909,7 @@ fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant)
         seq: 0,
         target_only: false,
         data_only: false,
+        read_first: false,
     })
 }
 

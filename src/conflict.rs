@@ -102,10 +102,16 @@ impl Conflicts {
         }
     }
 
-    /// Starts (a new watch) or stops recording echoes; forgets the old ones.
+    /// Starts or stops recording echoes. Starting afresh (a new lead)
+    /// forgets old ones; re-arming a watch while already recording keeps
+    /// them, so that the events of writes in flight do not look local (an
+    /// echo whose event never comes masks at most one later local change of
+    /// that path, which the anti-entropy pass finds).
     pub fn set_watching(&self, watching: bool) {
-        self.echoes.lock().unwrap().clear();
-        self.watching.store(watching, std::sync::atomic::Ordering::Relaxed);
+        let was = self.watching.swap(watching, std::sync::atomic::Ordering::Relaxed);
+        if was != watching {
+            self.echoes.lock().unwrap().clear();
+        }
     }
 
     /// Withdraws an echo whose op failed (no event will come).

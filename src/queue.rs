@@ -54,6 +54,9 @@ pub struct Dirty {
     /// target change): such a path is kept apart from other units by its
     /// own name only, not by its ancestors and descendants (see `take`).
     pub data_only: bool,
+    /// A write without a read found the target otherwise than expected:
+    /// the next attempt reads the target first.
+    pub read_first: bool,
 }
 
 /// A point in the source's event stream: every event received before the
@@ -65,11 +68,10 @@ pub struct Barrier {
     seq: u64,
 }
 
-/// A unit in flight: the smallest seq among its paths, and its paths with
-/// whether each saw data changes only.
+/// A unit in flight: the smallest seq among its paths, and its paths.
 struct Unit {
     min_seq: u64,
-    paths: Vec<(String, bool)>,
+    paths: Vec<String>,
 }
 
 #[derive(Default)]
@@ -87,6 +89,11 @@ struct State {
     /// path is never in two (the later unit waits), so a path's writes
     /// cannot overtake each other.
     in_flight: BTreeMap<u64, Unit>,
+    /// Every path in a unit in flight, kept as units start and settle
+    /// (rebuilding it for each `take` costs a scan of up to 128 units).
+    held: std::collections::BTreeSet<String>,
+    /// Those of `held` whose shape may change (not data-only).
+    reshaping: std::collections::BTreeSet<String>,
     next_unit: u64,
     next_seq: u64,
     barriers: std::collections::VecDeque<Barrier>,
@@ -211,6 +218,7 @@ impl TargetQueue {
                             seq,
                             target_only,
                             data_only,
+                            read_first: false,
                         },
                     );
                 }
@@ -228,6 +236,8 @@ impl TargetQueue {
         let mut st = self.state.lock().unwrap();
         st.standby = !leading;
         st.in_flight.clear();
+        st.held.clear();
+        st.reshaping.clear();
         st.dirty.clear();
         st.parked.clear();
         st.barriers.clear();
@@ -249,9 +259,7 @@ impl TargetQueue {
     /// Whether `rel` still waits: dirty, parked, or in a unit in flight.
     pub fn is_pending(&self, rel: &str) -> bool {
         let st = self.state.lock().unwrap();
-        st.dirty.contains_key(rel)
-            || st.parked.contains_key(rel)
-            || st.in_flight.values().any(|u| u.paths.iter().any(|(p, _)| p == rel))
+        st.dirty.contains_key(rel) || st.parked.contains_key(rel) || st.held.contains(rel)
     }
 
     /// Whether `rel` is parked.
@@ -285,6 +293,7 @@ impl TargetQueue {
                 e.scaffold &= d.scaffold;
                 e.target_only &= d.target_only;
                 e.data_only &= d.data_only;
+                e.read_first |= d.read_first;
                 e.seq = e.seq.min(d.seq);
             }
         }
@@ -351,12 +360,7 @@ impl TargetQueue {
         // round trip to the target. (A unit that finds its data-changed node
         // gone and deletes a subtree checks the source again afterwards; see
         // `Worker::reconcile`.)
-        let in_flight = || st.in_flight.values().flat_map(|u| u.paths.iter());
-        let held: std::collections::BTreeSet<&str> = in_flight().map(|(rel, _)| rel.as_str()).collect();
-        let reshaping: std::collections::BTreeSet<&str> = in_flight()
-            .filter(|(_, data_only)| !data_only)
-            .map(|(rel, _)| rel.as_str())
-            .collect();
+        let (held, reshaping) = (&st.held, &st.reshaping);
         let is_busy = |rel: &str, data_only: bool| {
             if held.contains(rel) {
                 return true;
@@ -373,7 +377,7 @@ impl TargetQueue {
                 format!("{rel}/")
             };
             reshaping
-                .range(below.as_str()..)
+                .range::<str, _>((std::ops::Bound::Included(below.as_str()), std::ops::Bound::Unbounded))
                 .next()
                 .is_some_and(|b| b.starts_with(below.as_str()))
         };
@@ -407,7 +411,13 @@ impl TargetQueue {
         let unit = st.next_unit;
         st.next_unit += 1;
         let min_seq = taken.iter().map(|(_, d)| d.seq).min().unwrap_or(u64::MAX);
-        let paths = taken.iter().map(|(r, d)| (r.clone(), d.data_only)).collect();
+        for (rel, d) in &taken {
+            st.held.insert(rel.clone());
+            if !d.data_only {
+                st.reshaping.insert(rel.clone());
+            }
+        }
+        let paths = taken.iter().map(|(r, _)| r.clone()).collect();
         st.in_flight.insert(unit, Unit { min_seq, paths });
         self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
         Some(Work::Paths(unit, taken))
@@ -419,7 +429,12 @@ impl TargetQueue {
         let mut st = self.state.lock().unwrap();
         match unit {
             Some(id) => {
-                st.in_flight.remove(&id);
+                if let Some(unit) = st.in_flight.remove(&id) {
+                    for rel in &unit.paths {
+                        st.held.remove(rel);
+                        st.reshaping.remove(rel);
+                    }
+                }
             }
             None => st.resync_active = false,
         }
