@@ -219,9 +219,9 @@ async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], ra
     done.store(true, Ordering::Relaxed);
     // The reader stops on its own once events dry up; never wait long.
     let mut reader = reader;
-    if tokio::time::timeout(Duration::from_secs(5), &mut reader).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
         reader.abort();
-        eprintln!("    (watching client still busy after 5 s; using what it measured)");
+        eprintln!("    (watching client still busy after 2 s; using what it measured)");
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -334,6 +334,7 @@ async fn main() {
         return;
     }
     let args = Args::parse();
+    let bench_started = Instant::now();
     BENCHMARK_SERVERS.store(true, Ordering::Relaxed);
     let nodes = tree(args.nodes);
     let data_bytes: usize = nodes.iter().map(|(p, d)| p.len() + d.len()).sum();
@@ -404,13 +405,13 @@ async fn main() {
     );
     row(
         "zk-shell cp (peer)",
-        if peer.is_empty() {
-            "not installed".into()
-        } else {
-            range("peer_nodes_per_s", "nodes/s", 0)
+        match (peer.is_empty(), m.0.contains_key("peer_unavailable")) {
+            (false, _) => range("peer_nodes_per_s", "nodes/s", 0),
+            (true, true) => "not installed".into(),
+            (true, false) => "not run".into(),
         },
         if peer.is_empty() {
-            "no figure: zk-shell unavailable".into()
+            "no figure".into()
         } else {
             format!(
                 "zkbridge is {:.0} × zk-shell ({} nodes copied)",
@@ -496,10 +497,11 @@ async fn main() {
             .unwrap_or_default()
     );
     println!(
-        "\nzkbridge bench — {} nodes, {} run(s), {} ZooKeeper, {machine}\n\n| measure | median (min–max) | note |\n|---|---|---|\n{table}\nfinal diff after every phase: {}",
+        "\nzkbridge bench — {} nodes, {} run(s), {} ZooKeeper, {machine}, {:.1} min\n\n| measure | median (min–max) | note |\n|---|---|---|\n{table}\nfinal diff after every phase: {}",
         args.nodes,
         args.runs,
         if args.ensemble { "3-node" } else { "standalone" },
+        bench_started.elapsed().as_secs_f64() / 60.0,
         if clean { "clean" } else { "NOT CLEAN" }
     );
     let results = json!({
