@@ -167,7 +167,7 @@ async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], ra
             let mut pending = FuturesUnordered::new();
             loop {
                 tokio::select! {
-                    event = watcher.changed(), if !done.load(Ordering::Relaxed) || !pending.is_empty() => {
+                    event = watcher.changed() => {
                         if event.event_type != EventType::NodeDataChanged {
                             continue;
                         }
@@ -181,7 +181,13 @@ async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], ra
                             latencies.lock().unwrap().push(seen.duration_since(*at).as_secs_f64());
                         }
                     }
-                    _ = tokio::time::sleep(Duration::from_millis(200)), if done.load(Ordering::Relaxed) => break,
+                    // `done` is read when this wakes, not when the select
+                    // starts: a quiet watch must not hold the reader.
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if done.load(Ordering::Relaxed) && pending.is_empty() {
+                            break;
+                        }
+                    }
                 }
             }
         })
