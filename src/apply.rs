@@ -425,37 +425,19 @@ impl Worker {
             // anti-entropy on — only once the initial sync is done: every
             // event of a bulk copy would come back to it, halving the write
             // rate, and the pass that follows at once covers the window.
+            // Armed alongside the units: a round trip to a distant target
+            // is not spent holding up the changes that arrived during the
+            // initial sync. Echoes are expected from now on: a unit's write
+            // that commits after the watch does fires an event that must not
+            // look local.
             let arm_due = arm_after.is_none_or(|t| Instant::now() >= t);
             if target_watch.is_none() && arming.is_none() && watch_due && arm_due {
-                if self.route.config.verify_interval_s == 0 {
-                    // Nothing else would find local changes: no work
-                    // without the watch.
-                    match crate::zk::watch_subtree(lease.client(), &self.target.path).await {
-                        Ok(w) => {
-                            self.status.conflicts.set_watching(true);
-                            target_watch = Some(w);
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "cannot watch the target; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {},
-                                _ = shutdown.changed() => {},
-                                _ = &mut lost => return LeadEnd::LeaseLost,
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            continue;
-                        }
-                    }
-                } else {
-                    // Armed alongside the units: a round trip to a distant
-                    // target is not spent holding up the changes that
-                    // arrived during the initial sync. Echoes are expected
-                    // from now on: a unit's write that commits after the
-                    // watch does fires an event that must not look local.
-                    self.status.conflicts.set_watching(true);
-                    arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
-                }
+                self.status.conflicts.set_watching(true);
+                arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
             }
+            // With anti-entropy off, nothing else would find local changes:
+            // no work (and no checkpoint) without the watch.
+            let unwatched = self.route.config.verify_interval_s == 0 && target_watch.is_none();
             let flow = match target_watch.as_mut() {
                 Some(w) => self.drain_target_events(w),
                 None => WatchFlow::Going,
@@ -495,7 +477,7 @@ impl Worker {
             }
             // A checkpoint on its own costs a round trip to the target: it
             // goes alongside the units rather than holding them up.
-            if checkpointing.is_none() {
+            if checkpointing.is_none() && !unwatched {
                 if let Some(checkpoint) = self.checkpoint_for(self.queue.reached_barrier()) {
                     checkpointing = Some(Box::pin(self.write_checkpoint(lease, checkpoint)));
                 }
@@ -508,7 +490,7 @@ impl Worker {
             // unit is in flight.
             let mut resync = None;
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
-            while running.len() < UNITS_IN_FLIGHT && !paused {
+            while running.len() < UNITS_IN_FLIGHT && !paused && !unwatched {
                 match self.queue.take(self.limits.batch_max_ops * 4) {
                     Some(Work::Paths(unit, paths)) => running.push(Box::pin(async move {
                         let result = self.reconcile(lease, unit, paths).await;
@@ -556,7 +538,13 @@ impl Worker {
                                     arm_backoff = Duration::from_millis(100);
                                 }
                                 Err(e) => {
-                                    debug!(error = %e, retry_in_ms = arm_backoff.as_millis() as u64, "cannot arm the target watch yet; retrying");
+                                    let retry_in_ms = arm_backoff.as_millis() as u64;
+                                    // Without anti-entropy, no work is done meanwhile.
+                                    if self.route.config.verify_interval_s == 0 {
+                                        warn!(error = %e, retry_in_ms, "cannot watch the target; retrying");
+                                    } else {
+                                        debug!(error = %e, retry_in_ms, "cannot arm the target watch yet; retrying");
+                                    }
                                     arm_after = Some(Instant::now() + arm_backoff);
                                     arm_backoff = (arm_backoff * 2).min(Duration::from_secs(5));
                                 }
@@ -1559,14 +1547,6 @@ impl Worker {
             }
         }
 
-        // Data-changed paths are not kept apart from creates beneath them
-        // in other units (see `TargetQueue::take`): if such a path turns out
-        // deleted, a create racing the delete may be undone by it.
-        let unguarded_deletes: Vec<String> = delete_roots
-            .iter()
-            .filter(|rel| paths.iter().any(|(r, d)| r == *rel && d.data_only))
-            .cloned()
-            .collect();
         let deletes = self
             .subtree_deletes(&tgt, delete_roots)
             .await
@@ -1585,9 +1565,6 @@ impl Worker {
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;
-        self.recheck_deleted(&src, unguarded_deletes)
-            .await
-            .map_err(|e| (e, paths.clone()))?;
         let acl_rels = rels
             .into_iter()
             .filter(|rel| !self.status.conflicts.is_kept(rel))
@@ -1603,26 +1580,6 @@ impl Worker {
         self.align_sequence_counters(lease, &src, parents.into_iter().collect())
             .await
             .map_err(|e| (e, paths))
-    }
-
-    /// After a subtree delete that was not kept apart from other units: if
-    /// the source node exists again (re-created since it was read), creates
-    /// beneath it may have been undone by the delete, so its whole source
-    /// subtree is marked to be reconciled again. Rare: a data change to a
-    /// node deleted and re-created before the change was applied.
-    async fn recheck_deleted(&self, src: &Client, roots: Vec<String>) -> Result<(), Interrupted> {
-        if roots.is_empty() {
-            return Ok(());
-        }
-        let back = tree::scan_from(src, &self.route.source.path, roots, self.limits.max_in_flight, |rel| {
-            !self.route.filter.excluded(rel)
-        })
-        .await
-        .map_err(|source| Interrupted { side: "source", source })?;
-        for rel in back.keys().filter(|rel| !self.route.filter.excluded(rel)) {
-            self.queue.mark(rel, false);
-        }
-        Ok(())
     }
 
     /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes,

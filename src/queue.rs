@@ -357,9 +357,12 @@ impl TargetQueue {
         // (whose delete covers its subtree) or a descendant (whose create
         // needs it) that may change shape too. A data change needs neither:
         // most changes are data changes, and waiting for a neighbour costs a
-        // round trip to the target. (A unit that finds its data-changed node
-        // gone and deletes a subtree checks the source again afterwards; see
-        // `Worker::reconcile`.)
+        // round trip to the target. A unit taken for a data change may find
+        // its node deleted and delete the target subtree; no create beneath
+        // can race that delete: the node must be re-created before any child
+        // (events arrive in zxid order), its re-create marks it reshaping
+        // while the unit still holds it, and a reshaping path that waits
+        // holds back everything beneath it (below).
         let (held, reshaping) = (&st.held, &st.reshaping);
         let is_busy = |rel: &str, data_only: bool| {
             if held.contains(rel) {

@@ -41,6 +41,10 @@ fn cli(bridge: &Bridge, args: &[&str]) -> (i32, String) {
 }
 
 async fn setup() -> (Zk, Zk, Bridge) {
+    setup_with("").await
+}
+
+async fn setup_with(extra: &str) -> (Zk, Zk, Bridge) {
     let src = Zk::standalone();
     let dst = Zk::standalone();
     let s = src.client().await;
@@ -48,7 +52,7 @@ async fn setup() -> (Zk, Zk, Bridge) {
     for n in ["a", "b", "d"] {
         create(&s, &format!("/c/{n}"), b"source").await;
     }
-    let bridge = Bridge::start(&config(&src, &dst, ""));
+    let bridge = Bridge::start(&config(&src, &dst, extra));
     await_in_sync(&bridge.config(), CONVERGE).await;
     (src, dst, bridge)
 }
@@ -84,6 +88,25 @@ async fn source_wins_puts_local_changes_back_and_counts_them() {
     s.set_data("/c/b", b"source 2", None).await.unwrap();
     barrier(&s, &t, 1).await;
     assert_eq!(conflicts(&bridge, "overwritten"), 3.0);
+}
+
+/// With anti-entropy off, the target watch alone finds local changes (and
+/// no work is done until it is armed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_anti_entropy_the_target_watch_finds_local_changes() {
+    let (src, dst, bridge) = setup_with("verify_interval_s = 0").await;
+    let t = dst.client().await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    eventually("the local change overwritten", CONVERGE, async || {
+        conflicts(&bridge, "overwritten") == 1.0
+    })
+    .await;
+    assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"source"[..]));
+    let s = src.client().await;
+    s.set_data("/c/b", b"source 2", None).await.unwrap();
+    barrier(&s, &t, 1).await;
+    assert_eq!(get(&t, "/c/b").await.as_deref(), Some(&b"source 2"[..]));
+    assert_eq!(conflicts(&bridge, "overwritten"), 1.0, "own writes are no conflict");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
