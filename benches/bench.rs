@@ -307,10 +307,8 @@ async fn zk_shell_rate(args: &Args) -> Result<f64, String> {
             return Err("zk-shell could not be installed (python3 venv + pip install zk-shell failed)".into());
         }
     }
-    let (src, dst) = (args.zk(), args.zk());
-    let s = src.client().await;
     let nodes = tree(args.peer_nodes);
-    pipelined_create(&s, &nodes).await;
+    let (src, dst, _s) = seeded_pair(args, &nodes).await;
     let first = src.connect_string().split(',').next().unwrap().to_string();
     let target = dst.connect_string().split(',').next().unwrap().to_string();
     let started = Instant::now();
@@ -534,22 +532,32 @@ async fn main() {
     }
 }
 
+/// A source holding `nodes`, an empty target, and a client of the source.
+async fn seeded_pair(args: &Args, nodes: &[(String, Vec<u8>)]) -> (Zk, Zk, Client) {
+    let (src, dst) = (args.zk(), args.zk());
+    let s = src.client().await;
+    pipelined_create(&s, nodes).await;
+    (src, dst, s)
+}
+
+/// CPU seconds the servers of an ensemble have used so far.
+fn servers_cpu_s(zk: &Zk) -> f64 {
+    zk.servers
+        .iter()
+        .filter_map(|s| s.pid())
+        .map(|p| process_cost(p).1)
+        .sum()
+}
+
 /// The limit (1): raw pipelined creates into a fresh target.
 async fn raw_writes(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) {
     eprintln!("  raw target writes");
     let raw = args.zk();
     let c = raw.client().await;
-    let cpu = || {
-        raw.servers
-            .iter()
-            .filter_map(|s| s.pid())
-            .map(|p| process_cost(p).1)
-            .sum::<f64>()
-    };
-    let before = cpu();
+    let before = servers_cpu_s(&raw);
     let took = pipelined_create(&c, nodes).await;
     m.add("raw_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
-    m.add("raw_server_cpu_s", cpu() - before);
+    m.add("raw_server_cpu_s", servers_cpu_s(&raw) - before);
 }
 
 /// Initial sync (2), then resume (6), then steady-state lag (4), on one
@@ -557,22 +565,10 @@ async fn raw_writes(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) {
 async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
     let mut clean = true;
     eprintln!("  initial sync");
-    // 2. Initial sync, then 6. resume, then 4. steady-state lag.
-    let (src, dst) = (args.zk(), args.zk());
-    let s = src.client().await;
-    pipelined_create(&s, nodes).await;
+    let (src, dst, s) = seeded_pair(args, nodes).await;
     // CPU the servers spend on the copy: on one machine they share its
     // cores with zkbridge (see docs/performance.md).
-    let servers_cpu = || {
-        let cpu = |zk: &Zk| {
-            zk.servers
-                .iter()
-                .filter_map(|s| s.pid())
-                .map(|p| process_cost(p).1)
-                .sum::<f64>()
-        };
-        (cpu(&src), cpu(&dst))
-    };
+    let servers_cpu = || (servers_cpu_s(&src), servers_cpu_s(&dst));
     let before = servers_cpu();
     let started = Instant::now();
     let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
@@ -639,10 +635,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
 async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
     let mut clean = true;
     eprintln!("  lag with 40 ms each way");
-    // 5. The same lag through 40 ms of latency each way to the target.
-    let (src, dst) = (args.zk(), args.zk());
-    let s = src.client().await;
-    pipelined_create(&s, nodes).await;
+    let (src, dst, s) = seeded_pair(args, nodes).await;
     // Order is kept, so round trips pay twice the delay and pipelined
     // traffic does not.
     let proxy = proxy::FaultyEnsemble::start(&dst).await;
