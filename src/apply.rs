@@ -27,9 +27,10 @@ use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
 use crate::conflict::{self, Conflicts, StopRecord};
 use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
 use crate::metrics::Metrics;
+use crate::path::{self, join, parent};
 use crate::plan::{self, NodeKind, Op};
 use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
-use crate::tree::{self, join, parent, NodeState};
+use crate::tree::{self, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
 
 /// How long a path that failed for a lasting reason (no permission, data the
@@ -668,7 +669,7 @@ impl Worker {
                 if self.status.conflicts.is_echo(&event.path) {
                     return WatchFlow::Going;
                 }
-                let Some(rel) = tree::relative(&self.target.path, &event.path) else {
+                let Some(rel) = path::relative(&self.target.path, &event.path) else {
                     return WatchFlow::Going;
                 };
                 if self.route.filter.managed(rel) || rel.is_empty() {
@@ -987,7 +988,7 @@ impl Worker {
         let likely_missing = self.status.checkpoint.lock().unwrap().is_none();
         let mut result = fenced_put(lease, &path, &data, &self.target_zk.acl, likely_missing).await;
         if result == Err(Error::NoNode) {
-            if let Some((parent, _)) = path.rsplit_once('/') {
+            if let Some(parent) = path::parent_absolute(&path) {
                 let _ = tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await;
             }
             result = fenced_put(lease, &path, &data, &self.target_zk.acl, true).await;
@@ -1213,7 +1214,7 @@ impl Worker {
         }
         let sequential_parents: Vec<String> = source
             .iter()
-            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| looks_sequential(c)))
+            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| path::is_sequential_name(c)))
             .map(|(rel, _)| rel.clone())
             .collect();
         self.align_sequence_counters(lease, &src, sequential_parents).await?;
@@ -1416,13 +1417,7 @@ impl Worker {
     /// Creates the target path's ancestors (not the path itself, which is the
     /// mirror of the source root and created with its data).
     async fn ensure_target_parent(&self, tgt: &Client) -> Result<(), Interrupted> {
-        let Some(parent) = self
-            .target
-            .path
-            .rsplit_once('/')
-            .map(|(p, _)| p)
-            .filter(|p| !p.is_empty())
-        else {
+        let Some(parent) = path::parent_absolute(&self.target.path).filter(|p| *p != "/") else {
             return Ok(());
         };
         match tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await {
@@ -1574,7 +1569,7 @@ impl Worker {
             .map_err(|e| (e, paths.clone()))?;
         let parents: std::collections::BTreeSet<String> = paths
             .iter()
-            .filter(|(rel, _)| looks_sequential(rel))
+            .filter(|(rel, _)| path::is_sequential_name(rel))
             .filter_map(|(rel, _)| parent(rel).map(str::to_string))
             .collect();
         self.align_sequence_counters(lease, &src, parents.into_iter().collect())
@@ -1873,13 +1868,6 @@ fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant)
 /// Bytes a single-op `multi` adds beyond the op itself: the header, the
 /// lease check, the ACL. Generous on purpose.
 const REQUEST_OVERHEAD: usize = 1024;
-
-/// Whether a path's last segment ends like a sequential node's name (ten
-/// digits, as ZooKeeper appends them).
-fn looks_sequential(rel: &str) -> bool {
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    name.len() >= 10 && name[name.len() - 10..].bytes().all(|b| b.is_ascii_digit())
-}
 
 /// Stops a background task when its owner goes.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

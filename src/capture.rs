@@ -17,8 +17,8 @@ use zookeeper_client::{EventType, SessionState};
 use crate::checkpoint::{heartbeat_path, now_ms, put_json, Heartbeat};
 use crate::config::Route;
 use crate::metrics::Metrics;
+use crate::path::relative;
 use crate::queue::{ResyncReason, TargetQueue};
-use crate::tree::relative;
 use crate::zk::{watch_subtree, Ensemble};
 
 pub struct Capture {

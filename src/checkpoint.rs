@@ -89,7 +89,7 @@ pub async fn put_json(client: &Client, path: &str, value: &impl Serialize, acl: 
     match client.set_data(path, &data, None).await {
         Ok(stat) => Ok(stat.mzxid),
         Err(Error::NoNode) => {
-            if let Some((parent, _)) = path.rsplit_once('/') {
+            if let Some(parent) = crate::path::parent_absolute(path) {
                 match client.mkdir(parent, &options).await {
                     Ok(()) | Err(Error::NodeExists) => {}
                     Err(e) => return Err(e),

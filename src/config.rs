@@ -14,6 +14,8 @@ use figment::Figment;
 use globset::{GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::path::{self, is_within};
+
 /// A configuration problem, always naming where it is and why it is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -453,10 +455,8 @@ impl PathFilter {
         if self.exclude.is_empty() {
             return false;
         }
-        relative
-            .match_indices('/')
-            .map(|(i, _)| &relative[..i])
-            .chain(std::iter::once(relative))
+        path::self_and_ancestors(relative)
+            .filter(|prefix| !prefix.is_empty())
             .any(|prefix| self.exclude.is_match(prefix))
     }
 }
@@ -535,40 +535,6 @@ fn describe_figment(error: figment::Error) -> String {
         .join("; ")
 }
 
-/// A path ZooKeeper accepts: absolute, no empty, `.` or `..` segments, no
-/// trailing slash except for `/` itself, no NUL or control characters.
-pub fn validate_zk_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("{path:?} is not absolute"));
-    }
-    if path == "/" {
-        return Ok(());
-    }
-    if path.ends_with('/') {
-        return Err(format!("{path:?} ends with '/'"));
-    }
-    for segment in path[1..].split('/') {
-        if segment.is_empty() {
-            return Err(format!("{path:?} has an empty segment"));
-        }
-        if segment == "." || segment == ".." {
-            return Err(format!("{path:?} has a relative segment {segment:?}"));
-        }
-        if segment
-            .chars()
-            .any(|c| c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c))
-        {
-            return Err(format!("{path:?} contains a character ZooKeeper refuses"));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `inner` is `outer` or lies beneath it.
-pub fn is_within(inner: &str, outer: &str) -> bool {
-    outer == "/" || inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'))
-}
-
 fn parse_endpoint(
     value: &str,
     key: &str,
@@ -583,7 +549,7 @@ fn parse_endpoint(
             format!("unknown ensemble {ensemble:?} (not under [ensembles])"),
         ));
     }
-    validate_zk_path(path).map_err(|reason| ConfigError::invalid(key, format!("invalid ZooKeeper path: {reason}")))?;
+    path::validate(path).map_err(|reason| ConfigError::invalid(key, format!("invalid ZooKeeper path: {reason}")))?;
     Ok(Endpoint {
         ensemble: ensemble.into(),
         path: path.into(),
@@ -592,7 +558,7 @@ fn parse_endpoint(
 
 fn validate(config: Config) -> Result<Resolved, ConfigError> {
     let bridge = &config.bridge;
-    validate_zk_path(&bridge.meta_path).map_err(|r| ConfigError::invalid("bridge.meta_path", r))?;
+    path::validate(&bridge.meta_path).map_err(|r| ConfigError::invalid("bridge.meta_path", r))?;
     if bridge.meta_path == "/" {
         return Err(ConfigError::invalid("bridge.meta_path", "must not be the root"));
     }
@@ -636,7 +602,7 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
             return Err(ConfigError::invalid(format!("{key}.connect"), "must not be empty"));
         }
         if let Some((_, chroot)) = ensemble.connect.split_once('/') {
-            validate_zk_path(&format!("/{chroot}"))
+            path::validate(&format!("/{chroot}"))
                 .map_err(|r| ConfigError::invalid(format!("{key}.connect"), format!("invalid chroot: {r}")))?;
         }
         if ensemble.session_timeout_ms < 1000 {
@@ -843,7 +809,7 @@ fn validate(config: Config) -> Result<Resolved, ConfigError> {
         }
         let mut filter = PathFilter::new(&rc.include, &rc.exclude, &key)?;
         if is_within(&bridge.meta_path, &source.path) {
-            filter.meta = crate::tree::relative(&source.path, &bridge.meta_path).map(str::to_string);
+            filter.meta = path::relative(&source.path, &bridge.meta_path).map(str::to_string);
         }
         routes.push(Arc::new(Route {
             config: rc.clone(),
@@ -942,14 +908,6 @@ targets = ["b:/config"]"#,
         let only = PathFilter::new(&["app/*".into()], &[], "r").unwrap();
         assert!(only.managed("app/x"));
         assert!(!only.managed("app/x/y"));
-    }
-
-    #[test]
-    fn is_within_is_segment_aware() {
-        assert!(is_within("/a/b", "/a"));
-        assert!(is_within("/a", "/a"));
-        assert!(!is_within("/ab", "/a"));
-        assert!(is_within("/x", "/"));
     }
 
     #[test]

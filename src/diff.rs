@@ -9,8 +9,9 @@ use serde::Serialize;
 use zookeeper_client::Client;
 
 use crate::config::Resolved;
+use crate::path::join;
 use crate::plan::{self, Op};
-use crate::tree::{self, join};
+use crate::tree;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Difference {

@@ -17,6 +17,7 @@ pub mod diff;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod path;
 pub mod plan;
 pub mod progress;
 pub mod queue;

@@ -14,7 +14,8 @@
 use std::collections::BTreeSet;
 
 use crate::config::{DeleteMode, EphemeralMode, Route};
-use crate::tree::{parent, NodeState, Tree};
+use crate::path::parent;
+use crate::tree::{NodeState, Tree};
 
 /// The type a node is created with in the target.
 ///

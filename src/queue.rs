@@ -135,14 +135,7 @@ impl State {
 /// Whether `rel` or one of its ancestors (up to the route root `""`) is in
 /// the set `contains` describes.
 fn self_or_ancestor_in(rel: &str, contains: impl Fn(&str) -> bool) -> bool {
-    let mut up = Some(rel);
-    while let Some(p) = up {
-        if contains(p) {
-            return true;
-        }
-        up = crate::tree::parent(p);
-    }
-    false
+    crate::path::self_and_ancestors(rel).any(contains)
 }
 
 pub struct TargetQueue {

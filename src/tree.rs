@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use zookeeper_client::{Acl, Client, Error, MultiReadResult, Stat};
 
+use crate::path::join;
+
 /// Nodes read per `multi` read request (two ops each).
 const READ_BATCH: usize = 100;
 
@@ -73,35 +75,6 @@ impl NodeState {
 /// A subtree, keyed by path relative to its root (`""` is the root itself,
 /// `"a/b"` a descendant). Ordered so that parents come before children.
 pub type Tree = BTreeMap<String, NodeState>;
-
-/// Absolute path of `relative` under `base`.
-pub fn join(base: &str, relative: &str) -> String {
-    match (base, relative) {
-        (b, "") => b.to_string(),
-        ("/", r) => format!("/{r}"),
-        (b, r) => format!("{b}/{r}"),
-    }
-}
-
-/// Path of `absolute` relative to `base`, or `None` when it is outside.
-pub fn relative<'a>(base: &str, absolute: &'a str) -> Option<&'a str> {
-    if absolute == base {
-        return Some("");
-    }
-    if base == "/" {
-        return absolute.strip_prefix('/');
-    }
-    absolute.strip_prefix(base)?.strip_prefix('/')
-}
-
-/// Parent of a relative path (`None` for the root).
-pub fn parent(relative: &str) -> Option<&str> {
-    if relative.is_empty() {
-        None
-    } else {
-        Some(relative.rsplit_once('/').map(|(p, _)| p).unwrap_or(""))
-    }
-}
 
 /// Reads the subtree at `base`, descending only into nodes for which
 /// `descend(relative)` holds (the node itself is still read). A missing root
@@ -317,23 +290,4 @@ pub async fn read_acls(
         });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_join_and_split() {
-        assert_eq!(join("/", ""), "/");
-        assert_eq!(join("/", "a/b"), "/a/b");
-        assert_eq!(join("/x", "a"), "/x/a");
-        assert_eq!(relative("/x", "/x/a/b"), Some("a/b"));
-        assert_eq!(relative("/x", "/x"), Some(""));
-        assert_eq!(relative("/x", "/xy"), None);
-        assert_eq!(relative("/", "/a"), Some("a"));
-        assert_eq!(parent("a/b"), Some("a"));
-        assert_eq!(parent("a"), Some(""));
-        assert_eq!(parent(""), None);
-    }
 }

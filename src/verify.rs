@@ -31,9 +31,10 @@ use zookeeper_client::Client;
 
 use crate::apply::WorkerStatus;
 use crate::config::{AclMode, Endpoint, Route};
+use crate::path::parent;
 use crate::plan::{self, Op};
 use crate::queue::TargetQueue;
-use crate::tree::{self, parent, Tree};
+use crate::tree::{self, Tree};
 use crate::zk::Ensemble;
 
 /// What a pass found.

@@ -87,3 +87,46 @@ async fn hostile_trees_arrive_and_what_the_target_refuses_is_reported() {
     })
     .await;
 }
+
+/// Names whose last ten bytes start inside a multi-byte character once
+/// crashed the bridge (a byte slice in the sequential-name check) at every
+/// start: in the initial copy, on a live create, as children of a parent
+/// whose sequence counter is aligned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multibyte_names_are_mirrored_in_the_initial_copy_and_live() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/app/caf\u{e9}-queue").await;
+    let names = [
+        "caf\u{e9}-sequence",
+        "\u{d6}l-pipeline",
+        "\u{fc}n\u{ef}c\u{f6}d\u{e9}",
+        "e\u{301}-combining-x",
+        "\u{2764}\u{fe0f}-heart-\u{2764}",
+        "\u{fc}0000000007",
+        "\u{65e5}\u{672c}\u{8a9e}\u{306e}\u{540d}\u{524d}",
+    ];
+    for name in names {
+        create(&s, &format!("/app/{name}"), name.as_bytes()).await;
+        create(&s, &format!("/app/caf\u{e9}-queue/{name}"), b"q").await;
+    }
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n{}[[routes]]\nname = \"app\"\nsource = \"src:/app\"\ntargets = [\"dst:/app\"]\n",
+        ensembles(&[("src", &src), ("dst", &dst)])
+    );
+    let bridge = Bridge::start(&toml);
+    let t = dst.client().await;
+    await_mirror(&s, "/app", &t, "/app", Compare::default(), CONVERGE).await;
+
+    for name in names {
+        create(&s, &format!("/app/live-{name}"), b"live").await;
+        create(&s, &format!("/app/caf\u{e9}-queue/live-{name}"), b"live").await;
+    }
+    await_mirror(&s, "/app", &t, "/app", Compare::default(), CONVERGE).await;
+    assert!(
+        bridge.http_get("/healthz").is_some_and(|(code, _)| code == 200),
+        "the bridge is still running"
+    );
+    assert!(!bridge.log().contains("panic"), "no panic in the log");
+}

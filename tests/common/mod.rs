@@ -706,3 +706,114 @@ pub fn process_cost(pid: u32) -> (u64, f64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (hwm_kb * 1024, ticks / hz.max(1.0))
 }
+
+/// What [`mirror_difference`] compares beyond existence and data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Compare {
+    /// The route copies ACLs (`acls = "copy"`).
+    pub acls: bool,
+    /// The route skips ephemerals (`ephemerals = "skip"`, the default):
+    /// source ephemerals must be absent from the target.
+    pub skip_ephemerals: bool,
+}
+
+/// The first difference between two subtrees found with plain reads (never
+/// zkbridge's own `plan` or `diff`), or `None` when the target mirrors the
+/// source: the same relative paths, the same data, and with
+/// [`Compare::acls`] the same ACLs. zkbridge's own znodes (`/zkbridge`) and
+/// `/zookeeper` are not part of any mirror.
+pub async fn mirror_difference(
+    src: &Client,
+    src_root: &str,
+    dst: &Client,
+    dst_root: &str,
+    compare: Compare,
+) -> Option<String> {
+    let source = read_subtree(src, src_root, compare.skip_ephemerals).await;
+    let target = read_subtree(dst, dst_root, false).await;
+    for (rel, (data, acl)) in &source {
+        match target.get(rel) {
+            None => return Some(format!("{rel:?} missing in the target")),
+            Some((d, _)) if d != data => return Some(format!("{rel:?} has other data in the target")),
+            Some((_, a)) if compare.acls && a != acl => {
+                return Some(format!("{rel:?} has another ACL in the target: {a} vs {acl}"))
+            }
+            _ => {}
+        }
+    }
+    target
+        .keys()
+        .find(|rel| !source.contains_key(*rel))
+        .map(|rel| format!("{rel:?} is in the target only"))
+}
+
+/// Waits until [`mirror_difference`] finds nothing.
+pub async fn await_mirror(
+    src: &Client,
+    src_root: &str,
+    dst: &Client,
+    dst_root: &str,
+    compare: Compare,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(difference) = mirror_difference(src, src_root, dst, dst_root, compare).await else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "not a mirror after {timeout:?}: {difference}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Relative path → (data, ACL as text) of every node under `root`, read one
+/// by one. Nodes deleted during the walk are left out.
+async fn read_subtree(
+    c: &Client,
+    root: &str,
+    skip_ephemerals: bool,
+) -> std::collections::BTreeMap<String, (Vec<u8>, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = match (root, rel.as_str()) {
+            (r, "") => r.to_string(),
+            ("/", r) => format!("/{r}"),
+            (b, r) => format!("{b}/{r}"),
+        };
+        if path == "/zookeeper" || path == "/zkbridge" || path.starts_with("/zkbridge/") {
+            continue;
+        }
+        let (data, stat) = match c.get_data(&path).await {
+            Ok(found) => found,
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(e) => panic!("get {path}: {e}"),
+        };
+        if skip_ephemerals && stat.ephemeral_owner != 0 {
+            continue;
+        }
+        let acl = match c.get_acl(&path).await {
+            Ok((acl, _)) => format!("{acl:?}"),
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(e) => panic!("get ACL {path}: {e}"),
+        };
+        match c.list_children(&path).await {
+            Ok(children) => {
+                for child in children {
+                    stack.push(if rel.is_empty() {
+                        child
+                    } else {
+                        format!("{rel}/{child}")
+                    });
+                }
+            }
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(e) => panic!("list {path}: {e}"),
+        }
+        out.insert(rel, (data, acl));
+    }
+    out
+}
