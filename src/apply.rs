@@ -64,6 +64,9 @@ pub struct WorkerStatus {
     /// standby behind it), as opposed to nobody leading yet.
     pub other_leader: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
+    /// The worker's last panic, until a restarted worker finished its
+    /// initial sync (see `supervise`).
+    pub panicked: Mutex<Option<String>>,
     /// The last checkpoint this worker committed (or resumed from).
     pub checkpoint: Mutex<Option<Checkpoint>>,
     /// The last (re)sync resumed from a checkpoint (so changes made in the

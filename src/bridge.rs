@@ -16,6 +16,7 @@ use crate::lease::{Balancer, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::status::{Sessions, Status};
+use crate::supervise::supervise;
 use crate::zk::Ensemble;
 
 /// A running route/target worker, as seen by `/readyz` and `sync`.
@@ -93,6 +94,8 @@ impl Bridge {
                     "{name}: deletes held by the circuit breaker ({}); `zkbridge resume` releases them",
                     trip.reason
                 ));
+            } else if let Some(error) = w.status.panicked.lock().unwrap().clone().filter(|_| !w.synced()) {
+                reasons.push(format!("{name}: {error}"));
             } else if w.leading() {
                 if !w.synced() {
                     reasons.push(format!("{name}: initial sync not finished"));
@@ -160,16 +163,43 @@ pub fn start(
             ));
             metrics.leader.with_label_values(&labels).set(0);
             let status = Arc::new(WorkerStatus::default());
-            let worker = Worker::new(
-                route.clone(),
-                target.clone(),
-                (source.clone(), ensemble(&target.ensemble)),
-                queue.clone(),
-                status.clone(),
-                (limits, identity.clone()),
-                metrics.clone(),
-            );
-            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+            let make_worker = {
+                let (route, target, source, target_zk) = (
+                    route.clone(),
+                    target.clone(),
+                    source.clone(),
+                    ensemble(&target.ensemble),
+                );
+                let (queue, status, identity, metrics) =
+                    (queue.clone(), status.clone(), identity.clone(), metrics.clone());
+                let shutdown = shutdown.clone();
+                move || {
+                    Worker::new(
+                        route.clone(),
+                        target.clone(),
+                        (source.clone(), target_zk.clone()),
+                        queue.clone(),
+                        status.clone(),
+                        (limits, identity.clone()),
+                        metrics.clone(),
+                    )
+                    .run(shutdown.clone())
+                }
+            };
+            let on_panic = {
+                let (status, metrics) = (status.clone(), metrics.clone());
+                let labels = [route.name().to_string(), target.ensemble.clone()];
+                move |message: &str, retry_in: Duration| {
+                    let labels = [labels[0].as_str(), labels[1].as_str()];
+                    metrics.errors.with_label_values(&[labels[0], labels[1], "panic"]).inc();
+                    metrics.leader.with_label_values(&labels).set(0);
+                    status.leading.store(false, Ordering::Relaxed);
+                    let error = format!("internal error: {message}; restarting in {retry_in:?}");
+                    *status.last_error.lock().unwrap() = Some(error.clone());
+                    *status.panicked.lock().unwrap() = Some(error);
+                }
+            };
+            tasks.push(tokio::spawn(supervise(make_worker, on_panic, shutdown.clone())));
             workers.push(WorkerHandle {
                 route: route.name().to_string(),
                 target: target.ensemble.clone(),
@@ -179,16 +209,24 @@ pub fn start(
             });
             queues.push(queue);
         }
-        let capture = Capture {
-            route: route.clone(),
-            source,
-            queues,
-            metrics: metrics.clone(),
-            bridge_id: config.config.bridge.id.clone(),
-            meta_path: config.config.bridge.meta_path.clone(),
-            heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+        let make_capture = {
+            let capture = Capture {
+                route: route.clone(),
+                source,
+                queues,
+                metrics: metrics.clone(),
+                bridge_id: config.config.bridge.id.clone(),
+                meta_path: config.config.bridge.meta_path.clone(),
+                heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+            };
+            let shutdown = shutdown.clone();
+            move || capture.clone().run(shutdown.clone())
         };
-        tasks.push(tokio::spawn(capture.run(shutdown.clone())));
+        let on_panic = {
+            let (metrics, route) = (metrics.clone(), route.name().to_string());
+            move |_: &str, _: Duration| metrics.errors.with_label_values(&[&route, "", "panic"]).inc()
+        };
+        tasks.push(tokio::spawn(supervise(make_capture, on_panic, shutdown.clone())));
     }
     let targets: std::collections::BTreeSet<&str> = config
         .routes

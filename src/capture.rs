@@ -21,6 +21,7 @@ use crate::path::relative;
 use crate::queue::{ResyncReason, TargetQueue};
 use crate::zk::{watch_subtree, Ensemble};
 
+#[derive(Clone)]
 pub struct Capture {
     pub route: Arc<Route>,
     pub source: Ensemble,

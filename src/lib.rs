@@ -7,6 +7,7 @@
 //! decisions of [`plan`]. See `docs/architecture.md`.
 
 pub mod apply;
+pub mod backoff;
 pub mod breaker;
 pub mod bridge;
 pub mod capture;
@@ -22,7 +23,9 @@ pub mod plan;
 pub mod progress;
 pub mod queue;
 pub mod status;
+pub mod supervise;
 pub mod tree;
 pub mod verify;
 pub mod wait;
 pub mod zk;
+pub mod zxid;

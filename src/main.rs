@@ -108,15 +108,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // Crash-only: a panicking task would leave its route/target silently
-    // dead behind a healthy /healthz. Exit instead, so the service manager
-    // restarts the process and a standby takes the leases meanwhile.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!(panic = %info, "internal error: exiting so that the process is restarted");
-        default_hook(info);
-        std::process::exit(70);
-    }));
+    // A panic in a route's task restarts that task; anywhere else it ends
+    // the process (exit 70) for the service manager to restart.
+    zkbridge::supervise::install_panic_hook();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,6 +15,7 @@ use zookeeper_client::Client;
 use crate::checkpoint::{checkpoint_path, get_json, now_ms, progress_path, Checkpoint, Progress};
 use crate::config::Resolved;
 use crate::lease::{contenders, leases_dir};
+use crate::zxid::Zxid;
 
 /// How long one read may take before its ensemble counts as unreachable.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,12 +30,12 @@ pub struct RouteTargetStatus {
     pub leader: Option<String>,
     /// Instances waiting for the lease, next in line first.
     pub standby: Vec<String>,
-    /// Source zxid of the last checkpoint, `0x…`.
-    pub checkpoint_zxid: Option<String>,
+    /// Source zxid of the last checkpoint.
+    pub checkpoint_zxid: Option<Zxid>,
     /// Now minus the heartbeat time of the last checkpoint.
     pub lag_seconds: Option<f64>,
-    /// Source zxid the target reported applied (progress znode), `0x…`.
-    pub applied_zxid: Option<String>,
+    /// Source zxid the target reported applied (progress znode).
+    pub applied_zxid: Option<Zxid>,
     /// The leader's last error on this route/target.
     pub last_error: Option<String>,
     /// Set while the route/target is stopped (`conflict = "fail"`, delete
@@ -94,7 +95,7 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
                     let path = checkpoint_path(meta, route.name(), &target.ensemble);
                     match timed(get_json::<Checkpoint>(tgt, &path)).await {
                         Ok(Some(c)) => {
-                            s.checkpoint_zxid = Some(format!("{:#x}", c.source_zxid));
+                            s.checkpoint_zxid = Some(Zxid(c.source_zxid));
                             s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
                         }
                         Ok(None) => {}
@@ -108,7 +109,7 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
                 Some(Ok(src)) => {
                     let path = progress_path(meta, route.name(), &target.ensemble);
                     match timed(get_json::<Progress>(src, &path)).await {
-                        Ok(Some(p)) => s.applied_zxid = Some(format!("{:#x}", p.source_zxid)),
+                        Ok(Some(p)) => s.applied_zxid = Some(Zxid(p.source_zxid)),
                         Ok(None) => {}
                         Err(e) => problems.push(format!("source {}: {e}", route.source.ensemble)),
                     }
@@ -156,7 +157,7 @@ pub fn render_text(status: &Status) -> String {
             r.route,
             r.target,
             r.leader.clone().unwrap_or_else(|| "(none)".into()),
-            r.checkpoint_zxid.clone().unwrap_or_else(dash),
+            r.checkpoint_zxid.map(|z| z.to_string()).unwrap_or_else(dash),
             lag,
             error
         ));

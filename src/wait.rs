@@ -128,21 +128,5 @@ async fn wait_until(
 
 /// Parses a zxid given as decimal or `0x…` hex.
 pub fn parse_zxid(s: &str) -> Result<i64, String> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => i64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|e| format!("{s:?} is not a zxid (decimal or 0x hex): {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zxids_parse_in_decimal_and_hex() {
-        assert_eq!(parse_zxid("4294967297"), Ok(0x1_0000_0001));
-        assert_eq!(parse_zxid("0x100000001"), Ok(4294967297));
-        assert!(parse_zxid("zz").is_err());
-    }
+    s.parse::<crate::zxid::Zxid>().map(|z| z.0)
 }

@@ -318,10 +318,15 @@ async fn status_reads_the_znodes_while_running_and_while_stopped() {
     assert_eq!(r["target"], "dst");
     assert_eq!(r["leader"], "test-bridge");
     let zxid = bridge.metric("zkbridge_checkpoint_zxid", &[("route", "r")]) as i64;
-    let hex = r["checkpoint_zxid"].as_str().unwrap();
+    // Design §2: zxids are decimal integers in JSON, so scripts compare
+    // them numerically.
+    let checkpoint = r["checkpoint_zxid"]
+        .as_i64()
+        .expect("checkpoint_zxid is a JSON integer");
+    assert!(checkpoint >= zxid, "{checkpoint} vs {zxid}");
     assert!(
-        i64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap() >= zxid,
-        "{hex} vs {zxid:#x}"
+        r["applied_zxid"].as_i64().is_some(),
+        "applied_zxid is a JSON integer: {r}"
     );
     assert!(r["lag_seconds"].as_f64().unwrap() < 30.0);
     assert!(r["last_error"].is_null());
@@ -340,13 +345,20 @@ async fn status_reads_the_znodes_while_running_and_while_stopped() {
     ] {
         assert_eq!(e[key], r[key], "/status and `zkbridge status --json` differ on {key}");
     }
+    for key in ["checkpoint_zxid", "applied_zxid"] {
+        assert!(e[key].as_i64().is_some(), "/status gives {key} as a JSON integer: {e}");
+    }
 
     assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
     let stopped: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     let r = &stopped["routes"][0];
     assert!(r["leader"].is_null(), "nobody leads once stopped: {r}");
-    let final_hex = r["checkpoint_zxid"].as_str().unwrap().to_string();
-    assert!(r["applied_zxid"].is_string());
+    let final_zxid = r["checkpoint_zxid"]
+        .as_i64()
+        .expect("checkpoint_zxid is a JSON integer");
+    assert!(r["applied_zxid"].as_i64().is_some(), "{r}");
+    // Human output is hex.
+    let final_hex = format!("{final_zxid:#x}");
     let text = status(false);
     assert!(text.contains("(none)") && text.contains(&final_hex), "{text}");
 }
