@@ -18,6 +18,9 @@
 //! - *drift*: neither side changed, yet they differ — something was missed;
 //!   marked dirty and repaired to the source's state.
 //!
+//! The target is scanned before the source, so that the bridge's own writes
+//! during a pass come out pending (see `pass`).
+//!
 //! `zkbridge_drift_nodes` is the number of local changes and drift found by
 //! the last pass.
 
@@ -32,7 +35,7 @@ use zookeeper_client::Client;
 use crate::apply::WorkerStatus;
 use crate::config::{AclMode, Endpoint, Route};
 use crate::path::parent;
-use crate::plan::{self, Op};
+use crate::plan::{self, NodeKind, Op};
 use crate::queue::TargetQueue;
 use crate::tree::{self, Tree};
 use crate::zk::Ensemble;
@@ -43,6 +46,10 @@ pub struct Findings {
     pub local: Vec<String>,
     pub drift: Vec<String>,
     pub pending: usize,
+    /// Ephemeral copies (`ephemerals = "ephemeral"`) that went with the
+    /// session of a previous leader: re-created, neither drift nor a local
+    /// change.
+    pub expired_copies: Vec<String>,
 }
 
 /// Sorts the differences between two scans (see the module docs).
@@ -73,6 +80,16 @@ pub fn classify(
         };
         if source_changed {
             found.pending += 1;
+            continue;
+        }
+        if matches!(
+            op,
+            Op::Create {
+                kind: NodeKind::Ephemeral,
+                ..
+            }
+        ) {
+            found.expired_copies.push(rel.to_string());
             continue;
         }
         let target_changed = match &op {
@@ -119,7 +136,11 @@ impl Verifier {
                 Ok(Some(found)) => {
                     self.drift.set((found.local.len() + found.drift.len()) as i64);
                     if found.local.is_empty() && found.drift.is_empty() {
-                        info!(pending = found.pending, "anti-entropy pass: target matches source");
+                        info!(
+                            pending = found.pending,
+                            expired_copies = found.expired_copies.len(),
+                            "anti-entropy pass: target matches source"
+                        );
                     } else {
                         warn!(
                             local_changes = found.local.len(),
@@ -152,11 +173,17 @@ impl Verifier {
         let route = &self.route;
         let src = self.source_zk.session().await.client;
         let tgt = self.target_zk.session().await.client;
-        let source = tree::scan_paced(&src, &route.source.path, self.reads_per_s, |rel| {
+        // The target first, then the source. A change the bridge applies
+        // while the pass runs then shows in the source scan as changed after
+        // C (pending), never as a target changed after T with an unchanged
+        // source (local): every own write to a node follows a source change
+        // of it, and the source is read after the target. Read the other way
+        // round, each change applied between the two scans looked local.
+        let target = tree::scan_paced(&tgt, &self.target.path, self.reads_per_s, |rel| {
             !route.filter.excluded(rel)
         })
         .await?;
-        let target = tree::scan_paced(&tgt, &self.target.path, self.reads_per_s, |rel| {
+        let source = tree::scan_paced(&src, &route.source.path, self.reads_per_s, |rel| {
             !route.filter.excluded(rel)
         })
         .await?;
@@ -174,7 +201,7 @@ impl Verifier {
         for rel in &found.local {
             self.queue.mark_target(rel);
         }
-        for rel in &found.drift {
+        for rel in found.drift.iter().chain(&found.expired_copies) {
             self.queue.mark(rel, false);
         }
         Ok(Some(found))
@@ -211,5 +238,102 @@ impl Verifier {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         Ok(differs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::tree::NodeState;
+    use zookeeper_client::Stat;
+
+    fn route(extra: &str) -> Arc<Route> {
+        let toml = format!(
+            "[ensembles.a]\nconnect = \"h:1\"\n[ensembles.b]\nconnect = \"h:2\"\n[[routes]]\nname = \"r\"\nsource = \"a:/s\"\ntargets = [\"b:/t\"]\n{extra}"
+        );
+        load_str(&toml).unwrap().routes[0].clone()
+    }
+
+    /// A node with its zxids: (czxid, mzxid, pzxid).
+    fn node(data: &str, (czxid, mzxid, pzxid): (i64, i64, i64), owner: i64) -> NodeState {
+        NodeState {
+            data: data.as_bytes().to_vec(),
+            stat: Stat {
+                czxid,
+                mzxid,
+                pzxid,
+                ctime: 0,
+                mtime: 0,
+                version: 0,
+                cversion: 0,
+                aversion: 0,
+                ephemeral_owner: owner,
+                data_length: data.len() as i32,
+                num_children: 0,
+            },
+            children: vec![],
+        }
+    }
+
+    fn tree(nodes: Vec<(&str, NodeState)>) -> Tree {
+        nodes.into_iter().map(|(r, n)| (r.to_string(), n)).collect()
+    }
+
+    const C: i64 = 100;
+    const T: i64 = 1000;
+
+    #[test]
+    fn source_changes_after_the_checkpoint_are_pending() {
+        let source = tree(vec![
+            ("", node("", (1, 1, 150), 0)),
+            ("a", node("new", (1, 150, 1), 0)),
+            ("b", node("b", (120, 120, 120), 0)),
+        ]);
+        let target = tree(vec![
+            ("", node("", (900, 900, 900), 0)),
+            ("a", node("old", (900, 900, 900), 0)),
+            ("gone", node("g", (900, 900, 900), 0)),
+        ]);
+        let found = classify(&route(""), &source, &target, (C, T), |_| false);
+        assert_eq!(found.pending, 3, "{found:?}");
+        assert!(found.local.is_empty() && found.drift.is_empty());
+    }
+
+    #[test]
+    fn target_changes_after_the_reference_are_local_and_others_drift() {
+        let source = tree(vec![
+            ("", node("", (1, 1, 50), 0)),
+            ("set-local", node("s", (1, 1, 1), 0)),
+            ("set-drift", node("s", (1, 1, 1), 0)),
+        ]);
+        let target = tree(vec![
+            ("", node("", (900, 900, 900), 0)),
+            ("set-local", node("local", (900, 1500, 900), 0)),
+            ("set-drift", node("other", (900, 900, 900), 0)),
+            ("created-locally", node("x", (1500, 1500, 1500), 0)),
+        ]);
+        let found = classify(&route(""), &source, &target, (C, T), |_| false);
+        assert_eq!(found.local, ["created-locally", "set-local"]);
+        assert_eq!(found.drift, ["set-drift"]);
+        let kept = classify(&route(""), &source, &target, (C, T), |rel| rel == "set-local");
+        assert_eq!(
+            kept.local,
+            ["created-locally"],
+            "a path kept by target-wins is left alone"
+        );
+    }
+
+    #[test]
+    fn ephemeral_copies_gone_with_a_previous_leader_are_neither_drift_nor_local() {
+        let source = tree(vec![("", node("", (1, 1, 1), 0)), ("e", node("e", (1, 1, 1), 42))]);
+        // The copy went with the old leader's session: the parent's child
+        // list changed after T.
+        let target = tree(vec![("", node("", (900, 900, 1500), 0))]);
+        let found = classify(&route("ephemerals = \"ephemeral\""), &source, &target, (C, T), |_| {
+            false
+        });
+        assert_eq!(found.expired_copies, ["e"]);
+        assert!(found.local.is_empty() && found.drift.is_empty(), "{found:?}");
     }
 }

@@ -374,3 +374,101 @@ async fn a_vanished_source_root_is_held_until_it_comes_back() {
     })
     .await;
 }
+
+/// Sets random nodes of `/c/n0..n{count}` about 200 times a second until
+/// `stop` is set; returns how many it wrote.
+fn busy_writer(
+    s: zookeeper_client::Client,
+    count: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut writes = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let path = format!("/c/n{}", state % count);
+            s.set_data(&path, format!("v{writes}").as_bytes(), None).await.unwrap();
+            writes += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        writes
+    })
+}
+
+fn passes(bridge: &Bridge) -> usize {
+    bridge.log().matches("anti-entropy pass").count()
+}
+
+/// Own writes are never local changes: with the source busy during the
+/// initial copy, during the anti-entropy passes that follow, and across a
+/// SIGKILL fail-over between instances, and no client writing the target,
+/// no pass reports a local change or drift (once, the pass read the source
+/// before the target, and every change applied in between looked local).
+/// A real local change is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_never_local_changes_on_a_busy_source_and_across_a_fail_over() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/c").await;
+    const NODES: u64 = 2000;
+    let nodes: Vec<(String, Vec<u8>)> = (0..NODES).map(|i| (format!("/c/n{i}"), b"init".to_vec())).collect();
+    create_many(&s, &nodes).await;
+    // Passes every second, slow enough (two scans of ~1.5 s) for many
+    // changes to land while one runs.
+    let toml = config(&src, &dst, "verify_interval_s = 1").replace(
+        "heartbeat_interval_ms = 200\n",
+        "heartbeat_interval_ms = 200\nverify_reads_per_s = 1500\n",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = busy_writer(src.client().await, NODES, stop.clone());
+    let mut first = Bridge::start_as("first", &toml);
+    eventually("three passes after a busy initial copy", CONVERGE, async || {
+        passes(&first) >= 3
+    })
+    .await;
+    let second = Bridge::start_as("second", &toml);
+    eventually("the second instance stands by", CONVERGE, async || {
+        second.http_get("/readyz").is_some() && first.leading() == 1.0
+    })
+    .await;
+    let first_log = first.log();
+    first.kill();
+    eventually("the second instance takes over", CONVERGE, async || {
+        second.leading() == 1.0
+    })
+    .await;
+    eventually("three passes after the fail-over", CONVERGE, async || {
+        passes(&second) >= 3
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 500, "the source was busy: {writes} writes");
+    let t = dst.client().await;
+    await_mirror(&s, "/c", &t, "/c", Compare::default(), CONVERGE).await;
+    for (who, log) in [("first", first_log), ("second", second.log())] {
+        assert!(
+            !log.contains("anti-entropy pass found differences"),
+            "{who}: a pass reported differences nobody made:\n{}",
+            log.lines()
+                .filter(|l| l.contains("anti-entropy"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert_eq!(second.metric("zkbridge_drift_nodes", &[("route", "c")]), 0.0);
+    assert_eq!(conflicts(&second, "overwritten"), 0.0);
+
+    // A real local change is found and put back.
+    t.set_data("/c/n7", b"local", None).await.unwrap();
+    eventually("the local change is overwritten", CONVERGE, async || {
+        get(&t, "/c/n7").await != Some(b"local".to_vec())
+    })
+    .await;
+    assert_eq!(conflicts(&second, "overwritten"), 1.0);
+    await_mirror(&s, "/c", &t, "/c", Compare::default(), CONVERGE).await;
+}
