@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::apply::{Identity, Limits, Worker, WorkerStatus};
 use crate::capture::Capture;
 use crate::config::Resolved;
 use crate::lease::{Balancer, LeaseRecord};
@@ -17,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::status::{Sessions, Status};
 use crate::supervise::supervise;
+use crate::worker::{Identity, Limits, Worker, WorkerStatus};
 use crate::zk::Ensemble;
 
 /// A running route/target worker, as seen by `/readyz` and `sync`.

@@ -6,7 +6,6 @@
 //! [`apply`] reconciles each path to the source's current state with the
 //! decisions of [`plan`]. See `docs/architecture.md`.
 
-pub mod apply;
 pub mod backoff;
 pub mod breaker;
 pub mod bridge;
@@ -27,5 +26,6 @@ pub mod supervise;
 pub mod tree;
 pub mod verify;
 pub mod wait;
+pub mod worker;
 pub mod zk;
 pub mod zxid;

@@ -32,12 +32,12 @@ use prometheus::IntGauge;
 use tracing::{info, warn};
 use zookeeper_client::Client;
 
-use crate::apply::WorkerStatus;
 use crate::config::{AclMode, Endpoint, Route};
 use crate::path::parent;
 use crate::plan::{self, NodeKind, Op};
 use crate::queue::TargetQueue;
 use crate::tree::{self, Tree};
+use crate::worker::WorkerStatus;
 use crate::zk::Ensemble;
 
 /// What a pass found.

@@ -1,0 +1,305 @@
+//! The lead loop: while the lease is held, units of dirty paths, resyncs,
+//! checkpoints and the target watch run side by side; the loop ends when the
+//! lease is lost, handed back, or the bridge shuts down.
+
+use super::*;
+
+/// Reconcile units a leader keeps in flight at once.
+const UNITS_IN_FLIGHT: usize = 128;
+
+/// A reconcile unit (`Some(id)`) or a resync (`None`) and how it ended:
+/// on failure, the error, the resync to redo, or the paths to put back.
+type UnitOutcome = (
+    Option<u64>,
+    Result<(), (Interrupted, Option<ResyncReason>, Vec<(String, Dirty)>)>,
+);
+
+type WatchArming<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PersistentWatcher, Error>> + Send + 'a>>;
+
+type UnitFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = UnitOutcome> + Send + 'a>>;
+
+/// Why a worker stopped leading.
+pub(super) enum LeadEnd {
+    Shutdown,
+    LeaseLost,
+    /// Handed back to spread work over instances.
+    Surplus,
+}
+
+impl Worker {
+    /// Mirrors while `lease` is held. A unit of work in progress when
+    /// shutdown comes finishes (its writes are idempotent either way).
+    pub(super) async fn lead(&self, lease: &Lease, shutdown: &mut watch::Receiver<bool>) -> LeadEnd {
+        let since = Instant::now();
+        let lost = lease.lost();
+        tokio::pin!(lost);
+        let mut balance_check = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.start_leading(lease).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the route's conflict state; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => return LeadEnd::Shutdown,
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        backoff = Duration::from_millis(100);
+        let mut target_watch: Option<PersistentWatcher> = None;
+        // Anti-entropy passes run beside the worker for as long as it leads.
+        let _verifier = (self.route.config.verify_interval_s > 0).then(|| {
+            let verifier = crate::verify::Verifier {
+                route: self.route.clone(),
+                target: self.target.clone(),
+                source_zk: self.source_zk.clone(),
+                target_zk: self.target_zk.clone(),
+                queue: self.queue.clone(),
+                status: self.status.clone(),
+                drift: self.metrics.drift.clone(),
+                reads_per_s: self.limits.verify_reads_per_s,
+                interval: Duration::from_secs(self.route.config.verify_interval_s),
+            };
+            AbortOnDrop(tokio::spawn(verifier.run().instrument(tracing::Span::current())))
+        });
+        let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        let mut checkpointing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> = None;
+        let mut arming: Option<WatchArming<'_>> = None;
+        // No new work before this instant: the last attempt was interrupted.
+        let mut paused_until: Option<Instant> = None;
+        // No new attempt to arm the target watch before this instant.
+        let mut arm_after: Option<Instant> = None;
+        let mut arm_backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return LeadEnd::Shutdown;
+            }
+            let watch_due =
+                self.route.config.verify_interval_s == 0 || self.status.initial_sync_done.load(Ordering::Relaxed);
+            // The one place the target watch is armed: on taking the lead,
+            // after a reconnect (see `zk::watch_subtree`), and — with
+            // anti-entropy on — only once the initial sync is done: every
+            // event of a bulk copy would come back to it, halving the write
+            // rate, and the pass that follows at once covers the window.
+            // Armed alongside the units: a round trip to a distant target
+            // is not spent holding up the changes that arrived during the
+            // initial sync. Echoes are expected from now on: a unit's write
+            // that commits after the watch does fires an event that must not
+            // look local.
+            let arm_due = arm_after.is_none_or(|t| Instant::now() >= t);
+            if target_watch.is_none() && arming.is_none() && watch_due && arm_due {
+                self.status.conflicts.set_watching(true);
+                arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
+            }
+            // With anti-entropy off, nothing else would find local changes:
+            // no work (and no checkpoint) without the watch.
+            let unwatched = self.route.config.verify_interval_s == 0 && target_watch.is_none();
+            let flow = match target_watch.as_mut() {
+                Some(w) => self.drain_target_events(w),
+                None => WatchFlow::Going,
+            };
+            match flow {
+                WatchFlow::Going => {}
+                WatchFlow::Ended => return LeadEnd::LeaseLost,
+                // Armed again at the top of the loop (see `zk::watch_subtree`).
+                WatchFlow::Reconnected => target_watch = None,
+            }
+            if let Some(stop) = self.status.conflicts.stopped() {
+                tokio::select! {
+                    resumed = self.await_resume(lease, &stop) => if resumed {
+                        info!(path = %stop.path, "stop cleared by an operator: applying again");
+                        self.status.conflicts.set_stopped(None);
+                        self.queue.request_resync(ResyncReason::Startup);
+                    },
+                    _ = shutdown.changed() => {},
+                    _ = &mut lost => return LeadEnd::LeaseLost,
+                }
+                continue;
+            }
+            if balance_check.elapsed() >= Duration::from_secs(1) {
+                balance_check = Instant::now();
+                if self.identity.balancer.should_release(since) {
+                    // Only when someone is waiting to take it.
+                    let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+                    let read = crate::lease::contenders(lease.client(), &dir);
+                    let waiting = tokio::time::timeout(Duration::from_secs(2), read)
+                        .await
+                        .is_ok_and(|c| c.is_ok_and(|c| c.len() > 1));
+                    if waiting {
+                        return LeadEnd::Surplus;
+                    }
+                    self.identity.balancer.release_abandoned();
+                }
+            }
+            // A checkpoint on its own costs a round trip to the target: it
+            // goes alongside the units rather than holding them up.
+            if checkpointing.is_none() && !unwatched {
+                if let Some(checkpoint) = self.checkpoint_for(self.queue.reached_barrier()) {
+                    checkpointing = Some(Box::pin(self.write_checkpoint(lease, checkpoint)));
+                }
+            }
+            self.review_breaker(lease).await;
+            // Start units while there is room. Each costs about one round
+            // trip to the target; several in flight hide the distance to a
+            // remote region. The queue keeps a path out of a new unit while
+            // an older one holds it, and hands out a resync only when no
+            // unit is in flight.
+            let mut resync = None;
+            let paused = paused_until.is_some_and(|t| Instant::now() < t);
+            while running.len() < UNITS_IN_FLIGHT && !paused && !unwatched {
+                match self.queue.take(self.limits.batch_max_ops * 4) {
+                    Some(Work::Paths(unit, paths)) => running.push(Box::pin(async move {
+                        let result = self.reconcile(lease, unit, paths).await;
+                        (Some(unit), result.map_err(|(e, p)| (e, None, p)))
+                    }) as UnitFuture<'_>),
+                    Some(Work::Resync(reason)) => {
+                        resync = Some(reason);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let finished = match resync {
+                Some(reason) => {
+                    // A standalone checkpoint from before the resync must not
+                    // land after it (the source may have been rebuilt).
+                    checkpointing = None;
+                    Some((
+                        None,
+                        self.resync(lease, reason)
+                            .await
+                            .map_err(|e| (e, Some(reason), Vec::new())),
+                    ))
+                }
+                None => {
+                    // A due parked path is taken with new work: not while
+                    // paused or full, or waking for it would spin.
+                    let parked = self
+                        .queue
+                        .next_parked_due()
+                        .filter(|_| !paused && running.len() < UNITS_IN_FLIGHT);
+                    let rearm = arm_after.filter(|_| target_watch.is_none() && arming.is_none());
+                    tokio::select! {
+                        Some(done) = running.next(), if !running.is_empty() => Some(done),
+                        _ = async { checkpointing.as_mut().expect("guarded").await }, if checkpointing.is_some() => {
+                            checkpointing = None;
+                            None
+                        }
+                        _ = self.queue.notified() => None,
+                        armed = async { arming.as_mut().expect("guarded").await }, if arming.is_some() => {
+                            arming = None;
+                            match armed {
+                                Ok(w) => {
+                                    target_watch = Some(w);
+                                    arm_backoff = Duration::from_millis(100);
+                                }
+                                Err(e) => {
+                                    let retry_in_ms = arm_backoff.as_millis() as u64;
+                                    // Without anti-entropy, no work is done meanwhile.
+                                    if self.route.config.verify_interval_s == 0 {
+                                        warn!(error = %e, retry_in_ms, "cannot watch the target; retrying");
+                                    } else {
+                                        debug!(error = %e, retry_in_ms, "cannot arm the target watch yet; retrying");
+                                    }
+                                    arm_after = Some(Instant::now() + arm_backoff);
+                                    arm_backoff = (arm_backoff * 2).min(Duration::from_secs(5));
+                                }
+                            }
+                            None
+                        }
+                        event = async {
+                            match target_watch.as_mut() {
+                                Some(w) => w.changed().await,
+                                None => std::future::pending().await,
+                            }
+                        } => match self.on_target_event(event) {
+                            WatchFlow::Going => None,
+                            WatchFlow::Ended => return LeadEnd::LeaseLost,
+                            WatchFlow::Reconnected => {
+                                target_watch = None;
+                                None
+                            }
+                        },
+                        _ = sleep_until(parked) => None,
+                        _ = sleep_until(paused_until.filter(|_| paused)) => None,
+                        _ = sleep_until(rearm) => None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                        _ = shutdown.changed() => None,
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    }
+                }
+            };
+            let Some((unit, result)) = finished else {
+                continue;
+            };
+            self.queue.settle(unit);
+            match result {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    // An error stays shown while a path it held back waits.
+                    if self.queue.next_parked_due().is_none() {
+                        *self.status.last_error.lock().unwrap() = None;
+                    }
+                }
+                Err((e, reason, paths)) => {
+                    if e.lease_lost() {
+                        if e.source == Error::RuntimeInconsistent {
+                            self.metrics.fencing_rejections.inc();
+                        }
+                        return LeadEnd::LeaseLost;
+                    }
+                    match reason {
+                        Some(reason) => self.queue.request_resync(reason),
+                        None => self.queue.requeue(paths),
+                    }
+                    // One incident (a lost connection, say) fails every unit
+                    // in flight: it pauses new work once, while the others
+                    // come back and are put back too.
+                    if paused_until.is_none_or(|t| Instant::now() >= t) {
+                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
+                        self.metrics.error(error_kind(&e.source));
+                        *self.status.last_error.lock().unwrap() = Some(e.to_string());
+                        paused_until = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    } else {
+                        debug!(error = %e, "unit failed in the same interruption; put back");
+                    }
+                }
+            }
+            let error = self.status.last_error.lock().unwrap().clone();
+            lease.publish_error(error).await;
+        }
+    }
+
+    /// What a new leader reads before applying: paths kept by policy and a
+    /// stop left by the previous leader; and the watch on the target path
+    /// that reveals local changes from now on.
+    pub(super) async fn start_leading(&self, lease: &Lease) -> Result<(), Error> {
+        let tgt = lease.client();
+        let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        self.status.conflicts.set_watching(false);
+        let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
+        if !kept.is_empty() {
+            info!(paths = kept.len(), "target versions kept by policy (target-wins)");
+        }
+        self.status.conflicts.set_kept(kept);
+        let stop = conflict::read_stopped(tgt, &conflict::stopped_path(meta, route, target)).await?;
+        if let Some(stop) = &stop {
+            warn!(path = %stop.path, reason = %stop.reason, "route/target is stopped; `zkbridge resume` clears it");
+        }
+        self.status.conflicts.set_stopped(stop);
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,286 @@
+//! The per-(route, target) worker: takes dirty paths from its queue, reads
+//! the source's current state and makes the target match.
+//!
+//! Each target has its own worker and queue, so a slow or unreachable target
+//! never stalls the others. Every step is idempotent (read current state,
+//! write only the difference), which is what makes coalesced events, retries
+//! after connection loss and restarts safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+use zookeeper_client::{
+    Acl, Acls, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
+    PersistentWatcher,
+};
+
+use crate::checkpoint::{
+    checkpoint_path, ensemble_id, now_ms, persistent, progress_path, put_json, Checkpoint, Progress,
+};
+use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
+use crate::conflict::{self, Conflicts, StopRecord};
+use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
+use crate::metrics::Metrics;
+use crate::path::{self, join, parent};
+use crate::plan::{self, NodeKind, Op};
+use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
+use crate::tree::{self, NodeState};
+use crate::zk::{error_kind, is_transient, Ensemble};
+
+mod acl;
+mod breaker;
+mod checkpointing;
+mod lead;
+mod policy;
+mod resync;
+mod sequence;
+mod status;
+mod target_metrics;
+mod target_watch;
+mod unit;
+mod write;
+
+use acl::AclPlan;
+use lead::LeadEnd;
+pub use status::WorkerStatus;
+use target_metrics::TargetMetrics;
+use target_watch::WatchFlow;
+use write::{fenced_error, fenced_put, is_node_level};
+
+/// How long a path that failed for a lasting reason (no permission, data the
+/// target refuses) waits before it is tried again.
+const PARK_FOR: Duration = Duration::from_secs(30);
+
+/// Limits for writing to a target.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub batch_max_ops: usize,
+    pub batch_max_bytes: usize,
+    pub max_in_flight: usize,
+    pub verify_reads_per_s: u32,
+}
+
+impl From<&BridgeConfig> for Limits {
+    fn from(b: &BridgeConfig) -> Self {
+        Limits {
+            batch_max_ops: b.batch_max_ops,
+            batch_max_bytes: b.batch_max_bytes,
+            max_in_flight: b.max_in_flight,
+            verify_reads_per_s: b.verify_reads_per_s,
+        }
+    }
+}
+
+/// Who this instance is and where its own znodes live.
+#[derive(Clone)]
+pub struct Identity {
+    pub bridge_id: String,
+    pub meta_path: String,
+    /// Shared by every worker of this instance: spreads leases.
+    pub balancer: Arc<Balancer>,
+    pub lease_record: LeaseRecord,
+}
+
+/// Mirrors one route into one target ensemble.
+pub struct Worker {
+    route: Arc<Route>,
+    target: Endpoint,
+    source_zk: Ensemble,
+    target_zk: Ensemble,
+    queue: Arc<TargetQueue>,
+    limits: Limits,
+    status: Arc<WorkerStatus>,
+    metrics: TargetMetrics,
+    identity: Identity,
+    /// The source ensemble's id, learnt at the first (re)sync.
+    source_id: Mutex<Option<String>>,
+    /// Deletes applied recently, for the delete circuit breaker.
+    delete_window: Mutex<crate::breaker::DeleteWindow>,
+    /// Source paths already reported as unreadable (reported once each).
+    unreadable_reported: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Why an attempt must be retried later as a whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{side} ensemble: {source}")]
+struct Interrupted {
+    side: &'static str,
+    #[source]
+    source: Error,
+}
+
+impl Interrupted {
+    /// The target refused the write because the lease is gone (fenced), or
+    /// the session that owned the lease ended: this worker must stop.
+    fn lease_lost(&self) -> bool {
+        self.side == "target" && matches!(self.source, Error::RuntimeInconsistent | Error::SessionExpired)
+    }
+}
+
+impl Worker {
+    pub fn new(
+        route: Arc<Route>,
+        target: Endpoint,
+        (source_zk, target_zk): (Ensemble, Ensemble),
+        queue: Arc<TargetQueue>,
+        status: Arc<WorkerStatus>,
+        (limits, identity): (Limits, Identity),
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
+        let source_id = Mutex::new(None);
+        let delete_window = Mutex::new(crate::breaker::DeleteWindow::new(
+            Duration::from_secs(route.config.delete_window_s),
+            route.config.max_delete_fraction,
+        ));
+        Worker {
+            delete_window,
+            unreadable_reported: Default::default(),
+            route,
+            target,
+            source_zk,
+            target_zk,
+            queue,
+            limits,
+            status,
+            metrics,
+            identity,
+            source_id,
+        }
+    }
+
+    /// Runs until shutdown: competes for the route/target's lease, leads
+    /// while it holds it, stands by otherwise. On shutdown the lease is
+    /// released at once so a standby takes over without waiting for the
+    /// session timeout.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let span = tracing::info_span!(
+            "worker",
+            route = %self.route.name(),
+            target = %self.target.ensemble,
+            session = tracing::field::Empty
+        );
+        async move {
+            let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+            loop {
+                self.queue.set_leading(false);
+                if *shutdown.borrow() {
+                    break;
+                }
+                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record);
+                tokio::pin!(acquire);
+                let mut look = tokio::time::interval(Duration::from_secs(1));
+                let lease = loop {
+                    tokio::select! {
+                        lease = &mut acquire => break Some(lease),
+                        _ = look.tick() => self.note_other_leader(&dir).await,
+                        _ = shutdown.changed() => break None,
+                    }
+                };
+                *self.status.other_leader.lock().unwrap() = None;
+                let Some(lease) = lease else { continue };
+                tracing::Span::current().record("session", tracing::field::display(lease.client().session_id()));
+                info!(lease = %lease.path(), "holding the lease: leading");
+                self.identity.balancer.gained();
+                self.metrics.leader.set(1);
+                self.status.initial_sync_done.store(false, Ordering::Relaxed);
+                self.status.leading_since_ms.store(now_ms(), Ordering::Relaxed);
+                self.status.leading.store(true, Ordering::Relaxed);
+                self.queue.set_leading(true);
+                let end = self.lead(&lease, &mut shutdown).await;
+                self.queue.set_leading(false);
+                self.status.leading.store(false, Ordering::Relaxed);
+                self.metrics.leader.set(0);
+                match end {
+                    LeadEnd::Shutdown => {
+                        self.identity.balancer.lost();
+                        lease.release().await;
+                    }
+                    LeadEnd::Surplus => {
+                        info!(
+                            fair_share = self.identity.balancer.fair_share(),
+                            "handing the lease to another instance"
+                        );
+                        lease.release().await;
+                    }
+                    LeadEnd::LeaseLost => {
+                        self.identity.balancer.lost();
+                        warn!("lease lost: stopped writing; standing by");
+                    }
+                }
+            }
+            info!("worker stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Records which other instance, if any, holds the lease this worker is
+    /// waiting for (for `/readyz`: a standby behind a leader is fine).
+    async fn note_other_leader(&self, dir: &str) {
+        let Ok(session) = tokio::time::timeout(Duration::from_millis(500), self.target_zk.session()).await else {
+            return;
+        };
+        let read = tokio::time::timeout(Duration::from_secs(2), crate::lease::contenders(&session.client, dir)).await;
+        let holder = match read {
+            Ok(Ok(c)) => c
+                .into_iter()
+                .next()
+                .filter(|h| !h.same_process(&self.identity.lease_record)),
+            _ => None,
+        };
+        *self.status.other_leader.lock().unwrap() = holder.map(|h| h.instance);
+    }
+
+    /// Reports a source node the bridge may not read (NoAuth), once per
+    /// path: it is skipped, its target twin left alone, the rest goes on.
+    fn report_unreadable(&self, rel: &str) {
+        if self.unreadable_reported.lock().unwrap().insert(rel.to_string()) {
+            let path = join(&self.route.source.path, rel);
+            warn!(%path, code = "no_auth", "source node not readable with the configured credentials: skipped (its target copy is left as is)");
+            self.metrics.error("no_auth");
+        }
+    }
+
+    /// The source's current session, and the target session that holds the
+    /// lease (the only one this worker may write with).
+    async fn clients(&self, lease: &Lease) -> (Client, Client) {
+        (self.source_zk.session().await.client, lease.client().clone())
+    }
+
+    /// Sets aside a path the target will not take as it is: counted, shown
+    /// in `status` (`error`), retried in `PARK_FOR`, pending meanwhile.
+    fn park_refused(&self, rel: String, dirty: Dirty, kind: &str, error: String) {
+        self.metrics.error(kind);
+        *self.status.last_error.lock().unwrap() = Some(error);
+        self.queue.park(rel, dirty, Instant::now() + PARK_FOR);
+    }
+}
+
+/// The dirty record of `rel`, or one for a path the queue did not mark (a
+/// resync's ops): first seen at `since`, ordered before everything.
+fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant) -> Dirty {
+    dirty.get(rel).copied().unwrap_or(Dirty {
+        since,
+        scaffold: false,
+        seq: 0,
+        target_only: false,
+        data_only: false,
+        read_first: false,
+    })
+}
+
+/// Stops a background task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

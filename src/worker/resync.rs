@@ -1,0 +1,400 @@
+//! Full scans: a resume from the checkpoint (target work proportional to
+//! the change), a full compare, or a streaming copy into an empty target.
+
+use super::*;
+
+impl Worker {
+    /// Full scan of the source; then either a full scan of the target and
+    /// the plan that makes them equal, or — with a valid checkpoint C — a
+    /// resume that reads and writes the target only where the source changed
+    /// after C.
+    pub(super) async fn resync(&self, lease: &Lease, reason: ResyncReason) -> Result<(), Interrupted> {
+        let started = Instant::now();
+        let (src, tgt) = self.clients(lease).await;
+        let route = &self.route;
+        let meta = &self.identity.meta_path;
+        let source_id = ensemble_id(&src, meta, &self.source_zk.acl)
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+        ensemble_id(&tgt, meta, &self.target_zk.acl)
+            .await
+            .map_err(|source| Interrupted { side: "target", source })?;
+        *self.source_id.lock().unwrap() = Some(source_id.clone());
+        let (stored, stored_target_zxid) = match tgt
+            .get_data(&checkpoint_path(meta, route.name(), &self.target.ensemble))
+            .await
+        {
+            // A damaged checkpoint means a full resync, never a guess.
+            Ok((data, stat)) => (serde_json::from_slice::<Checkpoint>(&data).ok(), stat.mzxid),
+            Err(Error::NoNode) => (None, -1),
+            Err(source) => return Err(Interrupted { side: "target", source }),
+        };
+        let resume_from = match (&stored, reason) {
+            (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => None,
+            (Some(c), _) if c.source_ensemble_id == source_id => Some(c.source_zxid),
+            (Some(c), _) => {
+                warn!(
+                    checkpoint_source = %c.source_ensemble_id,
+                    current_source = %source_id,
+                    "checkpoint belongs to another source ensemble (rebuilt or re-pointed): full resync"
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let mismatch = stored.as_ref().is_some_and(|c| c.source_ensemble_id != source_id);
+        self.metrics.resync(if mismatch {
+            ResyncReason::CheckpointMismatch
+        } else {
+            reason
+        });
+        if mismatch || stored.is_none() {
+            // A rebuilt source restarts zxids low: a checkpoint remembered
+            // from the old one must not hold the new ones back.
+            *self.status.checkpoint.lock().unwrap() = None;
+        }
+        if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
+            // Another instance may have led since this one last did.
+            let mut known = self.status.checkpoint.lock().unwrap();
+            if known.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
+                self.metrics.checkpoint_zxid.set(c.source_zxid);
+                *known = Some(c.clone());
+            }
+        }
+
+        let scan_started = Instant::now();
+        let scan_target = || async {
+            tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted { side: "target", source })
+        };
+        // A full copy into an empty target writes while it reads (see
+        // `stream_copy`); the plan would be "create everything" anyway.
+        let full_target = match resume_from {
+            None => Some(scan_target().await?),
+            Some(_) => None,
+        };
+        let streaming = full_target.as_ref().is_some_and(|t| t.is_empty()) && route.config.include == ["**"];
+        let (source, streamed) = if streaming {
+            self.ensure_target_parent(&tgt).await?;
+            self.stream_copy(lease, &src).await?
+        } else {
+            let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted { side: "source", source })?;
+            (source, 0)
+        };
+        for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
+            self.report_unreadable(rel);
+        }
+        // Managed nodes in the target, when it was scanned.
+        let mut in_target = 0;
+        let ops = match resume_from {
+            Some(c) if !source.is_empty() => self.resume_plan(&tgt, &source, c).await?,
+            _ if streaming => Vec::new(),
+            _ => {
+                let target = match full_target {
+                    Some(t) => t,
+                    None => scan_target().await?,
+                };
+                in_target = target.keys().filter(|rel| route.filter.managed(rel)).count();
+                plan::plan(route, &source, &target)
+            }
+        };
+        // The fraction is of what the target mirrors: before this resync
+        // (the gauge, or the scan) or after it (the source), the largest.
+        let mirrored_in_source = source
+            .iter()
+            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
+            .count();
+        let mirrored_before = (self.metrics.mirrored.get().max(0) as usize).max(in_target);
+        let mut ops = self
+            .hold_mass_deletes(
+                lease,
+                ops,
+                &BTreeMap::new(),
+                (source.is_empty(), mirrored_in_source.max(mirrored_before)),
+            )
+            .await;
+        // Target versions kept by policy stay, unless the source changed
+        // the node since (which ends the keep).
+        let mut ended = Vec::new();
+        ops.retain(|op| {
+            let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
+            match self.status.conflicts.keeps(op.rel(), source_mzxid) {
+                Some(true) => false,
+                Some(false) => {
+                    ended.push(op.rel().to_string());
+                    true
+                }
+                None => true,
+            }
+        });
+        let kept_dir = conflict::kept_dir(meta, route.name(), &self.target.ensemble);
+        for rel in ended {
+            let _ = conflict::unpersist_kept(&tgt, &kept_dir, &rel).await;
+        }
+        if ops
+            .first()
+            .is_some_and(|o| matches!(o, Op::Create { rel, .. } if rel.is_empty()))
+        {
+            self.ensure_target_parent(&tgt).await?;
+        }
+        let planned = ops.len() + streamed;
+        self.status.scanned.store(source.len() as u64, Ordering::Relaxed);
+        self.status.planned.store(planned as u64, Ordering::Relaxed);
+        self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
+        if !self.status.initial_sync_done.load(Ordering::Relaxed) {
+            // From T on, every write to the target is accounted for: ours
+            // since the resumed checkpoint, or — for a full copy, which runs
+            // before the target watch is armed — ours since this instance
+            // took the lead (its lease node's creation), so that a local
+            // change made during the copy is judged as one.
+            let reference = match resume_from {
+                Some(_) => stored_target_zxid,
+                None => match tgt.check_stat(lease.path()).await {
+                    Ok(Some(stat)) => stat.czxid,
+                    _ => -1,
+                },
+            };
+            self.status.reference_target_zxid.store(reference, Ordering::Relaxed);
+        }
+        if resume_from.is_some() {
+            self.metrics.resume_writes.inc_by(planned as u64);
+        }
+        let since = Instant::now();
+        let scan_ms = (since - scan_started).as_millis() as u64;
+        let dirty = BTreeMap::new();
+        let checkpoint = self.ride_along_checkpoint(None);
+        self.write(lease, ops, &dirty, since, checkpoint).await?;
+        let write_ms = since.elapsed().as_millis() as u64;
+        if route.config.acls == AclMode::Copy {
+            // A resume looks at nodes changed since C; an ACL-only change
+            // leaves no trace there and is found by the anti-entropy pass
+            // that follows a resume.
+            let acl_rels = source
+                .iter()
+                .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
+                .filter(|(rel, _)| !self.status.conflicts.is_kept(rel))
+                .map(|(rel, _)| rel.clone())
+                .collect();
+            self.sync_acls(lease, &src, acl_rels).await?;
+        }
+        let sequential_parents: Vec<String> = source
+            .iter()
+            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| path::is_sequential_name(c)))
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        self.align_sequence_counters(lease, &src, sequential_parents).await?;
+        // A first checkpoint has no node to ride along on, and a streamed
+        // copy leaves no batch to carry one: it is written before the sync
+        // counts as done, so that the changes that follow are written blind
+        // (see `reconcile`) instead of a target read later.
+        if let Some(checkpoint) = self.checkpoint_for(self.queue.barrier_completed_by(None)) {
+            self.write_checkpoint(lease, checkpoint).await;
+        }
+        let mirrored = mirrored_in_source;
+        self.metrics.mirrored.set(mirrored as i64);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let how = if resume_from.is_some() {
+            "resumed from checkpoint"
+        } else {
+            "full"
+        };
+        if !self.status.initial_sync_done.swap(true, Ordering::Relaxed) {
+            info!(
+                nodes = mirrored,
+                ops = planned,
+                elapsed_ms,
+                scan_ms,
+                write_ms,
+                how,
+                "initial sync done"
+            );
+        } else {
+            info!(
+                reason = reason.as_str(),
+                nodes = mirrored,
+                ops = planned,
+                elapsed_ms,
+                how,
+                "resync done"
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies the source into an empty target while scanning it: each node
+    /// read becomes a create at once, and creates are written in pipelined
+    /// batches as they come, parents first (the scan is breadth-first and a
+    /// session's requests are applied in order). Scan and write overlap, so
+    /// the copy takes about as long as the slower of the two instead of
+    /// their sum. Returns the source tree and the number of creates.
+    pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
+        let route = &self.route;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
+        let scan = tree::scan_streaming(
+            src,
+            &route.source.path,
+            self.limits.max_in_flight,
+            |rel| !route.filter.excluded(rel),
+            move |rel, node| {
+                // Once the writer stopped (an error), the scan only reads.
+                if plan::is_mirrored(route, rel, node) && !tx.is_closed() {
+                    // The rest of the resync needs stats and child lists,
+                    // not payloads: the create takes the data.
+                    let _ = tx.send(Op::Create {
+                        rel: rel.to_string(),
+                        kind: NodeKind::of(route, node),
+                        data: std::mem::take(&mut node.data),
+                    });
+                }
+            },
+        );
+        let write = async move {
+            // Owning the receiver: on an error it goes, and the scan stops
+            // handing over payloads that nobody would write.
+            let mut rx = rx;
+            let mut written = 0;
+            let none = BTreeMap::new();
+            while let Some(first) = rx.recv().await {
+                let mut ops = vec![first];
+                while let Ok(op) = rx.try_recv() {
+                    ops.push(op);
+                }
+                written += ops.len();
+                self.write(lease, ops, &none, Instant::now(), None).await?;
+            }
+            Ok::<usize, Interrupted>(written)
+        };
+        let (scanned, written) = tokio::join!(scan, write);
+        let source = scanned.map_err(|source| Interrupted { side: "source", source })?;
+        Ok((source, written?))
+    }
+
+    /// The ops a resume from checkpoint `c` needs: the target is read only
+    /// for source nodes changed after `c` (`mzxid > c`) and for the child
+    /// lists of source nodes whose children changed after `c` (`pzxid > c`,
+    /// the only place a delete can hide).
+    pub(super) async fn resume_plan(&self, tgt: &Client, source: &tree::Tree, c: i64) -> Result<Vec<Op>, Interrupted> {
+        let route = &self.route;
+        let read = |n: &NodeState| n.stat.ephemeral_owner != -1;
+        let changed: Vec<String> = source
+            .iter()
+            .filter(|(_, n)| read(n) && n.stat.mzxid > c)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let reparented: Vec<String> = source
+            .iter()
+            .filter(|(_, n)| read(n) && n.stat.pzxid > c)
+            .map(|(r, _)| r.clone())
+            .collect();
+        // Changed nodes that existed at C are in the target (the checkpoint
+        // says so) and the kept ones are handled with reads: those are
+        // written blind, the rest read first. Nodes created after C are
+        // created blind. A blind write that finds otherwise is retried with
+        // reads (see `write_one`).
+        let (blind, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|rel| {
+            source.get(rel).is_some_and(|n| plan::is_mirrored(route, rel, n)) && !self.status.conflicts.is_kept(rel)
+        });
+        let mut upserts: Vec<Op> = blind
+            .into_iter()
+            .map(|rel| {
+                let n = &source[&rel];
+                if n.stat.czxid > c {
+                    Op::Create {
+                        kind: NodeKind::of(route, n),
+                        data: n.data.clone(),
+                        rel,
+                    }
+                } else {
+                    Op::Set {
+                        data: n.data.clone(),
+                        rel,
+                    }
+                }
+            })
+            .collect();
+        self.metrics.resume_scanned.inc_by(source.len() as u64);
+        self.metrics
+            .resume_reads
+            .inc_by((changed.len() + reparented.len()) as u64);
+        let fail = |source| Interrupted { side: "target", source };
+        let target_nodes = tree::read_nodes(tgt, &self.target.path, &changed, self.limits.max_in_flight)
+            .await
+            .map_err(fail)?;
+        let target_lists = tree::scan_from(
+            tgt,
+            &self.target.path,
+            reparented.clone(),
+            self.limits.max_in_flight,
+            |_| false,
+        )
+        .await
+        .map_err(fail)?;
+
+        for (rel, t) in changed.iter().zip(target_nodes) {
+            let t = t.map(|(data, stat)| NodeState {
+                data,
+                stat,
+                children: Vec::new(),
+            });
+            if let Some(op) = plan::decide(route, rel, source.get(rel), t.as_ref(), false) {
+                upserts.push(op);
+            }
+        }
+        let mut delete_roots = Vec::new();
+        for parent_rel in &reparented {
+            let Some(listed) = target_lists.get(parent_rel) else {
+                continue;
+            };
+            for child in &listed.children {
+                let rel = if parent_rel.is_empty() {
+                    child.clone()
+                } else {
+                    format!("{parent_rel}/{child}")
+                };
+                let present = NodeState {
+                    data: Vec::new(),
+                    stat: listed.stat,
+                    children: Vec::new(),
+                };
+                if let Some(Op::Delete { rel }) = plan::decide(route, &rel, source.get(&rel), Some(&present), false) {
+                    delete_roots.push(rel);
+                }
+            }
+        }
+        let mut ops = self.subtree_deletes(tgt, delete_roots).await.map_err(fail)?;
+        self.metrics.resume_reads.inc_by(ops.len() as u64);
+        upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
+        ops.extend(upserts);
+        Ok(ops)
+    }
+
+    /// Delete ops, children first, for the whole target subtrees at `roots`:
+    /// a delete covers the node's subtree, since ZooKeeper deletes children
+    /// first and events for them may have been coalesced or lost.
+    pub(super) async fn subtree_deletes(&self, tgt: &Client, roots: Vec<String>) -> Result<Vec<Op>, Error> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subtree = tree::scan_from(tgt, &self.target.path, roots, self.limits.max_in_flight, |_| true).await?;
+        Ok(subtree.into_keys().rev().map(|rel| Op::Delete { rel }).collect())
+    }
+
+    /// Creates the target path's ancestors (not the path itself, which is the
+    /// mirror of the source root and created with its data).
+    pub(super) async fn ensure_target_parent(&self, tgt: &Client) -> Result<(), Interrupted> {
+        let Some(parent) = path::parent_absolute(&self.target.path).filter(|p| *p != "/") else {
+            return Ok(());
+        };
+        match tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await {
+            Ok(()) | Err(Error::NodeExists) => Ok(()),
+            Err(source) => Err(Interrupted { side: "target", source }),
+        }
+    }
+}

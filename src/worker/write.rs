@@ -1,0 +1,379 @@
+//! Writing to the target: `multi` batches bounded in ops and bytes,
+//! pipelined, fenced by the lease; a refused batch retried op by op and each
+//! refusal sorted out.
+
+use super::*;
+
+impl Worker {
+    /// Commits `ops` in pipelined `multi` batches bounded in ops and bytes,
+    /// each fenced by the lease. A batch refused for a node-level reason is
+    /// retried op by op, so one bad node cannot hold back the others;
+    /// connection-level failures abort the attempt for the caller to retry.
+    ///
+    /// `checkpoint` (the barrier this work completes) rides in the last
+    /// batch, sent once every earlier batch is known to have committed, so
+    /// the checkpoint commits atomically with the last writes it covers.
+    /// When that cannot be (a refused op, nothing to write), it is left to
+    /// `write_checkpoint`.
+    pub(super) async fn write(
+        &self,
+        lease: &Lease,
+        ops: Vec<Op>,
+        dirty: &BTreeMap<String, Dirty>,
+        since: Instant,
+        mut checkpoint: Option<Checkpoint>,
+    ) -> Result<(), Interrupted> {
+        let base = self.target.path.as_str();
+        let acls = self.acl_plan(lease, &ops).await?;
+        // A request over the target's jute.maxbuffer makes the server drop
+        // the connection, every time: such a node would stall the route as
+        // a "network" error. It is held back and kept pending instead.
+        let limit = self.target_zk.max_request_bytes;
+        let (ops, oversized): (Vec<Op>, Vec<Op>) = ops
+            .into_iter()
+            .partition(|op| op.wire_size(base.len()) + REQUEST_OVERHEAD <= limit);
+        for op in oversized {
+            let rel = op.rel().to_string();
+            let path = join(base, &rel);
+            let bytes = op.wire_size(base.len());
+            warn!(%path, bytes, max_request_bytes = limit, "node too large for the target ensemble (its jute.maxbuffer); it stays pending until it shrinks or the limit is raised");
+            self.park_refused(
+                rel.clone(),
+                dirty_or_unmarked(dirty, &rel, since),
+                "too_large",
+                format!("{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"),
+            );
+            // The checkpoint was chosen on the premise that this unit
+            // commits in full; it waits for the parked path instead.
+            checkpoint = None;
+        }
+        // A whole batch must fit the target's request limit too.
+        let limits = Limits {
+            batch_max_bytes: self
+                .limits
+                .batch_max_bytes
+                .min(limit.saturating_sub(REQUEST_OVERHEAD * 4)),
+            ..self.limits
+        };
+        let mut batches = batch(ops, base.len(), limits);
+        let mut last = checkpoint.as_ref().and_then(|_| batches.pop());
+        let mut refused: Vec<Op> = Vec::new();
+        let mut interrupted: Option<Error> = None;
+        let mut in_flight = FuturesOrdered::new();
+        let mut pending = batches.into_iter();
+        let checkpoint_write = checkpoint.as_ref().map(|c| {
+            (
+                checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble),
+                serde_json::to_vec(c).expect("JSON of a plain struct"),
+            )
+        });
+        let mut carried = false;
+        loop {
+            while in_flight.len() < self.limits.max_in_flight {
+                let Some(batch) = pending.next() else { break };
+                in_flight.push_back(commit(lease, base, batch, None, &self.status.conflicts, &acls));
+            }
+            if in_flight.is_empty() && interrupted.is_none() && refused.is_empty() {
+                if let Some(batch) = last.take() {
+                    carried = true;
+                    in_flight.push_back(commit(
+                        lease,
+                        base,
+                        batch,
+                        checkpoint_write.as_ref(),
+                        &self.status.conflicts,
+                        &acls,
+                    ));
+                }
+            }
+            let Some((batch, result)) = in_flight.next().await else {
+                break;
+            };
+            match result {
+                Ok(target_zxid) => {
+                    self.metrics.batches.inc();
+                    for op in &batch {
+                        self.metrics.committed(op);
+                        let first_seen = dirty.get(op.rel()).map(|d| d.since).unwrap_or(since);
+                        self.metrics.latency.observe(first_seen.elapsed().as_secs_f64());
+                    }
+                    if carried && in_flight.is_empty() && pending.len() == 0 {
+                        if let Some(c) = checkpoint.clone() {
+                            self.checkpoint_committed(c, target_zxid.unwrap_or(-1)).await;
+                        }
+                    }
+                }
+                Err(e) if is_transient(&e) && !is_node_level(&e) => {
+                    interrupted.get_or_insert(e);
+                }
+                Err(e) => {
+                    debug!(error = %e, ops = batch.len(), "batch refused; retrying op by op");
+                    refused.extend(batch);
+                }
+            }
+        }
+        if let Some(source) = interrupted {
+            return Err(Interrupted { side: "target", source });
+        }
+        // The batch that would have carried the checkpoint, when an earlier
+        // one was refused.
+        refused.extend(last.into_iter().flatten());
+        for op in refused {
+            self.write_one(lease, op, dirty, since, &acls).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one op alone and sorts out why it failed: races resolve by
+    /// reconciling the path again, lasting failures park it.
+    pub(super) async fn write_one(
+        &self,
+        lease: &Lease,
+        op: Op,
+        dirty: &BTreeMap<String, Dirty>,
+        since: Instant,
+        acls: &AclPlan,
+    ) -> Result<(), Interrupted> {
+        let base = self.target.path.as_str();
+        let rel = op.rel().to_string();
+        let d = dirty_or_unmarked(dirty, &rel, since);
+        let kind = op.kind();
+        let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts, acls).await;
+        let op = &batch[0];
+        match result {
+            Ok(_) => {
+                self.metrics.batches.inc();
+                self.metrics.committed(op);
+                self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
+            }
+            Err(Error::NoNode) if matches!(op, Op::Delete { .. }) => {}
+            Err(Error::NoNode) if matches!(op, Op::Create { .. }) => {
+                // The target lacks the parent: make it exist first — unless
+                // the parent itself waits (too large, no permission): then
+                // the child waits with it rather than spin.
+                let p = parent(&rel).unwrap_or("").to_string();
+                if self.queue.is_parked(&p) {
+                    self.queue
+                        .park(rel, Dirty { data_only: false, ..d }, Instant::now() + PARK_FOR);
+                } else {
+                    let d = Dirty { data_only: false, ..d };
+                    self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
+                }
+            }
+            // A create found the node there: an earlier unit's create (a
+            // node created and changed again in quick succession), or a
+            // local create, which the target watch reports on its own. Look
+            // again, with reads, without calling it a conflict.
+            Err(Error::NodeExists) if matches!(op, Op::Create { .. }) => self.queue.requeue([(
+                rel,
+                Dirty {
+                    data_only: false,
+                    read_first: true,
+                    ..d
+                },
+            )]),
+            // A blind set found the node gone, which the checkpoint said was
+            // there: look again, with reads, as a change in the target (it
+            // may have been deleted while no bridge watched).
+            Err(Error::NoNode) if !matches!(op, Op::Delete { .. }) => self.queue.requeue([(
+                rel,
+                Dirty {
+                    target_only: true,
+                    data_only: false,
+                    ..d
+                },
+            )]),
+            Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => {
+                self.queue.requeue([(rel, Dirty { data_only: false, ..d })])
+            }
+            Err(e) if is_transient(&e) => {
+                return Err(Interrupted {
+                    side: "target",
+                    source: e,
+                })
+            }
+            Err(e) => {
+                let path = join(base, &rel);
+                warn!(%path, op = kind, error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
+                self.park_refused(rel, d, error_kind(&e), format!("{path}: {kind} refused: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a single-op `multi` adds beyond the op itself: the header, the
+/// lease check, the ACL. Generous on purpose.
+pub(super) const REQUEST_OVERHEAD: usize = 1024;
+
+/// Errors that concern a node rather than the connection.
+pub(super) fn is_node_level(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NoNode | Error::NodeExists | Error::NotEmpty | Error::BadVersion
+    )
+}
+
+/// Splits ops into batches of at most `limits.batch_max_ops` ops and
+/// `limits.batch_max_bytes` bytes (an op larger than that goes alone).
+pub(super) fn batch(ops: Vec<Op>, base_len: usize, limits: Limits) -> Vec<Vec<Op>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = op.wire_size(base_len);
+        if !current.is_empty() && (current.len() >= limits.batch_max_ops || bytes + size > limits.batch_max_bytes) {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(op);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Sends one batch as a `multi` whose first op checks the lease, plus an
+/// optional extra set-data (the checkpoint). The request is sent when this
+/// is called, not when the future is polled, so batches pipeline in order.
+///
+/// Each op registers the echo its event will produce in the target watch
+/// before the request leaves (the event may arrive before the reply); a
+/// failed batch withdraws them.
+pub(super) fn commit<'a>(
+    lease: &'a Lease,
+    base: &'a str,
+    batch: Vec<Op>,
+    extra: Option<&(String, Vec<u8>)>,
+    conflicts: &'a Conflicts,
+    acls: &AclPlan,
+) -> impl std::future::Future<Output = (Vec<Op>, Result<Option<i64>, Error>)> + 'a {
+    let mut writer = lease.writer();
+    let added: Result<(), Error> = batch
+        .iter()
+        .try_for_each(|op| {
+            let path = join(base, op.rel());
+            match op {
+                Op::Create { data, kind, rel } => writer.add_create(&path, data, &create_options(*kind, acls.of(rel))),
+                Op::Set { data, .. } => writer.add_set_data(&path, data, None),
+                Op::Delete { .. } => writer.add_delete(&path, None),
+            }
+        })
+        .and_then(|()| match extra {
+            Some((path, data)) => writer.add_set_data(path, data, None),
+            None => Ok(()),
+        });
+    let carries_extra = extra.is_some();
+    let sent = added.map(|()| {
+        for op in &batch {
+            conflicts.expect_echo(join(base, op.rel()));
+        }
+        writer.commit()
+    });
+    async move {
+        // The extra op's stat carries the transaction's zxid in the target.
+        let result = match sent {
+            Err(e) => Err(e),
+            Ok(fut) => fut.await.map_err(fenced_error).map(|results| match results.last() {
+                Some(MultiWriteResult::SetData { stat }) if carries_extra => Some(stat.mzxid),
+                _ => None,
+            }),
+        };
+        if result.is_err() {
+            for op in &batch {
+                conflicts.cancel_echo(&join(base, op.rel()));
+            }
+        }
+        (batch, result)
+    }
+}
+
+/// How a node of `kind` is created in the target.
+pub(super) fn create_options(kind: NodeKind, acl: &[Acl]) -> CreateOptions<'_> {
+    match kind {
+        NodeKind::Persistent => CreateMode::Persistent.with_acls(Acls::new(acl)),
+        NodeKind::Ephemeral => CreateMode::Ephemeral.with_acls(Acls::new(acl)),
+    }
+}
+
+/// Sets (or creates) `path` in a `multi` fenced by the lease.
+pub(super) async fn fenced_put(
+    lease: &Lease,
+    path: &str,
+    data: &[u8],
+    acl: &[Acl],
+    likely_missing: bool,
+) -> Result<i64, Error> {
+    // Creating: a create followed by a set of the same node in one `multi`,
+    // whose set's stat carries the transaction's zxid (a create's stat in a
+    // multi is unreliable on servers before 3.8.2), in one round trip.
+    let put = |create: bool| {
+        let mut writer = lease.writer();
+        let create_op = match create {
+            true => writer.add_create(path, data, &persistent(acl)),
+            false => Ok(()),
+        };
+        create_op
+            .and_then(|()| writer.add_set_data(path, data, None))
+            .map(|()| writer)
+    };
+    let zxid = |results: Vec<MultiWriteResult>| match results.last() {
+        Some(MultiWriteResult::SetData { stat }) => stat.mzxid,
+        _ => -1,
+    };
+    match put(likely_missing)?.commit().await.map_err(fenced_error) {
+        Ok(results) => Ok(zxid(results)),
+        Err(Error::NoNode | Error::NodeExists) => Ok(zxid(put(!likely_missing)?.commit().await.map_err(fenced_error)?)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A failed lease check means the lease is gone: reported as
+/// `RuntimeInconsistent`, as the crate's own lock-fenced writes do.
+pub(super) fn fenced_error(e: CheckWriteError) -> Error {
+    match e {
+        CheckWriteError::CheckFailed { .. } => Error::RuntimeInconsistent,
+        CheckWriteError::RequestFailed { source } | CheckWriteError::OperationFailed { source, .. } => source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(batches: &[Vec<Op>]) -> Vec<std::collections::BTreeSet<String>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|o| o.rel().to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn batches_respect_ops_and_bytes() {
+        let limits = Limits {
+            batch_max_ops: 3,
+            batch_max_bytes: 2000,
+            max_in_flight: 1,
+            verify_reads_per_s: 1,
+        };
+        let ops: Vec<Op> = (0..7)
+            .map(|i| Op::Create {
+                rel: format!("n{i}"),
+                data: vec![0; 10],
+                kind: NodeKind::Persistent,
+            })
+            .collect();
+        let b = batch(ops, 5, limits);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 1]);
+        let big: Vec<Op> = (0..3)
+            .map(|i| Op::Set {
+                rel: format!("b{i}"),
+                data: vec![0; 1500],
+            })
+            .collect();
+        let b = batch(big, 5, limits);
+        assert_eq!(b.len(), 3, "each 1.5 KB op alone under a 2 KB cap: {:?}", rels(&b));
+    }
+}
