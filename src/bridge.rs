@@ -126,6 +126,20 @@ impl Bridge {
     }
 }
 
+impl crate::http::Served for Bridge {
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        Bridge::not_ready(self)
+    }
+
+    fn status(&self) -> futures::future::BoxFuture<'_, Status> {
+        Box::pin(Bridge::status(self))
+    }
+}
+
 /// Starts every session, capture and worker. Returns the shared state and
 /// the tasks to await on shutdown.
 pub fn start(

@@ -10,9 +10,24 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
-use crate::bridge::Bridge;
+use futures::future::BoxFuture;
 
-pub async fn serve(listener: tokio::net::TcpListener, bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
+use crate::status::Status;
+
+/// What the endpoints read. The running bridge implements it; the HTTP
+/// layer knows nothing else of it.
+pub trait Served: Send + Sync + 'static {
+    /// The Prometheus text exposition.
+    fn metrics_text(&self) -> String;
+    /// `None` when ready, else why not (the `/readyz` body).
+    fn not_ready(&self) -> Option<String>;
+    /// The same status `zkbridge status --json` prints.
+    fn status(&self) -> BoxFuture<'_, Status>;
+}
+
+type Shared = Arc<dyn Served>;
+
+pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdown: watch::Receiver<bool>) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -31,21 +46,21 @@ pub async fn serve(listener: tokio::net::TcpListener, bridge: Arc<Bridge>, mut s
     }
 }
 
-async fn metrics(State(bridge): State<Arc<Bridge>>) -> Response {
+async fn metrics(State(bridge): State<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        bridge.metrics.render(),
+        bridge.metrics_text(),
     )
         .into_response()
 }
 
-async fn readyz(State(bridge): State<Arc<Bridge>>) -> Response {
+async fn readyz(State(bridge): State<Shared>) -> Response {
     match bridge.not_ready() {
         None => (StatusCode::OK, "ready\n".to_string()).into_response(),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
-async fn status(State(bridge): State<Arc<Bridge>>) -> Response {
+async fn status(State(bridge): State<Shared>) -> Response {
     Json(bridge.status().await).into_response()
 }

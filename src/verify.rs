@@ -24,7 +24,6 @@
 //! `zkbridge_drift_nodes` is the number of local changes and drift found by
 //! the last pass.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,6 @@ use crate::path::parent;
 use crate::plan::{self, NodeKind, Op};
 use crate::queue::TargetQueue;
 use crate::tree::{self, Tree};
-use crate::worker::WorkerStatus;
 use crate::zk::Ensemble;
 
 /// What a pass found.
@@ -106,6 +104,19 @@ pub fn classify(
     found
 }
 
+/// What a pass reads of the worker it runs beside.
+pub trait WorkerView: Send + Sync {
+    /// The lead's initial sync is done (passes start after it).
+    fn initial_sync_done(&self) -> bool;
+    /// Source zxid C of the worker's current checkpoint.
+    fn checkpoint_zxid(&self) -> Option<i64>;
+    /// Target zxid T from which every write not made by this leader is a
+    /// local change; `-1` until known.
+    fn reference_target_zxid(&self) -> i64;
+    /// The path is kept by `target-wins`.
+    fn is_kept(&self, rel: &str) -> bool;
+}
+
 /// Runs passes for one route/target while this instance leads it.
 pub struct Verifier {
     pub route: Arc<Route>,
@@ -113,7 +124,7 @@ pub struct Verifier {
     pub source_zk: Ensemble,
     pub target_zk: Ensemble,
     pub queue: Arc<TargetQueue>,
-    pub status: Arc<WorkerStatus>,
+    pub status: Arc<dyn WorkerView>,
     pub drift: IntGauge,
     pub reads_per_s: u32,
     pub interval: Duration,
@@ -126,7 +137,7 @@ impl Verifier {
     /// after it). Cancelled with the lead.
     pub async fn run(self) {
         loop {
-            if self.status.initial_sync_done.load(Ordering::Relaxed) {
+            if self.status.initial_sync_done() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -163,10 +174,10 @@ impl Verifier {
     }
 
     async fn pass(&self) -> Result<Option<Findings>, zookeeper_client::Error> {
-        let Some(c) = self.status.checkpoint.lock().unwrap().as_ref().map(|c| c.source_zxid) else {
+        let Some(c) = self.status.checkpoint_zxid() else {
             return Ok(None);
         };
-        let t = self.status.reference_target_zxid.load(Ordering::Relaxed);
+        let t = self.status.reference_target_zxid();
         if t <= 0 {
             return Ok(None);
         }
@@ -188,7 +199,7 @@ impl Verifier {
         })
         .await?;
         let mut found = classify(route, &source, &target, (c, t), |rel| {
-            self.status.conflicts.is_kept(rel)
+            self.status.is_kept(rel)
         });
         if route.config.acls == AclMode::Copy {
             // An ACL read that fails costs the ACL part of the pass, not
@@ -224,7 +235,7 @@ impl Verifier {
             .iter()
             .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && target.contains_key(*rel))
             .map(|(rel, _)| rel.clone())
-            .filter(|rel| !found_already.contains(rel) && !self.status.conflicts.is_kept(rel))
+            .filter(|rel| !found_already.contains(rel) && !self.status.is_kept(rel))
             .collect();
         let mut differs = Vec::new();
         for chunk in rels.chunks(self.reads_per_s.max(1) as usize) {

@@ -44,3 +44,21 @@ pub struct WorkerStatus {
     pub scanned: std::sync::atomic::AtomicU64,
     pub planned: std::sync::atomic::AtomicU64,
 }
+
+impl crate::verify::WorkerView for WorkerStatus {
+    fn initial_sync_done(&self) -> bool {
+        self.initial_sync_done.load(Ordering::Relaxed)
+    }
+
+    fn checkpoint_zxid(&self) -> Option<i64> {
+        self.checkpoint.lock().unwrap().as_ref().map(|c| c.source_zxid)
+    }
+
+    fn reference_target_zxid(&self) -> i64 {
+        self.reference_target_zxid.load(Ordering::Relaxed)
+    }
+
+    fn is_kept(&self, rel: &str) -> bool {
+        self.conflicts.is_kept(rel)
+    }
+}
