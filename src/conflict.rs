@@ -46,6 +46,10 @@ pub struct StopRecord {
     pub reason: String,
     pub bridge: String,
     pub ts_ms: i64,
+    /// For a trip of the delete breaker's fraction rule: the numbers it was
+    /// judged on (peak, current, what the held deletes would leave, line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<crate::breaker::Verdict>,
 }
 
 /// A relative path as one znode name: `%` and `/` escaped, `_` prefixed so

@@ -198,9 +198,7 @@ impl Verifier {
             !route.filter.excluded(rel)
         })
         .await?;
-        let mut found = classify(route, &source, &target, (c, t), |rel| {
-            self.status.is_kept(rel)
-        });
+        let mut found = classify(route, &source, &target, (c, t), |rel| self.status.is_kept(rel));
         if route.config.acls == AclMode::Copy {
             // An ACL read that fails costs the ACL part of the pass, not
             // what the data part found.

@@ -5,24 +5,38 @@
 use super::*;
 
 impl Worker {
-    /// Passes `ops` through the delete circuit breaker (see `breaker`):
-    /// returns what to write now. Held deletes are parked, so they stay
-    /// pending (and hold the checkpoint back) until released or no longer
-    /// needed.
+    /// Passes `ops` through the delete circuit breaker: returns what to
+    /// write now. Held deletes are parked, so they stay pending (and hold
+    /// the checkpoint back) until released or no longer needed.
+    ///
+    /// Before any delete goes, the source root is read once: when it is
+    /// gone, every delete under it is held — also those whose events came
+    /// before the root's own (a subtree deleted in one `multi` reports its
+    /// children first) — unless the route sets `allow_root_delete`.
     pub(super) async fn hold_mass_deletes(
         &self,
         lease: &Lease,
+        src: &Client,
         ops: Vec<Op>,
         dirty: &BTreeMap<String, Dirty>,
-        (root_vanished, mirrored): (bool, usize),
-    ) -> Vec<Op> {
+        root_vanished: bool,
+    ) -> Result<Vec<Op>, Interrupted> {
+        let creates = ops.iter().filter(|o| matches!(o, Op::Create { .. })).count();
         let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
-        if deletes == 0 {
-            return ops;
-        }
         let now = Instant::now();
-        let root_blocked = root_vanished && !self.route.config.allow_root_delete;
-        if self.status.breaker_released.load(Ordering::Relaxed) {
+        if deletes == 0 {
+            self.breaker.lock().unwrap().force(creates, 0, now);
+            return Ok(ops);
+        }
+        let config = &self.route.config;
+        let root_vanished = !config.allow_root_delete
+            && (root_vanished
+                || src
+                    .check_stat(&self.route.source.path)
+                    .await
+                    .map_err(|source| Interrupted { side: "source", source })?
+                    .is_none());
+        if self.status.breaker_released.load(Ordering::Relaxed) && !root_vanished {
             // Only the deletes an operator released skip the check; a new
             // mass delete meanwhile is judged like any other.
             let released = self.status.released_deletes.lock().unwrap();
@@ -31,28 +45,60 @@ impl Worker {
                 .all(|o| !matches!(o, Op::Delete { .. }) || released.contains(o.rel()))
             {
                 drop(released);
-                self.delete_window.lock().unwrap().record(deletes, now);
-                return ops;
+                self.breaker.lock().unwrap().force(creates, deletes, now);
+                return Ok(ops);
             }
         }
         // Once tripped, every delete waits for the operator or for the
         // condition to clear: held deletes must not trickle through as the
         // window ages.
         let tripped = self.status.breaker.lock().unwrap().is_some();
-        if !root_blocked && !tripped && self.delete_window.lock().unwrap().admit(deletes, mirrored, now) {
-            return ops;
-        }
-        let (held, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| matches!(o, Op::Delete { .. }));
-        let why = if root_blocked {
-            "the source root vanished (allow_root_delete = false)".to_string()
+        let (allowed, verdict) = if root_vanished || tripped {
+            self.breaker.lock().unwrap().force(creates, 0, now);
+            (0, None)
         } else {
-            format!(
-                "{deletes} deletes would exceed max_delete_fraction = {} of {mirrored} mirrored nodes within {} s",
-                self.route.config.max_delete_fraction, self.route.config.delete_window_s
-            )
+            let admission = self.breaker.lock().unwrap().admit(creates, deletes, now);
+            if admission.held == 0 {
+                return Ok(ops);
+            }
+            (admission.allowed, Some(admission.verdict))
+        };
+        // Deletes come children first: the ones that go are whole subtrees
+        // or their lower parts, never a parent whose child is held.
+        let mut allowed_left = allowed;
+        let (held, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| {
+            if !matches!(o, Op::Delete { .. }) {
+                return false;
+            }
+            if allowed_left > 0 {
+                allowed_left -= 1;
+                return false;
+            }
+            true
+        });
+        let why = match &verdict {
+            _ if root_vanished => "the source root vanished (allow_root_delete = false)".to_string(),
+            Some(v) => format!(
+                "{} of {deletes} deletes held: {v} (max_delete_fraction = {}, delete_window_s = {})",
+                held.len(),
+                config.max_delete_fraction,
+                config.delete_window_s
+            ),
+            None => "tripped earlier".to_string(),
         };
         if tripped {
             debug!(held = held.len(), reason = %why, "delete circuit breaker still holding deletes");
+        } else if let Some(v) = &verdict {
+            warn!(
+                held = held.len(),
+                allowed,
+                peak = v.peak,
+                current = v.current,
+                would_leave = v.would_leave,
+                line = v.line,
+                reason = %why,
+                "delete circuit breaker: holding deletes; other writes go on; `zkbridge resume` releases them"
+            );
         } else {
             warn!(held = held.len(), reason = %why, "delete circuit breaker: holding deletes; other writes go on; `zkbridge resume` releases them");
         }
@@ -72,6 +118,7 @@ impl Worker {
                 reason: format!("delete_breaker: {why}"),
                 bridge: self.identity.bridge_id.clone(),
                 ts_ms: now_ms(),
+                breaker: verdict,
             };
             let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             if let Err(e) = conflict::persist_stop(lease.client(), &path, &record, &self.target_zk.acl).await {
@@ -79,7 +126,7 @@ impl Worker {
             }
             *self.status.breaker.lock().unwrap() = Some(record);
         }
-        rest
+        Ok(rest)
     }
 
     /// After each unit: forgets held deletes that are no longer parked (the

@@ -100,8 +100,8 @@ pub struct Worker {
     identity: Identity,
     /// The source ensemble's id, learnt at the first (re)sync.
     source_id: Mutex<Option<String>>,
-    /// Deletes applied recently, for the delete circuit breaker.
-    delete_window: Mutex<crate::breaker::DeleteWindow>,
+    /// The mirrored count over the breaker's window (see `crate::breaker`).
+    breaker: Mutex<crate::breaker::DeleteBreaker>,
     /// Source paths already reported as unreadable (reported once each).
     unreadable_reported: Mutex<std::collections::HashSet<String>>,
 }
@@ -135,12 +135,12 @@ impl Worker {
     ) -> Self {
         let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
         let source_id = Mutex::new(None);
-        let delete_window = Mutex::new(crate::breaker::DeleteWindow::new(
+        let breaker = Mutex::new(crate::breaker::DeleteBreaker::new(
             Duration::from_secs(route.config.delete_window_s),
             route.config.max_delete_fraction,
         ));
         Worker {
-            delete_window,
+            breaker,
             unreadable_reported: Default::default(),
             route,
             target,

@@ -60,6 +60,7 @@ impl Worker {
                     reason: "conflict".into(),
                     bridge: self.identity.bridge_id.clone(),
                     ts_ms: now_ms(),
+                    breaker: None,
                 };
                 let stop_path = conflict::stopped_path(meta, route, target_name);
                 if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record, &self.target_zk.acl).await {

@@ -105,21 +105,25 @@ impl Worker {
                 plan::plan(route, &source, &target)
             }
         };
-        // The fraction is of what the target mirrors: before this resync
-        // (the gauge, or the scan) or after it (the source), the largest.
         let mirrored_in_source = source
             .iter()
             .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
             .count();
-        let mirrored_before = (self.metrics.mirrored.get().max(0) as usize).max(in_target);
+        // The breaker judges a (re)scan like live changes: its deletes, net
+        // of its creates, against what the target mirrored before it — the
+        // scan's count, or for a resume (which reads the target only where
+        // the source changed) the source's count with the plan undone.
+        let creates = ops.iter().filter(|o| matches!(o, Op::Create { .. })).count();
+        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
+        let target_before = match resume_from {
+            _ if streaming => streamed,
+            Some(_) => (mirrored_in_source + deletes).saturating_sub(creates),
+            None => in_target,
+        };
+        self.breaker.lock().unwrap().set_count(target_before, Instant::now());
         let mut ops = self
-            .hold_mass_deletes(
-                lease,
-                ops,
-                &BTreeMap::new(),
-                (source.is_empty(), mirrored_in_source.max(mirrored_before)),
-            )
-            .await;
+            .hold_mass_deletes(lease, &src, ops, &BTreeMap::new(), source.is_empty())
+            .await?;
         // Target versions kept by policy stay, unless the source changed
         // the node since (which ends the keep).
         let mut ended = Vec::new();

@@ -129,10 +129,10 @@ impl Worker {
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
         upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
-        let mirrored = self.metrics.mirrored.get().max(0) as usize;
         let ops = self
-            .hold_mass_deletes(lease, ops, &dirty, (root_vanished, mirrored))
-            .await;
+            .hold_mass_deletes(lease, &src, ops, &dirty, root_vanished)
+            .await
+            .map_err(|e| (e, paths.clone()))?;
         let checkpoint = self.ride_along_checkpoint(Some(unit));
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
