@@ -1,37 +1,79 @@
 #!/usr/bin/env bash
 # Installs what zkbridge's tests and quick start need and the machine lacks:
-# Apache ZooKeeper from Debian's `zookeeper` package (Java 17 is expected).
+# - Apache ZooKeeper 3.8 from Debian's `zookeeper` package (Java 17 expected);
+# - ZooKeeper 3.9 (Debian trixie's `libzookeeper-java`), fetched without
+#   touching the machine's apt sources, for `make test-zk39`: only its
+#   zookeeper and jute jars, in $ZK39_HOME (default
+#   /opt/zkbridge/zookeeper-3.9), run on bookworm's dependency jars;
+# - promtool (Debian's `prometheus`) and systemd-analyze (`systemd`), which
+#   the deploy tests use to check the alert rules and the unit file.
+# Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 
-# promtool validates deploy/prometheus/alerts.yml in the tests; optional.
-install_promtool() {
-  command -v promtool >/dev/null 2>&1 && return 0
-  echo "promtool not found: installing Debian's prometheus package for it (optional)" >&2
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
-    { $sudo apt-get update -qq >/dev/null 2>&1 &&
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } ||
-    echo "could not install prometheus (promtool): the alert-rule check will be skipped" >&2
-}
+ZK39_HOME="${ZK39_HOME:-/opt/zkbridge/zookeeper-3.9}"
 
-if [ -f /usr/share/java/zookeeper.jar ]; then
-  install_promtool
-  exit 0
-fi
-echo "zookeeper package not found: installing it (apt-get install -y zookeeper)" >&2
 if [ "$(id -u)" -eq 0 ]; then
   SUDO=""
 elif command -v sudo >/dev/null 2>&1; then
-  echo "not root: using sudo for apt-get" >&2
   SUDO="sudo"
 else
-  echo "not root and no sudo: install it yourself with 'apt-get install -y zookeeper', then retry" >&2
-  exit 1
+  SUDO="none"
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq zookeeper >/dev/null
-test -f /usr/share/java/zookeeper.jar
+
+need_root() {
+  if [ "$SUDO" = "none" ]; then
+    echo "not root and no sudo: cannot $1; install it yourself, then retry" >&2
+    exit 1
+  fi
+}
+
+apt_updated=""
+apt_install() {
+  need_root "apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; then
+    if [ -z "$apt_updated" ]; then
+      $SUDO apt-get update -qq >/dev/null
+      apt_updated=1
+    fi
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+if [ ! -f /usr/share/java/zookeeper.jar ]; then
+  echo "zookeeper package not found: installing it (apt-get install zookeeper)" >&2
+  apt_install zookeeper
+  test -f /usr/share/java/zookeeper.jar
+fi
 command -v java >/dev/null || { echo "java is missing: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
-install_promtool
+
+for tool in ip:iproute2 nft:nftables; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || { echo "${tool%%:*} not found: installing Debian's ${tool#*:} (the region rig uses it)" >&2; apt_install "${tool#*:}"; }
+done
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "promtool not found: installing Debian's prometheus package for it" >&2
+  apt_install prometheus
+fi
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "systemd-analyze not found: installing Debian's systemd package for it" >&2
+  apt_install systemd
+fi
+
+if ! ls "$ZK39_HOME"/zookeeper-3.9*.jar >/dev/null 2>&1 || ! ls "$ZK39_HOME"/zookeeper-jute-3.9*.jar >/dev/null 2>&1; then
+  echo "ZooKeeper 3.9 not found in $ZK39_HOME: fetching Debian trixie's libzookeeper-java" >&2
+  need_root "install ZooKeeper 3.9 into $ZK39_HOME"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$work/sources.list"
+  apt_private=(-q -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o APT::Sandbox::User=root)
+  apt-get "${apt_private[@]}" update >/dev/null
+  (cd "$work" && apt-get "${apt_private[@]}" download libzookeeper-java >/dev/null 2>&1)
+  dpkg -x "$work"/libzookeeper-java_*.deb "$work/x"
+  repo="$work/x/usr/share/maven-repo/org/apache/zookeeper"
+  $SUDO mkdir -p "$ZK39_HOME"
+  $SUDO cp "$repo"/zookeeper/3.9*/zookeeper-3.9*.jar "$repo"/zookeeper-jute/3.9*/zookeeper-jute-3.9*.jar "$ZK39_HOME"/
+  ls "$ZK39_HOME"/zookeeper-3.9*.jar "$ZK39_HOME"/zookeeper-jute-3.9*.jar >/dev/null
+  echo "ZooKeeper 3.9 installed in $ZK39_HOME" >&2
+fi

@@ -79,7 +79,8 @@ impl DeleteBreaker {
         self.remember(now);
     }
 
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    fn count(&self) -> usize {
         self.count
     }
 

@@ -63,6 +63,12 @@ pub fn decode_rel(name: &str) -> Option<String> {
     Some(body.replace("%2F", "/").replace("%25", "%"))
 }
 
+/// The kept-path rule: a target version kept when the source node had mzxid
+/// `kept_at` stays kept until the source changes the node again.
+pub fn still_kept(kept_at: i64, source_mzxid: i64) -> bool {
+    source_mzxid <= kept_at
+}
+
 /// Paths kept by `target-wins`, with the source mzxid when kept (`-1`: the
 /// source had no such node).
 pub async fn load_kept(client: &Client, dir: &str) -> Result<BTreeMap<String, i64>, Error> {
@@ -155,11 +161,11 @@ impl Conflicts {
     pub fn keeps(&self, rel: &str, source_mzxid: i64) -> Option<bool> {
         let mut kept = self.kept.lock().unwrap();
         let at = *kept.get(rel)?;
-        if source_mzxid > at {
+        if still_kept(at, source_mzxid) {
+            Some(true)
+        } else {
             kept.remove(rel);
             Some(false)
-        } else {
-            Some(true)
         }
     }
 

@@ -17,18 +17,41 @@ use crate::tree;
 pub struct Difference {
     pub route: String,
     pub target: String,
-    /// `missing`: in the source, not in the target; `extra`: in the target
-    /// only; `different`: data differs; `kept`: differs, but the target's
-    /// version is kept by the route's `target-wins` policy (not drift).
-    pub kind: &'static str,
+    pub kind: DifferenceKind,
     pub source_path: String,
     pub target_path: String,
+}
+
+/// How a target node differs from its source (`kind` in `diff --json`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DifferenceKind {
+    /// In the source, not in the target.
+    Missing,
+    /// In the target only.
+    Extra,
+    /// The data differs.
+    Different,
+    /// Differs, but the target's version is kept by the route's
+    /// `target-wins` policy (not drift).
+    Kept,
+}
+
+impl DifferenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DifferenceKind::Missing => "missing",
+            DifferenceKind::Extra => "extra",
+            DifferenceKind::Different => "different",
+            DifferenceKind::Kept => "kept",
+        }
+    }
 }
 
 impl Difference {
     /// Whether the bridge still has work here (everything but `kept`).
     pub fn is_drift(&self) -> bool {
-        self.kind != "kept"
+        self.kind != DifferenceKind::Kept
     }
 }
 
@@ -66,10 +89,15 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
             for op in plan::plan(route, &source, &tgt) {
                 let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
                 let kind = match op {
-                    _ if kept.get(op.rel()).is_some_and(|at| source_mzxid <= *at) => "kept",
-                    Op::Create { .. } => "missing",
-                    Op::Set { .. } => "different",
-                    Op::Delete { .. } => "extra",
+                    _ if kept
+                        .get(op.rel())
+                        .is_some_and(|at| crate::conflict::still_kept(*at, source_mzxid)) =>
+                    {
+                        DifferenceKind::Kept
+                    }
+                    Op::Create { .. } => DifferenceKind::Missing,
+                    Op::Set { .. } => DifferenceKind::Different,
+                    Op::Delete { .. } => DifferenceKind::Extra,
                 };
                 out.push(Difference {
                     route: route.name().to_string(),

@@ -80,7 +80,6 @@ const LEASE_NAME: &str = "lease-";
 /// A held lease: the session that owns it and the node that proves it.
 pub struct Lease {
     lock: OwnedLockClient,
-    generation: u64,
     published_error: std::sync::Mutex<Option<String>>,
     record: LeaseRecord,
 }
@@ -109,7 +108,6 @@ impl Lease {
                 Ok(lock) => {
                     return Lease {
                         lock,
-                        generation: session.generation,
                         published_error: Default::default(),
                         record: record.clone(),
                     }
@@ -137,10 +135,6 @@ impl Lease {
     /// write with.
     pub fn client(&self) -> &Client {
         self.lock.client()
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     pub fn path(&self) -> &str {

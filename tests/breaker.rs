@@ -125,11 +125,11 @@ async fn random_churn_over_a_deep_tree_converges_with_defaults() {
     let t = dst.client().await;
     await_mirror(&s, "/d", &t, "/d", Compare::default(), CONVERGE).await;
 
-    let seed = std::env::var("ZKBRIDGE_TEST_SEED")
+    let seed = std::env::var("TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
-    eprintln!("random churn seed {seed} (ZKBRIDGE_TEST_SEED replays it)");
+    eprintln!("random churn seed {seed} (TEST_SEED replays it)");
     let mut rng = Rng(seed | 1);
     let mut live: std::collections::BTreeSet<String> = nodes.into_iter().collect();
     let mut next = 1000;

@@ -144,7 +144,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let seed: u64 = std::env::var("ZKBRIDGE_TEST_SEED")
+    let seed: u64 = std::env::var("TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -154,7 +154,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
                 .as_nanos() as u64
                 | 1
         });
-    eprintln!("crash test seed: {seed} (ZKBRIDGE_TEST_SEED={seed} replays it)");
+    eprintln!("crash test seed: {seed} (TEST_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let src = Zk::standalone();
     let dst = Zk::standalone();

@@ -206,12 +206,32 @@ async fn fail_stops_the_route_until_an_operator_resumes_it() {
     assert_eq!(status["routes"][0]["stopped"]["path"], "/c/a");
 
     // Stopped: a source change is seen but not applied.
+    let applied_before = bridge.metric("zkbridge_applied_ops_total", &[("route", "c")]);
     create(&s, "/c/while-stopped", b"1").await;
+    let (_, created) = s.get_data("/c/while-stopped").await.unwrap();
     eventually("the change is pending", CONVERGE, async || {
         bridge.metric("zkbridge_pending_paths", &[("route", "c")]) >= 1.0
     })
     .await;
+    // A barrier: two heartbeats after the change, the bridge has had every
+    // chance to apply it (a running route applies within one).
+    let mut beats = 0;
+    let mut last = created.mzxid;
+    eventually("two heartbeats after the change", CONVERGE, async || {
+        let (_, hb) = s.get_data("/zkbridge/heartbeats/c").await.unwrap();
+        if hb.mzxid > last {
+            last = hb.mzxid;
+            beats += 1;
+        }
+        beats >= 2
+    })
+    .await;
     assert_eq!(get(&t, "/c/while-stopped").await, None);
+    assert_eq!(
+        bridge.metric("zkbridge_applied_ops_total", &[("route", "c")]),
+        applied_before,
+        "nothing applied while stopped"
+    );
     assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
 
     // The operator resolves the node and resumes.

@@ -22,6 +22,7 @@ fn zkbridge(args: &[&str], bridge: &Bridge) -> Output {
         .args(args)
         .arg("-c")
         .arg(&bridge.config_path)
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -170,4 +171,40 @@ async fn sync_copies_once_and_run_resumes_from_its_checkpoint_without_rewrites()
         holder.metric("zkbridge_resyncs_total", &[("reason", "checkpoint_mismatch")]),
         0.0
     );
+}
+
+/// One-shot commands keep stderr for what went wrong: the client crate's
+/// session lines (INFO) appear only with `-v`, and `RUST_LOG` still rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_commands_are_quiet_unless_asked() {
+    let src = Zk::standalone();
+    let eu = Zk::standalone();
+    let ap = Zk::standalone();
+    let bridge = Bridge::start(&config(&src, &eu, &ap));
+    let quiet = zkbridge(&["status"], &bridge);
+    assert!(quiet.status.success());
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("INFO"), "status logged at info by default:\n{stderr}");
+    assert!(
+        String::from_utf8_lossy(&quiet.stdout).contains("ROUTE"),
+        "the table is printed"
+    );
+    let verbose = zkbridge(&["status", "-v"], &bridge);
+    assert!(verbose.status.success());
+    assert!(
+        String::from_utf8_lossy(&verbose.stderr).contains("INFO"),
+        "-v shows info lines"
+    );
+    let rust_log = Command::new(bin())
+        .args(["status", "-c"])
+        .arg(&bridge.config_path)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rust_log.stderr).contains("DEBUG"));
+    // `run` itself logs what it does.
+    eventually("the running bridge logs at info", CONVERGE, async || {
+        bridge.log().contains("zkbridge running")
+    })
+    .await;
 }

@@ -21,7 +21,10 @@ impl Worker {
         let (src, _) = self.clients(lease).await;
         let read = tree::read_acls(&src, &self.route.source.path, &creates, self.limits.max_in_flight)
             .await
-            .map_err(|source| Interrupted { side: "source", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
         plan.copied = creates
             .into_iter()
             .zip(read)
@@ -42,10 +45,16 @@ impl Worker {
         let n = self.limits.max_in_flight;
         let sources = tree::read_acls(src, &self.route.source.path, &rels, n)
             .await
-            .map_err(|source| Interrupted { side: "source", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
         let targets = tree::read_acls(tgt, &self.target.path, &rels, n)
             .await
-            .map_err(|source| Interrupted { side: "target", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Target,
+                source,
+            })?;
         for ((rel, s), t) in rels.iter().zip(sources).zip(targets) {
             let (Some(s), Some(t)) = (s, t) else { continue };
             if s == t {
@@ -60,7 +69,7 @@ impl Worker {
                 Err(Error::NoNode) => {}
                 Err(e) if is_transient(&e) => {
                     return Err(Interrupted {
-                        side: "target",
+                        side: Side::Target,
                         source: e,
                     })
                 }

@@ -34,7 +34,10 @@ impl Worker {
                 || src
                     .check_stat(&self.route.source.path)
                     .await
-                    .map_err(|source| Interrupted { side: "source", source })?
+                    .map_err(|source| Interrupted {
+                        side: Side::Source,
+                        source,
+                    })?
                     .is_none());
         if self.status.breaker_released.load(Ordering::Relaxed) && !root_vanished {
             // Only the deletes an operator released skip the check; a new

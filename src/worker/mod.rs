@@ -110,16 +110,32 @@ pub struct Worker {
 #[derive(Debug, thiserror::Error)]
 #[error("{side} ensemble: {source}")]
 struct Interrupted {
-    side: &'static str,
+    side: Side,
     #[source]
     source: Error,
+}
+
+/// Which ensemble of a route/target an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
 }
 
 impl Interrupted {
     /// The target refused the write because the lease is gone (fenced), or
     /// the session that owned the lease ended: this worker must stop.
     fn lease_lost(&self) -> bool {
-        self.side == "target" && matches!(self.source, Error::RuntimeInconsistent | Error::SessionExpired)
+        self.side == Side::Target && matches!(self.source, Error::RuntimeInconsistent | Error::SessionExpired)
     }
 }
 

@@ -15,10 +15,16 @@ impl Worker {
         let meta = &self.identity.meta_path;
         let source_id = ensemble_id(&src, meta, &self.source_zk.acl)
             .await
-            .map_err(|source| Interrupted { side: "source", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
         ensemble_id(&tgt, meta, &self.target_zk.acl)
             .await
-            .map_err(|source| Interrupted { side: "target", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Target,
+                source,
+            })?;
         *self.source_id.lock().unwrap() = Some(source_id.clone());
         let (stored, stored_target_zxid) = match tgt
             .get_data(&checkpoint_path(meta, route.name(), &self.target.ensemble))
@@ -27,7 +33,12 @@ impl Worker {
             // A damaged checkpoint means a full resync, never a guess.
             Ok((data, stat)) => (serde_json::from_slice::<Checkpoint>(&data).ok(), stat.mzxid),
             Err(Error::NoNode) => (None, -1),
-            Err(source) => return Err(Interrupted { side: "target", source }),
+            Err(source) => {
+                return Err(Interrupted {
+                    side: Side::Target,
+                    source,
+                })
+            }
         };
         let resume_from = match (&stored, reason) {
             (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => None,
@@ -68,7 +79,10 @@ impl Worker {
                 !route.filter.excluded(rel)
             })
             .await
-            .map_err(|source| Interrupted { side: "target", source })
+            .map_err(|source| Interrupted {
+                side: Side::Target,
+                source,
+            })
         };
         // A full copy into an empty target writes while it reads (see
         // `stream_copy`); the plan would be "create everything" anyway.
@@ -85,7 +99,10 @@ impl Worker {
                 !route.filter.excluded(rel)
             })
             .await
-            .map_err(|source| Interrupted { side: "source", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
             (source, 0)
         };
         for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
@@ -151,7 +168,6 @@ impl Worker {
         let planned = ops.len() + streamed;
         self.status.scanned.store(source.len() as u64, Ordering::Relaxed);
         self.status.planned.store(planned as u64, Ordering::Relaxed);
-        self.status.resumed.store(resume_from.is_some(), Ordering::Relaxed);
         if !self.status.initial_sync_done.load(Ordering::Relaxed) {
             // From T on, every write to the target is accounted for: ours
             // since the resumed checkpoint, or — for a full copy, which runs
@@ -276,7 +292,10 @@ impl Worker {
             Ok::<usize, Interrupted>(written)
         };
         let (scanned, written) = tokio::join!(scan, write);
-        let source = scanned.map_err(|source| Interrupted { side: "source", source })?;
+        let source = scanned.map_err(|source| Interrupted {
+            side: Side::Source,
+            source,
+        })?;
         Ok((source, written?))
     }
 
@@ -327,7 +346,10 @@ impl Worker {
         self.metrics
             .resume_reads
             .inc_by((changed.len() + reparented.len()) as u64);
-        let fail = |source| Interrupted { side: "target", source };
+        let fail = |source| Interrupted {
+            side: Side::Target,
+            source,
+        };
         let target_nodes = tree::read_nodes(tgt, &self.target.path, &changed, self.limits.max_in_flight)
             .await
             .map_err(fail)?;
@@ -398,7 +420,10 @@ impl Worker {
         };
         match tgt.mkdir(parent, &persistent(&self.target_zk.acl)).await {
             Ok(()) | Err(Error::NodeExists) => Ok(()),
-            Err(source) => Err(Interrupted { side: "target", source }),
+            Err(source) => Err(Interrupted {
+                side: Side::Target,
+                source,
+            }),
         }
     }
 }

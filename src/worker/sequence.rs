@@ -22,10 +22,16 @@ impl Worker {
         let base = self.target.path.as_str();
         let sources = tree::read_nodes(src, &self.route.source.path, &parents, self.limits.max_in_flight)
             .await
-            .map_err(|source| Interrupted { side: "source", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
         let targets = tree::read_nodes(lease.client(), base, &parents, self.limits.max_in_flight)
             .await
-            .map_err(|source| Interrupted { side: "target", source })?;
+            .map_err(|source| Interrupted {
+                side: Side::Target,
+                source,
+            })?;
         for ((rel, s), t) in parents.iter().zip(sources).zip(targets) {
             let (Some((_, s)), Some((_, t))) = (s, t) else { continue };
             if s.ephemeral_owner == -2 || t.cversion >= s.cversion {
@@ -38,7 +44,10 @@ impl Worker {
                 .map(|i| format!("{parent_path}/.zkbridge-seq-{nonce}-{i}"))
                 .collect();
             let mut writer = lease.writer();
-            let fail = |source| Interrupted { side: "target", source };
+            let fail = |source| Interrupted {
+                side: Side::Target,
+                source,
+            };
             for name in &names {
                 writer
                     .add_create(name, b"", &persistent(&self.target_zk.acl))

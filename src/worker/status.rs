@@ -21,9 +21,6 @@ pub struct WorkerStatus {
     pub panicked: Mutex<Option<String>>,
     /// The last checkpoint this worker committed (or resumed from).
     pub checkpoint: Mutex<Option<Checkpoint>>,
-    /// The last (re)sync resumed from a checkpoint (so changes made in the
-    /// target meanwhile are looked for by the anti-entropy pass).
-    pub resumed: AtomicBool,
     /// Target zxid from which every target change not made by this leader
     /// is a local change: the resumed checkpoint's commit, or the first
     /// checkpoint after a full copy. `-1` until known.

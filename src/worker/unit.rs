@@ -15,7 +15,7 @@ impl Worker {
         let fail = |side, source, paths: &Vec<(String, Dirty)>| (Interrupted { side, source }, paths.clone());
         let source_nodes = tree::read_nodes(&src, &self.route.source.path, &rels, self.limits.max_in_flight)
             .await
-            .map_err(|e| fail("source", e, &paths))?;
+            .map_err(|e| fail(Side::Source, e, &paths))?;
 
         // Source changes to nodes the checkpoint proves are in the target
         // (created at or before C) are written blind, without reading the
@@ -63,7 +63,7 @@ impl Worker {
         let checked_rels: Vec<String> = checked.iter().map(|(rel, _, _)| (*rel).clone()).collect();
         let target_nodes = tree::read_nodes(&tgt, &self.target.path, &checked_rels, self.limits.max_in_flight)
             .await
-            .map_err(|e| fail("target", e, &paths))?;
+            .map_err(|e| fail(Side::Target, e, &paths))?;
 
         let mut delete_roots = Vec::new();
         let mut root_vanished = false;
@@ -122,7 +122,7 @@ impl Worker {
         let deletes = self
             .subtree_deletes(&tgt, delete_roots)
             .await
-            .map_err(|e| fail("target", e, &paths))?;
+            .map_err(|e| fail(Side::Target, e, &paths))?;
         if upserts.first().is_some_and(|o| o.rel().is_empty()) {
             self.ensure_target_parent(&tgt).await.map_err(|e| (e, paths.clone()))?;
         }

@@ -113,7 +113,10 @@ impl Worker {
             }
         }
         if let Some(source) = interrupted {
-            return Err(Interrupted { side: "target", source });
+            return Err(Interrupted {
+                side: Side::Target,
+                source,
+            });
         }
         // The batch that would have carried the checkpoint, when an earlier
         // one was refused.
@@ -188,7 +191,7 @@ impl Worker {
             }
             Err(e) if is_transient(&e) => {
                 return Err(Interrupted {
-                    side: "target",
+                    side: Side::Target,
                     source: e,
                 })
             }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,11 +13,82 @@ use std::time::{Duration, Instant};
 
 pub mod pki;
 pub mod proxy;
+pub mod rig;
 
 use zookeeper_client::{Acls, Client, CreateMode};
 
-const CLASSPATH: &str =
-    "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar";
+/// Jars every server version runs with: a logging backend and Netty's codec
+/// (for TLS), from Debian bookworm.
+const COMMON_JARS: &str = "/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar";
+
+/// Where `scripts/install-deps.sh` puts ZooKeeper 3.9's two jars (Debian
+/// trixie's `libzookeeper-java`), unless `ZK39_HOME` says otherwise.
+const ZK39_HOME: &str = "/opt/zkbridge/zookeeper-3.9";
+
+/// A ZooKeeper server version the tests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZkVersion {
+    /// Debian bookworm's `zookeeper` package (3.8.0).
+    V38,
+    /// Debian trixie's `libzookeeper-java` (3.9.x) on bookworm's
+    /// dependency jars.
+    V39,
+}
+
+impl ZkVersion {
+    /// The version the suite runs on: `ZK_SERVER_VERSION` (`3.8`, the
+    /// default, or `3.9`). Anything else is a mistake, not a fallback.
+    pub fn from_env() -> ZkVersion {
+        match std::env::var("ZK_SERVER_VERSION").as_deref() {
+            Err(_) | Ok("") | Ok("3.8") => ZkVersion::V38,
+            Ok("3.9") => ZkVersion::V39,
+            Ok(other) => panic!("ZK_SERVER_VERSION={other:?}: expected 3.8 or 3.9"),
+        }
+    }
+
+    /// The other version, for mixed-version tests.
+    pub fn other(self) -> ZkVersion {
+        match self {
+            ZkVersion::V38 => ZkVersion::V39,
+            ZkVersion::V39 => ZkVersion::V38,
+        }
+    }
+
+    /// What `srvr` answers with, `Zookeeper version: 3.9.3-…`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ZkVersion::V38 => "3.8.",
+            ZkVersion::V39 => "3.9.",
+        }
+    }
+
+    /// The server's classpath. 3.9's jute jar goes first: the 3.9 jar's
+    /// manifest names bookworm's 3.8 jute jar, which the JVM would search
+    /// right after it.
+    fn classpath(self) -> String {
+        match self {
+            ZkVersion::V38 => format!("/usr/share/java/zookeeper.jar:{COMMON_JARS}"),
+            ZkVersion::V39 => {
+                let home = std::env::var("ZK39_HOME").unwrap_or_else(|_| ZK39_HOME.to_string());
+                let jar = |prefix: &str| {
+                    std::fs::read_dir(&home)
+                        .ok()
+                        .and_then(|dir| {
+                            dir.filter_map(|e| e.ok())
+                                .map(|e| e.path())
+                                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".jar")))
+                        })
+                        .unwrap_or_else(|| panic!("ZooKeeper 3.9 is not installed in {home} ({prefix}*.jar missing): run scripts/install-deps.sh"))
+                };
+                format!(
+                    "{}:{}:{COMMON_JARS}",
+                    jar("zookeeper-jute-3.9").display(),
+                    jar("zookeeper-3.9").display()
+                )
+            }
+        }
+    }
+}
 
 /// Settings of test servers beyond the defaults: security, limits.
 #[derive(Default, Clone)]
@@ -31,6 +102,11 @@ pub struct ServerOptions {
     pub require_auth: Option<String>,
     /// `jute.maxbuffer` of the server (bytes), when not the default 1 MiB.
     pub max_buffer: Option<usize>,
+    /// The server version; `None`: [`ZkVersion::from_env`].
+    pub version: Option<ZkVersion>,
+    /// Run inside this network namespace, on this address (a region of
+    /// the rig); `None`: this host's loopback.
+    pub netns: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -61,7 +137,13 @@ fn die_with_parent(cmd: &mut Command) {
 
 /// Sends a four-letter command and returns the reply.
 pub fn four_letter(port: u16, cmd: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    four_letter_at(None, "127.0.0.1", port, cmd)
+}
+
+/// [`four_letter`] to a server on `host` inside network namespace `netns`.
+pub fn four_letter_at(netns: Option<&str>, host: &str, port: u16, cmd: &str) -> Option<String> {
+    let addr = format!("{host}:{port}").parse().ok()?;
+    let mut s = rig::connect_in(netns, addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(cmd.as_bytes()).ok()?;
     let mut out = String::new();
@@ -76,6 +158,10 @@ pub struct ZkServer {
     pub secure_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
+    version: ZkVersion,
+    /// The address it listens on, and the namespace it runs in.
+    pub host: String,
+    pub netns: Option<String>,
 }
 
 impl ZkServer {
@@ -90,7 +176,14 @@ impl ZkServer {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
-        let mut cmd = Command::new("java");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "java"]);
+                c
+            }
+            None => Command::new("java"),
+        };
         if BENCHMARK_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
             // Throughput over start-up time: the full JIT and more heap.
             cmd.args(["-Xmx1g", "-XX:+UseParallelGC"]);
@@ -104,7 +197,7 @@ impl ZkServer {
         if jaas.exists() {
             cmd.arg(format!("-Djava.security.auth.login.config={}", jaas.display()));
         }
-        cmd.args(["-cp", CLASSPATH])
+        cmd.args(["-cp", &self.version.classpath()])
             .arg("-Dzookeeper.extendedTypesEnabled=true")
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(self.dir.join("zoo.cfg"))
@@ -116,11 +209,15 @@ impl ZkServer {
     }
 
     pub fn is_serving(&self) -> bool {
-        four_letter(self.port, "srvr").is_some_and(|r| r.contains("Mode:"))
+        self.four_letter("srvr").is_some_and(|r| r.contains("Mode:"))
+    }
+
+    pub fn four_letter(&self, cmd: &str) -> Option<String> {
+        four_letter_at(self.netns.as_deref(), &self.host, self.port, cmd)
     }
 
     pub fn mode(&self) -> Option<String> {
-        four_letter(self.port, "srvr")?
+        self.four_letter("srvr")?
             .lines()
             .find_map(|l| l.strip_prefix("Mode: ").map(|m| m.trim().to_string()))
     }
@@ -171,12 +268,25 @@ impl Drop for ZkServer {
 pub struct Zk {
     pub servers: Vec<ZkServer>,
     _dir: tempfile::TempDir,
+    /// Loopback forwarders into a region's namespace, made on first use.
+    forwards: std::sync::Mutex<Vec<rig::Forward>>,
 }
 
 impl Zk {
     /// A standalone server, serving when this returns.
     pub fn standalone() -> Zk {
         Zk::start(1)
+    }
+
+    /// A standalone server of a given version.
+    pub fn standalone_version(version: ZkVersion) -> Zk {
+        Zk::start_secured(
+            1,
+            &ServerOptions {
+                version: Some(version),
+                ..Default::default()
+            },
+        )
     }
 
     /// `n` servers: standalone for 1, an ensemble otherwise; returns when
@@ -190,11 +300,16 @@ impl Zk {
         let dir = tempfile::Builder::new().prefix("zkbridge-test-zk").tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let mut servers = Vec::new();
+        let host = security
+            .netns
+            .as_ref()
+            .map(|(_, ip)| ip.clone())
+            .unwrap_or_else(|| "127.0.0.1".into());
         for (i, (client, quorum, election)) in ports.iter().enumerate() {
             let sdir = dir.path().join(format!("s{}", i + 1));
             std::fs::create_dir_all(sdir.join("data")).unwrap();
             let mut cfg = format!(
-                "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
+                "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress={host}\n\
                  admin.enableServer=false\n4lw.commands.whitelist=srvr,ruok,mntr,cons\nmaxSessionTimeout=60000\n\
                  minSessionTimeout=1000\n",
                 sdir.join("data").display()
@@ -202,7 +317,7 @@ impl Zk {
             if n > 1 {
                 std::fs::write(sdir.join("data/myid"), format!("{}\n", i + 1)).unwrap();
                 for (j, (_, q, e)) in ports.iter().enumerate() {
-                    cfg.push_str(&format!("server.{}=127.0.0.1:{q}:{e}\n", j + 1));
+                    cfg.push_str(&format!("server.{}={host}:{q}:{e}\n", j + 1));
                 }
             }
             let _ = quorum;
@@ -245,14 +360,28 @@ impl Zk {
                 secure_port,
                 dir: sdir,
                 child: None,
+                version: security.version.unwrap_or_else(ZkVersion::from_env),
+                host: host.clone(),
+                netns: security.netns.as_ref().map(|(ns, _)| ns.clone()),
             };
             server.spawn();
             servers.push(server);
         }
         for s in &servers {
             s.wait_serving();
+            // The version asked for, not whatever the classpath found.
+            let srvr = s.four_letter("srvr").unwrap_or_default();
+            assert!(
+                srvr.contains(&format!("Zookeeper version: {}", s.version.prefix())),
+                "expected ZooKeeper {:?}, the server says: {srvr}",
+                s.version
+            );
         }
-        Zk { servers, _dir: dir }
+        Zk {
+            servers,
+            _dir: dir,
+            forwards: Default::default(),
+        }
     }
 
     /// The TLS client ports, as a connect string.
@@ -264,12 +393,33 @@ impl Zk {
             .join(",")
     }
 
+    /// The servers' addresses, as zkbridge is configured with them (inside
+    /// the rig: the region's addresses, reachable from other regions).
     pub fn connect_string(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("{}:{}", s.host, s.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Where this test process connects: the servers themselves, or for a
+    /// region of the rig loopback forwarders into its namespace (so the
+    /// test's own reads never cross the faults between regions).
+    fn client_connect_string(&self) -> String {
+        let Some(ns) = self.servers.first().and_then(|s| s.netns.clone()) else {
+            return self.connect_string();
+        };
+        let mut forwards = self.forwards.lock().unwrap();
+        if forwards.is_empty() {
+            for s in &self.servers {
+                forwards.push(rig::forward_into(
+                    &ns,
+                    format!("{}:{}", s.host, s.port).parse().unwrap(),
+                ));
+            }
+        }
+        forwards.iter().map(|f| f.addr.clone()).collect::<Vec<_>>().join(",")
     }
 
     pub async fn client(&self) -> Client {
@@ -277,7 +427,7 @@ impl Zk {
         loop {
             match Client::connector()
                 .with_session_timeout(Duration::from_secs(10))
-                .connect(&self.connect_string())
+                .connect(&self.client_connect_string())
                 .await
             {
                 Ok(c) => return c,
@@ -418,6 +568,8 @@ pub struct Bridge {
     pub dir: tempfile::TempDir,
     pub listen: String,
     pub config_path: PathBuf,
+    /// The network namespace it runs in (a region of the rig).
+    pub netns: Option<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -433,6 +585,11 @@ impl Bridge {
 
     /// Starts an instance with its own `bridge.id` (several instances).
     pub fn start_as(id: &str, toml: &str) -> Bridge {
+        Bridge::start_in(None, id, toml)
+    }
+
+    /// A bridge inside network namespace `netns` (a region of the rig).
+    pub fn start_in(netns: Option<&str>, id: &str, toml: &str) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("zkbridge-test-bridge")
             .tempdir()
@@ -449,6 +606,7 @@ impl Bridge {
             dir,
             listen,
             config_path,
+            netns: netns.map(str::to_string),
         };
         bridge.spawn();
         bridge
@@ -460,7 +618,14 @@ impl Bridge {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&self.config_path)
@@ -544,7 +709,7 @@ impl Bridge {
     /// GET on the bridge's HTTP listener: (status code, body), or `None`
     /// while it is not listening.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(&self.listen, path)
+        http_request_in(self.netns.as_deref(), &self.listen, "GET", path)
     }
 
     /// Parsed `/metrics`.
@@ -554,9 +719,23 @@ impl Bridge {
         Some(prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap())
     }
 
-    /// Sum of a metric's samples whose labels include all of `labels`.
+    /// Sum of a metric's samples whose labels include all of `labels`; 0
+    /// when there is none (a counter never incremented has no sample). A
+    /// bridge that does not answer is a failure, never a 0: waits up to 10 s
+    /// for `/metrics`, then panics.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let Some(scrape) = self.metrics() else { return 0.0 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let scrape = loop {
+            if let Some(scrape) = self.metrics() {
+                break scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge does not answer /metrics on {} (asked for {name})",
+                self.listen
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         scrape
             .samples
             .iter()
@@ -601,7 +780,12 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
+    http_request_in(None, addr, method, path)
+}
+
+/// [`http_request`] from inside network namespace `netns`.
+pub fn http_request_in(netns: Option<&str>, addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = rig::connect_in(netns, addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,

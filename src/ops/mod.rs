@@ -1,0 +1,74 @@
+//! The one-shot commands of the command line (design §3): each reads the
+//! configuration and the znodes, talks to the ensembles, prints, and returns
+//! the exit code the contract gives it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config;
+
+pub mod admin;
+pub mod diff;
+pub mod status;
+pub mod sync;
+pub mod wait;
+
+pub fn load(path: &std::path::Path) -> Result<config::Resolved, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("zkbridge: invalid configuration {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+/// A session on one ensemble of the configuration, or exit 2 naming it.
+pub(crate) async fn session(
+    resolved: &config::Resolved,
+    ensemble: &str,
+    command: &str,
+) -> Result<zookeeper_client::Client, ExitCode> {
+    let Some(settings) = resolved.config.ensembles.get(ensemble) else {
+        eprintln!("zkbridge {command}: ensemble {ensemble}: not in the configuration");
+        return Err(ExitCode::from(2));
+    };
+    let timeout = Duration::from_millis(settings.session_timeout_ms).max(crate::status::READ_TIMEOUT);
+    match tokio::time::timeout(timeout, crate::zk::connect(settings)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            eprintln!("zkbridge {command}: ensemble {ensemble}: {e:#}");
+            Err(ExitCode::from(2))
+        }
+        Err(_) => {
+            eprintln!(
+                "zkbridge {command}: ensemble {ensemble}: no session within {}s",
+                timeout.as_secs()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Loads the config, checks that `route` has a target on `target`, asks
+/// for `--yes` on a terminal, and opens a session on the target ensemble.
+pub(crate) async fn target_session(
+    path: &std::path::Path,
+    command: &str,
+    (route, target, yes): (&str, &str, bool),
+    what: &str,
+) -> Result<(config::Resolved, zookeeper_client::Client), ExitCode> {
+    use std::io::IsTerminal;
+    let resolved = load(path)?;
+    if !resolved
+        .routes
+        .iter()
+        .any(|r| r.name() == route && r.targets.iter().any(|t| t.ensemble == target))
+    {
+        eprintln!("zkbridge {command}: route {route} has no target on ensemble {target}");
+        return Err(ExitCode::from(2));
+    }
+    if !yes && std::io::stdin().is_terminal() {
+        eprintln!("zkbridge {command}: {what}. Add --yes to confirm.");
+        return Err(ExitCode::from(2));
+    }
+    let client = session(&resolved, target, command).await?;
+    Ok((resolved, client))
+}
