@@ -461,6 +461,16 @@ impl PathFilter {
     }
 }
 
+/// A one-route configuration for unit tests (`a:/s` → `b:/t`), with
+/// `extra` route keys.
+#[cfg(test)]
+pub(crate) fn test_route(extra: &str) -> Arc<Route> {
+    let toml = format!(
+        "[ensembles.a]\nconnect = \"h:1\"\n[ensembles.b]\nconnect = \"h:2\"\n[[routes]]\nname = \"r\"\nsource = \"a:/s\"\ntargets = [\"b:/t\"]\n{extra}"
+    );
+    load_str(&toml).unwrap().routes[0].clone()
+}
+
 /// The loaded configuration, ready for the bridge.
 #[derive(Debug, Clone)]
 pub struct Resolved {

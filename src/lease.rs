@@ -92,7 +92,7 @@ impl Lease {
         let data = serde_json::to_vec(record).expect("JSON of a plain struct");
         // After an expired session, wait for a newer one.
         let mut after = 0;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let session = target.session_after(after).await;
             let options = LockOptions::new(Acls::new(&target.acl))
@@ -124,8 +124,7 @@ impl Lease {
                     if matches!(e, Error::SessionExpired | Error::ClientClosed) {
                         after = session.generation;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

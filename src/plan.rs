@@ -205,15 +205,11 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
     use std::sync::Arc;
     use zookeeper_client::Stat;
 
     fn route(extra: &str) -> Arc<Route> {
-        let toml = format!(
-            "[ensembles.a]\nconnect = \"h:1\"\n[ensembles.b]\nconnect = \"h:2\"\n[[routes]]\nname = \"r\"\nsource = \"a:/s\"\ntargets = [\"b:/t\"]\n{extra}"
-        );
-        load_str(&toml).unwrap().routes[0].clone()
+        crate::config::test_route(extra)
     }
 
     fn node(data: &str, owner: i64) -> NodeState {

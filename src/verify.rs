@@ -253,15 +253,11 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
     use crate::tree::NodeState;
     use zookeeper_client::Stat;
 
     fn route(extra: &str) -> Arc<Route> {
-        let toml = format!(
-            "[ensembles.a]\nconnect = \"h:1\"\n[ensembles.b]\nconnect = \"h:2\"\n[[routes]]\nname = \"r\"\nsource = \"a:/s\"\ntargets = [\"b:/t\"]\n{extra}"
-        );
-        load_str(&toml).unwrap().routes[0].clone()
+        crate::config::test_route(extra)
     }
 
     /// A node with its zxids: (czxid, mzxid, pzxid).

@@ -107,7 +107,7 @@ impl Supervisor {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let state_gauge = self.metrics.session_state.with_label_values(&[&self.name]);
         let mut generation = 0u64;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if *shutdown.borrow() {
                 break;
@@ -126,14 +126,13 @@ impl Supervisor {
                         .inc();
                     warn!(ensemble = %self.name, reason, error = %e, "cannot establish ZooKeeper session; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
+                        _ = tokio::time::sleep(backoff.next_delay()) => {},
                         _ = shutdown.changed() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             generation += 1;
             info!(ensemble = %self.name, session = %client.session_id(), generation, "ZooKeeper session established");
             state_gauge.set(1);
@@ -177,7 +176,7 @@ impl Supervisor {
             } else {
                 warn!(ensemble = %self.name, state = ?terminal, "ZooKeeper session ended; opening a new one");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
+                    _ = tokio::time::sleep(backoff.next_delay()) => {},
                     _ = shutdown.changed() => break,
                 }
             }

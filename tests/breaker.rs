@@ -33,18 +33,6 @@ async fn delete_leaves(s: &Client, name: &str, range: std::ops::Range<usize>) {
     }
 }
 
-/// A small xorshift generator: the tests' randomness, replayable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 fn ready(bridge: &Bridge) -> bool {
     bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
 }
@@ -125,18 +113,13 @@ async fn random_churn_over_a_deep_tree_converges_with_defaults() {
     let t = dst.client().await;
     await_mirror(&s, "/d", &t, "/d", Compare::default(), CONVERGE).await;
 
-    let seed = std::env::var("TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_u64);
-    eprintln!("random churn seed {seed} (TEST_SEED replays it)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed("random churn", Some(0x5eed)));
     let mut live: std::collections::BTreeSet<String> = nodes.into_iter().collect();
     let mut next = 1000;
     for _ in 0..600 {
         let all: Vec<&String> = live.iter().collect();
-        let pick = all[rng.next(all.len())].clone();
-        match rng.next(10) {
+        let pick = all[rng.below(all.len() as u64) as usize].clone();
+        match rng.below(10) {
             0..=3 if pick.matches('/').count() < 6 => {
                 let path = format!("{pick}/c{next}");
                 next += 1;

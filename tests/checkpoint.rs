@@ -129,33 +129,9 @@ async fn a_rebuilt_source_forces_a_full_resync() {
 }
 
 /// xorshift64*: deterministic per seed, so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let seed: u64 = std::env::var("TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash test seed: {seed} (TEST_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed("crash test", None));
     let src = Zk::standalone();
     let dst = Zk::standalone();
     let s = src.client().await;

@@ -231,3 +231,47 @@ async fn leases_spread_evenly_over_two_instances() {
     await_in_sync(&a.config(), CONVERGE).await;
     assert_eq!((a.leading(), b.leading()), (3.0, 3.0), "stable after the hand-over");
 }
+
+/// A lease lost in the middle of a long initial copy ends the lead at once:
+/// the worker stands by (and competes again) without finishing the copy
+/// first. Its writes were fenced either way; what matters is that it stops
+/// and says so, instead of learning it after the scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_during_a_resync_ends_the_lead_at_once() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/h0").await;
+    let nodes: Vec<(String, Vec<u8>)> = (0..20_000).map(|i| (format!("/h0/n{i}"), vec![b'x'; 100])).collect();
+    create_many(&s, &nodes).await;
+    // The target 20 ms away: the copy takes seconds.
+    let proxy = common::proxy::FaultyEnsemble::start(&dst).await;
+    proxy.set(common::proxy::Fault::Delay(Duration::from_millis(20)));
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{}\"\n[ensembles.dst]\nconnect = \"{}\"\n\
+         [[routes]]\nname = \"r0\"\nsource = \"src:/h0\"\ntargets = [\"dst:/h0\"]\n",
+        src.connect_string(),
+        proxy.connect_string()
+    );
+    let bridge = Bridge::start(&toml);
+    eventually("the copy is under way", CONVERGE, async || {
+        bridge.metric("zkbridge_applied_ops_total", &[]) > 100.0
+    })
+    .await;
+    // Someone (an operator, a session hiccup) takes the lease node away.
+    let t = dst.client().await;
+    let leases = "/zkbridge/routes/r0/dst/leases";
+    for child in t.list_children(leases).await.unwrap() {
+        t.delete(&format!("{leases}/{child}"), None).await.unwrap();
+    }
+    eventually("the lead ends", CONVERGE, async || bridge.log().contains("lease lost")).await;
+    let log = bridge.log();
+    let lost_at = log.find("lease lost").unwrap();
+    assert!(
+        log.find("initial sync done").is_none_or(|done| done > lost_at),
+        "the copy was not finished first"
+    );
+    // It competes again, leads, and completes.
+    proxy.set(common::proxy::Fault::Pass);
+    await_mirror(&s, "/h0", &t, "/h0", Compare::default(), Duration::from_secs(120)).await;
+}

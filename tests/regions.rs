@@ -48,13 +48,8 @@ impl Workload {
         let ops = Arc::new(AtomicU64::new(0));
         let (stopping, counting) = (stop.clone(), ops.clone());
         let task = tokio::spawn(async move {
-            let mut rng = seed | 1;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut rng = Rng::new(seed);
+            let mut next = || rng.next();
             let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
             let sequential = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
             while !stopping.load(Ordering::Relaxed) {
@@ -93,12 +88,20 @@ impl Workload {
     }
 }
 
-/// The source region goes dark for longer than the session timeout while
-/// its applications keep changing it; the target region's bridge catches
-/// up once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_source_region_isolated_past_the_session_timeout() {
-    let Some(rig) = Rig::new(&["east", "west"]) else { return };
+/// Two regions, `east` (the source) and `west` (the target), standalone
+/// ensembles, a route east:/r → west:/r and one bridge in `bridge_in`.
+/// Fields drop in order: the bridge and servers before the rig.
+struct EastWest {
+    bridge: Bridge,
+    s: Client,
+    t: Client,
+    _east: Zk,
+    _west: Zk,
+    rig: Rig,
+}
+
+async fn east_west(bridge_in: &str) -> Option<EastWest> {
+    let rig = Rig::new(&["east", "west"])?;
     let east = rig.zk("east", 1);
     let west = rig.zk("west", 1);
     let s = east.client().await;
@@ -108,9 +111,26 @@ async fn the_source_region_isolated_past_the_session_timeout() {
         ensembles_with_timeout(&[("east", &east), ("west", &west)]),
         route("east", "west")
     );
-    let bridge = Bridge::start_in(Some(&rig.region("west").ns), "west-1", &toml);
+    let bridge = Bridge::start_in(Some(&rig.region(bridge_in).ns), &format!("{bridge_in}-1"), &toml);
+    Some(EastWest {
+        bridge,
+        s,
+        t,
+        _east: east,
+        _west: west,
+        rig,
+    })
+}
+
+/// The source region goes dark for longer than the session timeout while
+/// its applications keep changing it; the target region's bridge catches
+/// up once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_region_isolated_past_the_session_timeout() {
+    let Some(ew) = east_west("west").await else { return };
+    let (bridge, s, t, rig) = (&ew.bridge, &ew.s, &ew.t, &ew.rig);
     let load = Workload::start(s.clone(), 1).await;
-    await_mirror_while_busy(&bridge).await;
+    await_mirror_while_busy(bridge).await;
     rig.isolate("east");
     // Changes go on inside the isolated region; the bridge's source session
     // expires.
@@ -121,27 +141,18 @@ async fn the_source_region_isolated_past_the_session_timeout() {
     rig.heal();
     let ops = load.finish().await;
     assert!(ops > 100, "the workload ran: {ops} ops");
-    await_mirror(&s, "/r", &t, "/r", Compare::default(), CONVERGE).await;
-    assert_sequence_counter_carried(&s, &t).await;
+    await_mirror(s, "/r", t, "/r", Compare::default(), CONVERGE).await;
+    assert_sequence_counter_carried(s, t).await;
 }
 
 /// The target region goes dark past the session timeout; the source's
 /// bridge holds the changes and delivers them when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_region_isolated_past_the_session_timeout() {
-    let Some(rig) = Rig::new(&["east", "west"]) else { return };
-    let east = rig.zk("east", 1);
-    let west = rig.zk("west", 1);
-    let s = east.client().await;
-    let t = west.client().await;
-    let toml = format!(
-        "heartbeat_interval_ms = 200\n{}{}",
-        ensembles_with_timeout(&[("east", &east), ("west", &west)]),
-        route("east", "west")
-    );
-    let bridge = Bridge::start_in(Some(&rig.region("east").ns), "east-1", &toml);
+    let Some(ew) = east_west("east").await else { return };
+    let (bridge, s, t, rig) = (&ew.bridge, &ew.s, &ew.t, &ew.rig);
     let load = Workload::start(s.clone(), 2).await;
-    await_mirror_while_busy(&bridge).await;
+    await_mirror_while_busy(bridge).await;
     rig.isolate("west");
     eventually("the target session expires", CONVERGE, async || {
         bridge.metric("zkbridge_session_expirations_total", &[("ensemble", "west")]) >= 1.0
@@ -153,7 +164,7 @@ async fn the_target_region_isolated_past_the_session_timeout() {
     .await;
     rig.heal();
     load.finish().await;
-    await_mirror(&s, "/r", &t, "/r", Compare::default(), CONVERGE).await;
+    await_mirror(s, "/r", t, "/r", Compare::default(), CONVERGE).await;
     eventually("ready again", CONVERGE, async || {
         bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
     })
@@ -164,19 +175,10 @@ async fn the_target_region_isolated_past_the_session_timeout() {
 /// back (a one-way partition), then a link that flaps for 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_partition_and_a_flapping_link() {
-    let Some(rig) = Rig::new(&["east", "west"]) else { return };
-    let east = rig.zk("east", 1);
-    let west = rig.zk("west", 1);
-    let s = east.client().await;
-    let t = west.client().await;
-    let toml = format!(
-        "heartbeat_interval_ms = 200\n{}{}",
-        ensembles_with_timeout(&[("east", &east), ("west", &west)]),
-        route("east", "west")
-    );
-    let bridge = Bridge::start_in(Some(&rig.region("west").ns), "west-1", &toml);
+    let Some(ew) = east_west("west").await else { return };
+    let (bridge, s, t, rig) = (&ew.bridge, &ew.s, &ew.t, &ew.rig);
     let load = Workload::start(s.clone(), 3).await;
-    await_mirror_while_busy(&bridge).await;
+    await_mirror_while_busy(bridge).await;
 
     rig.partition_one_way("east", "west");
     eventually("the source session is lost", CONVERGE, async || {
@@ -185,28 +187,20 @@ async fn a_one_way_partition_and_a_flapping_link() {
     .await;
     rig.heal();
 
-    let seed = std::env::var("TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7u64);
-    eprintln!("flapping link seed {seed} (TEST_SEED replays it)");
-    let mut rng = seed | 1;
+    let mut rng = Rng::new(seed("flapping link", Some(7)));
     let started = Instant::now();
     let mut flaps = 0;
     while started.elapsed() < Duration::from_secs(30) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         rig.partition("east", "west");
-        tokio::time::sleep(Duration::from_millis(200 + rng % 1800)).await;
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(1800))).await;
         rig.heal();
-        tokio::time::sleep(Duration::from_millis(200 + (rng >> 16) % 1800)).await;
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(1800))).await;
         flaps += 1;
     }
     assert!(flaps >= 8, "{flaps} flaps");
     load.finish().await;
-    await_mirror(&s, "/r", &t, "/r", Compare::default(), CONVERGE).await;
-    assert_sequence_counter_carried(&s, &t).await;
+    await_mirror(s, "/r", t, "/r", Compare::default(), CONVERGE).await;
+    assert_sequence_counter_carried(s, t).await;
 }
 
 /// 3-node ensembles: the source's leader killed while changes stream, then
@@ -328,5 +322,77 @@ async fn assert_sequence_counter_carried(s: &Client, t: &Client) {
         "sequence counter: target {} < source {}",
         target.cversion,
         source.cversion
+    );
+}
+
+/// 40 ms ± 5 ms between the regions (the delay proxy on the inter-region
+/// path): every change arrives, and the lag a watching client in the target
+/// region sees is reported (measured, not asserted: `make bench` owns
+/// speed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_milliseconds_between_regions_lag_reported() {
+    let Some(rig) = Rig::new(&["east", "west"]) else { return };
+    let east = rig.zk("east", 1);
+    let west = rig.zk("west", 1);
+    let s = east.client().await;
+    let t = west.client().await;
+    mkdirs(&s, "/r").await;
+    for i in 0..50 {
+        create(&s, &format!("/r/n{i}"), b"0").await;
+    }
+    let latency = common::rig::Latency {
+        base: Duration::from_millis(40),
+        jitter: Duration::from_millis(5),
+    };
+    // The bridge runs in the target region and reads the source across the
+    // delayed link.
+    let (east_via_link, _link) = rig.delayed("west", &east, latency);
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n[ensembles.east]\nconnect = \"{east_via_link}\"\nsession_timeout_ms = {SESSION_MS}\n{}{}",
+        ensembles_with_timeout(&[("west", &west)]),
+        route("east", "west")
+    );
+    let bridge = Bridge::start_in(Some(&rig.region("west").ns), "west-1", &toml);
+    await_mirror(&s, "/r", &t, "/r", Compare::default(), CONVERGE).await;
+    eventually("ready", CONVERGE, async || {
+        bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    // A watching client in the target region: each value's arrival minus
+    // its write (both clocks this process's).
+    let mut watcher = t
+        .watch("/r", zookeeper_client::AddWatchMode::PersistentRecursive)
+        .await
+        .unwrap();
+    let mut written = std::collections::HashMap::new();
+    let mut lags = Vec::new();
+    for i in 1..=300u32 {
+        let path = format!("/r/n{}", i % 50);
+        let value = format!("v{i}");
+        written.insert(value.clone(), Instant::now());
+        s.set_data(&path, value.as_bytes(), None).await.unwrap();
+        while let Ok(event) = tokio::time::timeout(Duration::from_millis(1), watcher.changed()).await {
+            if let Ok((data, _)) = t.get_data(&event.path).await {
+                if let Some(at) = written.remove(&String::from_utf8_lossy(&data).to_string()) {
+                    lags.push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    await_mirror(&s, "/r", &t, "/r", Compare::default(), CONVERGE).await;
+    lags.sort_by(f64::total_cmp);
+    assert!(
+        lags.len() > 100,
+        "the watching client saw the changes arrive: {}",
+        lags.len()
+    );
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize];
+    println!(
+        "lag through 40 ms ± 5 ms (source one way away): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} changes",
+        at(0.5),
+        at(0.99),
+        lags[lags.len() - 1],
+        lags.len()
     );
 }

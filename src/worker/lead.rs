@@ -3,6 +3,7 @@
 //! lease is lost, handed back, or the bridge shuts down.
 
 use super::*;
+use crate::backoff::Backoff;
 
 /// Reconcile units a leader keeps in flight at once.
 const UNITS_IN_FLIGHT: usize = 128;
@@ -35,22 +36,21 @@ impl Worker {
         let lost = lease.lost();
         tokio::pin!(lost);
         let mut balance_check = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.start_leading(lease).await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, "cannot read the route's conflict state; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
+                        _ = tokio::time::sleep(backoff.next_delay()) => {},
                         _ = shutdown.changed() => return LeadEnd::Shutdown,
                         _ = &mut lost => return LeadEnd::LeaseLost,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let mut target_watch: Option<PersistentWatcher> = None;
         // Anti-entropy passes run beside the worker for as long as it leads.
         let _verifier = (self.route.config.verify_interval_s > 0).then(|| {
@@ -74,7 +74,7 @@ impl Worker {
         let mut paused_until: Option<Instant> = None;
         // No new attempt to arm the target watch before this instant.
         let mut arm_after: Option<Instant> = None;
-        let mut arm_backoff = Duration::from_millis(100);
+        let mut arm_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
@@ -169,12 +169,14 @@ impl Worker {
                     // A standalone checkpoint from before the resync must not
                     // land after it (the source may have been rebuilt).
                     checkpointing = None;
-                    Some((
-                        None,
-                        self.resync(lease, reason)
-                            .await
-                            .map_err(|e| (e, Some(reason), Vec::new())),
-                    ))
+                    // A lost lease ends the lead at once, also mid-resync:
+                    // its writes are fenced either way, but a standby should
+                    // not wait for a long scan to learn it leads alone.
+                    let resynced = tokio::select! {
+                        r = self.resync(lease, reason) => r,
+                        _ = &mut lost => return LeadEnd::LeaseLost,
+                    };
+                    Some((None, resynced.map_err(|e| (e, Some(reason), Vec::new()))))
                 }
                 None => {
                     // A due parked path is taken with new work: not while
@@ -196,18 +198,18 @@ impl Worker {
                             match armed {
                                 Ok(w) => {
                                     target_watch = Some(w);
-                                    arm_backoff = Duration::from_millis(100);
+                                    arm_backoff.reset();
                                 }
                                 Err(e) => {
-                                    let retry_in_ms = arm_backoff.as_millis() as u64;
+                                    let retry_in = arm_backoff.next_delay();
+                                    let retry_in_ms = retry_in.as_millis() as u64;
                                     // Without anti-entropy, no work is done meanwhile.
                                     if self.route.config.verify_interval_s == 0 {
                                         warn!(error = %e, retry_in_ms, "cannot watch the target; retrying");
                                     } else {
                                         debug!(error = %e, retry_in_ms, "cannot arm the target watch yet; retrying");
                                     }
-                                    arm_after = Some(Instant::now() + arm_backoff);
-                                    arm_backoff = (arm_backoff * 2).min(Duration::from_secs(5));
+                                    arm_after = Some(Instant::now() + retry_in);
                                 }
                             }
                             None
@@ -240,7 +242,7 @@ impl Worker {
             self.queue.settle(unit);
             match result {
                 Ok(()) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     // An error stays shown while a path it held back waits.
                     if self.queue.next_parked_due().is_none() {
                         *self.status.last_error.lock().unwrap() = None;
@@ -261,11 +263,11 @@ impl Worker {
                     // in flight: it pauses new work once, while the others
                     // come back and are put back too.
                     if paused_until.is_none_or(|t| Instant::now() >= t) {
-                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mirroring interrupted; will retry");
+                        let retry_in = backoff.next_delay();
+                        warn!(error = %e, retry_in_ms = retry_in.as_millis() as u64, "mirroring interrupted; will retry");
                         self.metrics.error(error_kind(&e.source));
                         *self.status.last_error.lock().unwrap() = Some(e.to_string());
-                        paused_until = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        paused_until = Some(Instant::now() + retry_in);
                     } else {
                         debug!(error = %e, "unit failed in the same interruption; put back");
                     }
