@@ -11,13 +11,14 @@ use tracing::info;
 
 use crate::capture::Capture;
 use crate::config::Resolved;
-use crate::lease::{Balancer, LeaseRecord};
+use crate::lease::Balancer;
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::status::{Sessions, Status};
 use crate::supervise::supervise;
 use crate::worker::{Identity, Limits, Worker, WorkerStatus};
 use crate::zk::Ensemble;
+use crate::znodes::LeaseRecord;
 
 /// A running route/target worker, as seen by `/readyz` and `sync`.
 pub struct WorkerHandle {
@@ -38,7 +39,7 @@ impl WorkerHandle {
             None if self.leading() => self.status.leading_since_ms.load(Ordering::Relaxed),
             None => return None,
         };
-        Some(((crate::checkpoint::now_ms() - ts) as f64 / 1000.0).max(0.0))
+        Some(((crate::znodes::now_ms() - ts) as f64 / 1000.0).max(0.0))
     }
 
     fn leading(&self) -> bool {

@@ -14,12 +14,13 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 use zookeeper_client::{EventType, SessionState};
 
-use crate::checkpoint::{heartbeat_path, now_ms, put_json, Heartbeat};
+use crate::checkpoint::put_json;
 use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::path::relative;
 use crate::queue::{ResyncReason, TargetQueue};
 use crate::zk::{watch_subtree, Ensemble};
+use crate::znodes::{heartbeat_path, now_ms, Heartbeat};
 
 #[derive(Clone)]
 pub struct Capture {

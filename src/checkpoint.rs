@@ -15,52 +15,11 @@ pub fn persistent(acl: &[Acl]) -> CreateOptions<'_> {
     CreateMode::Persistent.with_acls(Acls::new(acl))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub version: u32,
-    pub source_ensemble_id: String,
-    pub source_zxid: i64,
-    pub heartbeat_ts_ms: i64,
-    pub bridge: String,
-    pub updated_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub bridge: String,
-    pub ts_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Progress {
-    pub source_zxid: i64,
-    pub ts_ms: i64,
-}
-
-pub fn checkpoint_path(meta: &str, route: &str, target_ensemble: &str) -> String {
-    format!("{meta}/routes/{route}/{target_ensemble}/checkpoint")
-}
-
-pub fn heartbeat_path(meta: &str, route: &str) -> String {
-    format!("{meta}/heartbeats/{route}")
-}
-
-pub fn progress_path(meta: &str, route: &str, target_ensemble: &str) -> String {
-    format!("{meta}/progress/{route}/{target_ensemble}")
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The ensemble's identity, created once (a UUID) and read ever after. A
 /// rebuilt ensemble gets a new one, which invalidates checkpoints against it.
 pub async fn ensemble_id(client: &Client, meta: &str, acl: &[Acl]) -> Result<String, Error> {
     let options = persistent(acl);
-    let path = format!("{meta}/ensemble-id");
+    let path = crate::znodes::ensemble_id_path(meta);
     loop {
         match client.get_data(&path).await {
             Ok((data, _)) => return Ok(String::from_utf8_lossy(&data).into_owned()),

@@ -25,32 +25,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
 use zookeeper_client::{Acl, Client, Error};
 
 use crate::checkpoint::{get_json, put_json};
-
-pub fn kept_dir(meta: &str, route: &str, target: &str) -> String {
-    format!("{meta}/routes/{route}/{target}/kept")
-}
-
-pub fn stopped_path(meta: &str, route: &str, target: &str) -> String {
-    format!("{meta}/routes/{route}/{target}/stopped")
-}
-
-/// Why a route/target stopped (`conflict = "fail"`, or the delete breaker).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StopRecord {
-    /// The target path that stopped it.
-    pub path: String,
-    pub reason: String,
-    pub bridge: String,
-    pub ts_ms: i64,
-    /// For a trip of the delete breaker's fraction rule: the numbers it was
-    /// judged on (peak, current, what the held deletes would leave, line).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<crate::breaker::Verdict>,
-}
+use crate::znodes::StopRecord;
 
 /// A relative path as one znode name: `%` and `/` escaped, `_` prefixed so
 /// that the root (`""`) has a name too.

@@ -82,7 +82,7 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
             })
             .await
             .map_err(|e| anyhow::anyhow!("route {}: reading target {target}: {e}", route.name()))?;
-            let kept_dir = crate::conflict::kept_dir(&config.config.bridge.meta_path, route.name(), &target.ensemble);
+            let kept_dir = crate::znodes::kept_dir(&config.config.bridge.meta_path, route.name(), &target.ensemble);
             let kept = crate::conflict::load_kept(&target_client, &kept_dir)
                 .await
                 .map_err(|e| anyhow::anyhow!("route {}: reading kept paths in {target}: {e}", route.name()))?;

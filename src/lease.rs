@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
@@ -27,52 +26,7 @@ use zookeeper_client::{
 
 use crate::checkpoint::persistent;
 use crate::zk::Ensemble;
-
-/// What a lease node says about the instance holding or waiting for it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LeaseRecord {
-    pub instance: String,
-    pub host: String,
-    pub pid: u32,
-    pub started_ms: i64,
-    /// The holder's last error on this route/target, for `zkbridge status`.
-    #[serde(default)]
-    pub last_error: Option<String>,
-}
-
-impl LeaseRecord {
-    pub fn for_this_process(instance: &str) -> Self {
-        LeaseRecord {
-            instance: instance.to_string(),
-            host: hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default(),
-            pid: std::process::id(),
-            started_ms: crate::checkpoint::now_ms(),
-            last_error: None,
-        }
-    }
-}
-
-impl LeaseRecord {
-    /// Whether two records come from the same process (its `last_error`
-    /// may differ).
-    pub fn same_process(&self, other: &LeaseRecord) -> bool {
-        self.instance == other.instance
-            && self.host == other.host
-            && self.pid == other.pid
-            && self.started_ms == other.started_ms
-    }
-}
-
-pub fn leases_dir(meta: &str, route: &str, target_ensemble: &str) -> String {
-    format!("{meta}/routes/{route}/{target_ensemble}/leases")
-}
-
-pub fn instances_dir(meta: &str) -> String {
-    format!("{meta}/instances")
-}
+use crate::znodes::{instances_dir, LeaseRecord};
 
 /// Name part of every lease node (after the recipe's unique prefix).
 const LEASE_NAME: &str = "lease-";

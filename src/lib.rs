@@ -36,3 +36,4 @@ pub(crate) mod queue;
 pub(crate) mod status;
 pub(crate) mod verify;
 pub(crate) mod worker;
+pub(crate) mod znodes;

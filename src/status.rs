@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 use zookeeper_client::Client;
 
-use crate::checkpoint::{checkpoint_path, get_json, now_ms, progress_path, Checkpoint, Progress};
+use crate::checkpoint::get_json;
 use crate::config::Resolved;
-use crate::lease::{contenders, leases_dir};
+use crate::lease::contenders;
+use crate::znodes::{checkpoint_path, leases_dir, now_ms, progress_path, Checkpoint, Progress};
 use crate::zxid::Zxid;
 
 /// How long one read may take before its ensemble counts as unreachable.
@@ -40,7 +41,7 @@ pub struct RouteTargetStatus {
     pub last_error: Option<String>,
     /// Set while the route/target is stopped (`conflict = "fail"`, delete
     /// breaker): the path and reason; `zkbridge resume` clears it.
-    pub stopped: Option<crate::conflict::StopRecord>,
+    pub stopped: Option<crate::znodes::StopRecord>,
     /// Why some of the above could not be read.
     pub unavailable: Option<String>,
 }
@@ -87,7 +88,7 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
                         Ok(_) => {}
                         Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
                     }
-                    let stop = crate::conflict::stopped_path(meta, route.name(), &target.ensemble);
+                    let stop = crate::znodes::stopped_path(meta, route.name(), &target.ensemble);
                     match timed(crate::conflict::read_stopped(tgt, &stop)).await {
                         Ok(record) => s.stopped = record,
                         Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),

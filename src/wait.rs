@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zookeeper_client::{Client, Error, EventType};
 
-use crate::checkpoint::{progress_path, Progress};
 use crate::config::Resolved;
+use crate::znodes::{progress_path, Progress};
 
 /// Why waiting could not even start.
 #[derive(Debug, thiserror::Error)]

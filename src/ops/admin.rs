@@ -11,7 +11,7 @@ pub async fn resume(path: &std::path::Path, route: &str, target: &str, yes: bool
         Ok(r) => r,
         Err(code) => return code,
     };
-    let stop = crate::conflict::stopped_path(&resolved.config.bridge.meta_path, route, target);
+    let stop = crate::znodes::stopped_path(&resolved.config.bridge.meta_path, route, target);
     match crate::conflict::read_stopped(&client, &stop).await {
         Ok(None) => {
             println!("{route}/{target} is not stopped");
@@ -44,7 +44,7 @@ pub async fn reset(path: &std::path::Path, route: &str, target: &str, yes: bool)
         Ok(r) => r,
         Err(code) => return code,
     };
-    let checkpoint = crate::checkpoint::checkpoint_path(&resolved.config.bridge.meta_path, route, target);
+    let checkpoint = crate::znodes::checkpoint_path(&resolved.config.bridge.meta_path, route, target);
     match client.delete(&checkpoint, None).await {
         Ok(()) | Err(zookeeper_client::Error::NoNode) => {
             println!("deleted {checkpoint} in {target}: the next leader of {route}/{target} does a full resync");

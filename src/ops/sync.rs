@@ -25,7 +25,7 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
         return sync_dry_run(&resolved, route).await;
     }
     let started = std::time::Instant::now();
-    let started_ms = crate::checkpoint::now_ms();
+    let started_ms = crate::znodes::now_ms();
     let (tx, rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let (bridge, tasks) = crate::bridge::start(&resolved, metrics, &rx);

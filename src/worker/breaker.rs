@@ -123,7 +123,7 @@ impl Worker {
                 ts_ms: now_ms(),
                 breaker: verdict,
             };
-            let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+            let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             if let Err(e) = conflict::persist_stop(lease.client(), &path, &record, &self.target_zk.acl).await {
                 warn!(error = %e, "cannot record the breaker's trip; it holds until restart");
             }
@@ -146,13 +146,16 @@ impl Worker {
             }
             return;
         }
-        let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        let cleared_by_operator = matches!(lease.client().check_stat(&path).await, Ok(None));
+        let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        let cleared_by_operator = self.stop_record_cleared(lease, &path).await;
         let none_left = {
             let mut held = self.status.held_deletes.lock().unwrap();
             held.retain(|rel| self.queue.is_pending(rel));
             held.is_empty()
         };
+        if cleared_by_operator || none_left {
+            *self.stop_watch.lock().unwrap() = None;
+        }
         if cleared_by_operator {
             info!("held deletes released by an operator");
             self.status.breaker_released.store(true, Ordering::Relaxed);
@@ -168,4 +171,34 @@ impl Worker {
             }
         }
     }
+
+    /// Whether an operator deleted the stop record since the trip. The
+    /// record is watched, not read on every loop turn: one read arms the
+    /// watch, then only its event is looked at. Any other event (a data
+    /// change, a lost connection) re-arms it on the next turn.
+    async fn stop_record_cleared(&self, lease: &Lease, path: &str) -> bool {
+        use futures::FutureExt;
+        let armed = self.stop_watch.lock().unwrap().take();
+        let mut watch = match armed {
+            Some(watch) => watch,
+            None => match lease.client().check_and_watch_stat(path).await {
+                Ok((None, _)) => return true,
+                Ok((Some(_), watcher)) => Box::pin(watcher.changed()) as StopWatch,
+                Err(e) => {
+                    debug!(error = %e, "cannot watch the stop record; retrying");
+                    return false;
+                }
+            },
+        };
+        match (&mut watch).now_or_never() {
+            None => {
+                *self.stop_watch.lock().unwrap() = Some(watch);
+                false
+            }
+            Some(event) => event.event_type == EventType::NodeDeleted,
+        }
+    }
 }
+
+/// The pending event of the watch on the stop record.
+pub(super) type StopWatch = std::pin::Pin<Box<dyn std::future::Future<Output = zookeeper_client::WatchedEvent> + Send>>;

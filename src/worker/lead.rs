@@ -285,12 +285,14 @@ impl Worker {
         let tgt = lease.client();
         let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         self.status.conflicts.set_watching(false);
-        let kept = conflict::load_kept(tgt, &conflict::kept_dir(meta, route, target)).await?;
+        // A watch armed by an earlier lead belongs to an older session.
+        *self.stop_watch.lock().unwrap() = None;
+        let kept = conflict::load_kept(tgt, &crate::znodes::kept_dir(meta, route, target)).await?;
         if !kept.is_empty() {
             info!(paths = kept.len(), "target versions kept by policy (target-wins)");
         }
         self.status.conflicts.set_kept(kept);
-        let stop = conflict::read_stopped(tgt, &conflict::stopped_path(meta, route, target)).await?;
+        let stop = conflict::read_stopped(tgt, &crate::znodes::stopped_path(meta, route, target)).await?;
         if let Some(stop) = &stop {
             warn!(path = %stop.path, reason = %stop.reason, "route/target is stopped; `zkbridge resume` clears it");
         }

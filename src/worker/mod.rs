@@ -20,18 +20,19 @@ use zookeeper_client::{
     PersistentWatcher,
 };
 
-use crate::checkpoint::{
-    checkpoint_path, ensemble_id, now_ms, persistent, progress_path, put_json, Checkpoint, Progress,
-};
+use crate::checkpoint::{ensemble_id, persistent, put_json};
 use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
-use crate::conflict::{self, Conflicts, StopRecord};
-use crate::lease::{leases_dir, Balancer, Lease, LeaseRecord};
+use crate::conflict::{self, Conflicts};
+use crate::lease::{Balancer, Lease};
 use crate::metrics::Metrics;
 use crate::path::{self, join, parent};
 use crate::plan::{self, NodeKind, Op};
 use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
 use crate::tree::{self, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
+use crate::znodes::{
+    checkpoint_path, leases_dir, now_ms, progress_path, Checkpoint, LeaseRecord, Progress, StopRecord,
+};
 
 mod acl;
 mod breaker;
@@ -102,6 +103,8 @@ pub struct Worker {
     source_id: Mutex<Option<String>>,
     /// The mirrored count over the breaker's window (see `crate::breaker`).
     breaker: Mutex<crate::breaker::DeleteBreaker>,
+    /// While the breaker is tripped: the watch on its stop record.
+    stop_watch: Mutex<Option<breaker::StopWatch>>,
     /// Source paths already reported as unreadable (reported once each).
     unreadable_reported: Mutex<std::collections::HashSet<String>>,
 }
@@ -157,6 +160,7 @@ impl Worker {
         ));
         Worker {
             breaker,
+            stop_watch: Mutex::new(None),
             unreadable_reported: Default::default(),
             route,
             target,

@@ -6,7 +6,7 @@ use super::*;
 impl Worker {
     /// Waits until an operator deletes the stop record. `true` once cleared.
     pub(super) async fn await_resume(&self, lease: &Lease, stop: &StopRecord) -> bool {
-        let path = conflict::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         match lease.client().check_and_watch_stat(&path).await {
             Ok((None, _)) => true,
             Ok((Some(_), watcher)) => {
@@ -44,7 +44,7 @@ impl Worker {
                 self.metrics.kept.inc();
                 info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: kept (target-wins) until the source changes it again");
                 self.status.conflicts.keep(rel, source_mzxid);
-                let dir = conflict::kept_dir(meta, route, target_name);
+                let dir = crate::znodes::kept_dir(meta, route, target_name);
                 if let Err(e) =
                     conflict::persist_kept(lease.client(), &dir, rel, source_mzxid, &self.target_zk.acl).await
                 {
@@ -62,7 +62,7 @@ impl Worker {
                     ts_ms: now_ms(),
                     breaker: None,
                 };
-                let stop_path = conflict::stopped_path(meta, route, target_name);
+                let stop_path = crate::znodes::stopped_path(meta, route, target_name);
                 if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record, &self.target_zk.acl).await {
                     warn!(error = %e, "cannot record the stop; it holds until restart");
                 }

@@ -155,7 +155,7 @@ impl Worker {
                 None => true,
             }
         });
-        let kept_dir = conflict::kept_dir(meta, route.name(), &self.target.ensemble);
+        let kept_dir = crate::znodes::kept_dir(meta, route.name(), &self.target.ensemble);
         for rel in ended {
             let _ = conflict::unpersist_kept(&tgt, &kept_dir, &rel).await;
         }

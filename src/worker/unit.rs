@@ -101,8 +101,11 @@ impl Worker {
                     match self.status.conflicts.keeps(rel, source_mzxid) {
                         Some(true) => continue,
                         Some(false) => {
-                            let dir =
-                                conflict::kept_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+                            let dir = crate::znodes::kept_dir(
+                                &self.identity.meta_path,
+                                self.route.name(),
+                                &self.target.ensemble,
+                            );
                             let _ = conflict::unpersist_kept(&tgt, &dir, rel).await;
                         }
                         None => {}

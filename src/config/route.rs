@@ -1,0 +1,94 @@
+//! A route as the bridge runs it: endpoints parsed, filters compiled.
+
+use super::*;
+
+/// `ENSEMBLE:/path`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ensemble: String,
+    pub path: String,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ensemble, self.path)
+    }
+}
+
+/// A route with its endpoints parsed and its filters compiled, shared by the
+/// capture task and every target worker of the route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub source: Endpoint,
+    pub targets: Vec<Endpoint>,
+    pub filter: PathFilter,
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// Include/exclude globs, evaluated on paths relative to the route's source
+/// path (`""` is the route root, `"a/b"` a descendant).
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+    /// `meta_path` relative to the source, when the source contains it:
+    /// zkbridge's own znodes are never mirrored.
+    pub(super) meta: Option<String>,
+}
+
+impl PathFilter {
+    pub fn new(include: &[String], exclude: &[String], key: &str) -> Result<Self, ConfigError> {
+        let build = |globs: &[String], which: &str| -> Result<GlobSet, ConfigError> {
+            let mut set = GlobSetBuilder::new();
+            for (i, glob) in globs.iter().enumerate() {
+                let glob = globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| {
+                        ConfigError::invalid(format!("{key}.{which}[{i}]"), format!("invalid glob {glob:?}: {e}"))
+                    })?;
+                set.add(glob);
+            }
+            set.build()
+                .map_err(|e| ConfigError::invalid(format!("{key}.{which}"), e.to_string()))
+        };
+        Ok(PathFilter {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+            meta: None,
+        })
+    }
+
+    /// Whether the route manages the node at `relative`: it matches an
+    /// include glob and neither it nor an ancestor matches an exclude glob
+    /// (excluding `tmp` excludes what lives under it). The route root is
+    /// always managed: it is the anchor every other node hangs from.
+    pub fn managed(&self, relative: &str) -> bool {
+        relative.is_empty() || (self.include.is_match(relative) && !self.excluded(relative))
+    }
+
+    /// Whether `relative` or one of its ancestors is excluded; scans do not
+    /// descend into such nodes.
+    pub fn excluded(&self, relative: &str) -> bool {
+        if relative.is_empty() {
+            return false;
+        }
+        if let Some(meta) = &self.meta {
+            if is_within(relative, meta) {
+                return true;
+            }
+        }
+        if self.exclude.is_empty() {
+            return false;
+        }
+        path::self_and_ancestors(relative)
+            .filter(|prefix| !prefix.is_empty())
+            .any(|prefix| self.exclude.is_match(prefix))
+    }
+}

@@ -1,0 +1,119 @@
+//! The znodes zkbridge keeps under `meta_path` (design §2): where each one
+//! lives and the JSON it holds. Every path builder and record is here, so
+//! the layout an operator's scripts depend on is read in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// `<meta>/ensemble-id` (every ensemble): a UUID created once.
+pub fn ensemble_id_path(meta: &str) -> String {
+    format!("{meta}/ensemble-id")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub source_ensemble_id: String,
+    pub source_zxid: i64,
+    pub heartbeat_ts_ms: i64,
+    pub bridge: String,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub bridge: String,
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub source_zxid: i64,
+    pub ts_ms: i64,
+}
+
+pub fn checkpoint_path(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/routes/{route}/{target_ensemble}/checkpoint")
+}
+
+pub fn heartbeat_path(meta: &str, route: &str) -> String {
+    format!("{meta}/heartbeats/{route}")
+}
+
+pub fn progress_path(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/progress/{route}/{target_ensemble}")
+}
+
+pub fn kept_dir(meta: &str, route: &str, target: &str) -> String {
+    format!("{meta}/routes/{route}/{target}/kept")
+}
+
+pub fn stopped_path(meta: &str, route: &str, target: &str) -> String {
+    format!("{meta}/routes/{route}/{target}/stopped")
+}
+
+/// Why a route/target stopped (`conflict = "fail"`, or the delete breaker).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StopRecord {
+    /// The target path that stopped it.
+    pub path: String,
+    pub reason: String,
+    pub bridge: String,
+    pub ts_ms: i64,
+    /// For a trip of the delete breaker's fraction rule: the numbers it was
+    /// judged on (peak, current, what the held deletes would leave, line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<crate::breaker::Verdict>,
+}
+
+pub fn leases_dir(meta: &str, route: &str, target_ensemble: &str) -> String {
+    format!("{meta}/routes/{route}/{target_ensemble}/leases")
+}
+
+pub fn instances_dir(meta: &str) -> String {
+    format!("{meta}/instances")
+}
+
+/// What a lease node says about the instance holding or waiting for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaseRecord {
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    /// The holder's last error on this route/target, for `zkbridge status`.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl LeaseRecord {
+    pub fn for_this_process(instance: &str) -> Self {
+        LeaseRecord {
+            instance: instance.to_string(),
+            host: hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            started_ms: now_ms(),
+            last_error: None,
+        }
+    }
+}
+
+impl LeaseRecord {
+    /// Whether two records come from the same process (its `last_error`
+    /// may differ).
+    pub fn same_process(&self, other: &LeaseRecord) -> bool {
+        self.instance == other.instance
+            && self.host == other.host
+            && self.pid == other.pid
+            && self.started_ms == other.started_ms
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
