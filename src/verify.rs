@@ -119,6 +119,7 @@ pub trait WorkerView: Send + Sync {
 }
 
 /// Runs passes for one route/target while this instance leads it.
+#[derive(Clone)]
 pub struct Verifier {
     pub route: Arc<Route>,
     pub target: Endpoint,
@@ -208,12 +209,14 @@ impl Verifier {
             // doubled).
             let candidates: Vec<String> = found.local.iter().chain(&found.drift).cloned().collect();
             self.refresh(&src, &mut source, candidates.clone()).await?;
-            // Sorted again on the candidates alone (with their parents for
+            // Sorted again on the candidates alone (with their ancestors for
             // context): a second full comparison would double the pass's CPU.
+            // Every ancestor comes along: the plan walks up from a mirrored
+            // node to scaffold its parents.
             let subset = |tree: &Tree| -> Tree {
                 candidates
                     .iter()
-                    .flat_map(|rel| std::iter::once(rel.as_str()).chain(parent(rel)))
+                    .flat_map(|rel| crate::path::self_and_ancestors(rel))
                     .filter_map(|rel| tree.get(rel).map(|n| (rel.to_string(), n.clone())))
                     .collect()
             };

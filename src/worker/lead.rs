@@ -65,7 +65,30 @@ impl Worker {
                 reads_per_s: self.limits.verify_reads_per_s,
                 interval: Duration::from_secs(self.route.config.verify_interval_s),
             };
-            AbortOnDrop(tokio::spawn(verifier.run().instrument(tracing::Span::current())))
+            // A panic in a pass stays in the pass: counted, and the passes
+            // start again after a backoff (see `supervise`).
+            let panics = self.metrics.metrics.errors.with_label_values(&[
+                self.metrics.labels[0].as_str(),
+                self.metrics.labels[1].as_str(),
+                "panic",
+            ]);
+            let passes = async move {
+                let (_running, stopped) = watch::channel(false);
+                crate::supervise::supervise(
+                    move || verifier.clone().run(),
+                    move |message, retry_in| {
+                        panics.inc();
+                        warn!(
+                            panic = message,
+                            ?retry_in,
+                            "anti-entropy pass failed; passes start again"
+                        );
+                    },
+                    stopped,
+                )
+                .await
+            };
+            AbortOnDrop(tokio::spawn(passes.instrument(tracing::Span::current())))
         });
         let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         let mut checkpointing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> = None;
