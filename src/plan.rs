@@ -206,31 +206,13 @@ pub fn decide(
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use zookeeper_client::Stat;
 
     fn route(extra: &str) -> Arc<Route> {
         crate::config::test_route(extra)
     }
 
     fn node(data: &str, owner: i64) -> NodeState {
-        let stat = Stat {
-            czxid: 1,
-            mzxid: 1,
-            pzxid: 1,
-            ctime: 0,
-            mtime: 0,
-            version: 0,
-            cversion: 0,
-            aversion: 0,
-            ephemeral_owner: owner,
-            data_length: data.len() as i32,
-            num_children: 0,
-        };
-        NodeState {
-            data: data.as_bytes().to_vec(),
-            stat,
-            children: vec![],
-        }
+        crate::tree::test_node(data, (1, 1, 1), owner)
     }
 
     fn tree(nodes: &[(&str, &str)]) -> Tree {

@@ -291,3 +291,26 @@ pub async fn read_acls(
     }
     Ok(out)
 }
+
+/// A node for unit tests: `data`, zxids `(czxid, mzxid, pzxid)`, ephemeral
+/// owner `owner` (0: persistent).
+#[cfg(test)]
+pub(crate) fn test_node(data: &str, (czxid, mzxid, pzxid): (i64, i64, i64), owner: i64) -> NodeState {
+    NodeState {
+        data: data.as_bytes().to_vec(),
+        stat: Stat {
+            czxid,
+            mzxid,
+            pzxid,
+            ctime: 0,
+            mtime: 0,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: owner,
+            data_length: data.len() as i32,
+            num_children: 0,
+        },
+        children: vec![],
+    }
+}

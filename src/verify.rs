@@ -318,31 +318,14 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::tree::NodeState;
-    use zookeeper_client::Stat;
 
     fn route(extra: &str) -> Arc<Route> {
         crate::config::test_route(extra)
     }
 
     /// A node with its zxids: (czxid, mzxid, pzxid).
-    fn node(data: &str, (czxid, mzxid, pzxid): (i64, i64, i64), owner: i64) -> NodeState {
-        NodeState {
-            data: data.as_bytes().to_vec(),
-            stat: Stat {
-                czxid,
-                mzxid,
-                pzxid,
-                ctime: 0,
-                mtime: 0,
-                version: 0,
-                cversion: 0,
-                aversion: 0,
-                ephemeral_owner: owner,
-                data_length: data.len() as i32,
-                num_children: 0,
-            },
-            children: vec![],
-        }
+    fn node(data: &str, zxids: (i64, i64, i64), owner: i64) -> NodeState {
+        crate::tree::test_node(data, zxids, owner)
     }
 
     fn tree(nodes: Vec<(&str, NodeState)>) -> Tree {
