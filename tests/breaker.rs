@@ -316,3 +316,41 @@ async fn a_resume_after_a_collapse_while_stopped_is_held() {
     await_mirror(&s, "/sixty", &t, "/sixty", Compare::default(), CONVERGE).await;
     eventually("ready again", CONVERGE, async || ready(&bridge)).await;
 }
+
+/// An operator who checked the source and wants the vanished root's
+/// subtree gone releases it with `zkbridge resume`: the held deletes go,
+/// root included, although the root is still missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_root_released_by_the_operator_is_deleted() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    hundred(&s, "gone").await;
+    let bridge = Bridge::start(&format!(
+        "heartbeat_interval_ms = 200\n{}{}",
+        ensembles(&[("src", &src), ("dst", &dst)]),
+        route("gone", "")
+    ));
+    let t = dst.client().await;
+    await_mirror(&s, "/gone", &t, "/gone", Compare::default(), CONVERGE).await;
+    let mut all = s.new_multi_writer();
+    for i in 0..100 {
+        all.add_delete(&format!("/gone/n/{i}"), None).unwrap();
+    }
+    all.add_delete("/gone/n", None).unwrap();
+    all.add_delete("/gone", None).unwrap();
+    all.commit().await.unwrap();
+    eventually("held", CONVERGE, async || blocked(&bridge, "gone") > 0.0).await;
+    assert!(get(&t, "/gone").await.is_some());
+    let out = std::process::Command::new(bin())
+        .args(["resume", "--route", "gone", "--target", "dst", "--yes", "-c"])
+        .arg(&bridge.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the released subtree is deleted, root included", CONVERGE, async || {
+        get(&t, "/gone").await.is_none()
+    })
+    .await;
+    eventually("ready again", CONVERGE, async || ready(&bridge)).await;
+}

@@ -28,6 +28,20 @@ impl Worker {
             self.breaker.lock().unwrap().force(creates, 0, now);
             return Ok(ops);
         }
+        if self.status.breaker_released.load(Ordering::Relaxed) {
+            // Only the deletes an operator released skip the checks (the
+            // root's too: the operator saw it gone); a new mass delete
+            // meanwhile is judged like any other.
+            let released = self.status.released_deletes.lock().unwrap();
+            if ops
+                .iter()
+                .all(|o| !matches!(o, Op::Delete { .. }) || released.contains(o.rel()))
+            {
+                drop(released);
+                self.breaker.lock().unwrap().force(creates, deletes, now);
+                return Ok(ops);
+            }
+        }
         let config = &self.route.config;
         let root_vanished = !config.allow_root_delete
             && (root_vanished
@@ -39,19 +53,6 @@ impl Worker {
                         source,
                     })?
                     .is_none());
-        if self.status.breaker_released.load(Ordering::Relaxed) && !root_vanished {
-            // Only the deletes an operator released skip the check; a new
-            // mass delete meanwhile is judged like any other.
-            let released = self.status.released_deletes.lock().unwrap();
-            if ops
-                .iter()
-                .all(|o| !matches!(o, Op::Delete { .. }) || released.contains(o.rel()))
-            {
-                drop(released);
-                self.breaker.lock().unwrap().force(creates, deletes, now);
-                return Ok(ops);
-            }
-        }
         // Once tripped, every delete waits for the operator or for the
         // condition to clear: held deletes must not trickle through as the
         // window ages.
