@@ -37,30 +37,9 @@ async fn a_persistent_watch_is_resent_after_a_reconnect() {
 
     // Every connection is reset; the client reconnects on the same session.
     proxy.set(Fault::Reset);
-    let mut states = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let event = watcher.changed().await;
-            states.push(event.session_state);
-            if event.session_state == SessionState::Disconnected {
-                break;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no Disconnected event: {states:?}"));
+    await_session_state(&mut watcher, SessionState::Disconnected).await;
     proxy.set(Fault::Pass);
-    tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let event = watcher.changed().await;
-            states.push(event.session_state);
-            if event.session_state == SessionState::SyncConnected {
-                break;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no SyncConnected event: {states:?}"));
+    await_session_state(&mut watcher, SessionState::SyncConnected).await;
     // A round trip on the new connection: the re-sent watch is in place
     // once the server answered what the client sent before it.
     client.get_data("/w").await.unwrap();
@@ -73,4 +52,21 @@ async fn a_persistent_watch_is_resent_after_a_reconnect() {
         (event.event_type, event.path.as_str()),
         (EventType::NodeCreated, "/w/after")
     );
+}
+
+/// Waits (15 s at most) until the watcher reports `wanted`, naming the
+/// states seen on failure.
+async fn await_session_state(watcher: &mut zookeeper_client::PersistentWatcher, wanted: SessionState) {
+    let mut states = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let event = watcher.changed().await;
+            states.push(event.session_state);
+            if event.session_state == wanted {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {wanted:?} event: {states:?}"));
 }
