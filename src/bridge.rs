@@ -2,7 +2,6 @@
 //! per (route, target), and the HTTP endpoints; then wait for a signal.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::status::{Sessions, Status};
 use crate::supervise::supervise;
-use crate::worker::{Identity, Limits, Worker, WorkerStatus};
+use crate::worker::{Identity, Leadership, Limits, StatusTx, StatusView, Worker};
 use crate::zk::Ensemble;
 use crate::znodes::LeaseRecord;
 
@@ -25,30 +24,9 @@ pub struct WorkerHandle {
     pub route: String,
     pub target: String,
     pub target_path: String,
-    pub status: Arc<WorkerStatus>,
+    pub status: StatusView,
     pub queue: Arc<TargetQueue>,
-}
-
-impl WorkerHandle {
-    /// Now minus the heartbeat time of the last checkpoint; for a leader
-    /// with no checkpoint yet, now minus when it took the lead, so a route
-    /// that never manages one shows a growing lag rather than none.
-    fn lag_seconds(&self) -> Option<f64> {
-        let ts = match self.status.checkpoint.lock().unwrap().as_ref() {
-            Some(c) => c.heartbeat_ts_ms,
-            None if self.leading() => self.status.leading_since_ms.load(Ordering::Relaxed),
-            None => return None,
-        };
-        Some(((crate::znodes::now_ms() - ts) as f64 / 1000.0).max(0.0))
-    }
-
-    fn leading(&self) -> bool {
-        self.status.leading.load(Ordering::Relaxed)
-    }
-
-    fn synced(&self) -> bool {
-        self.status.initial_sync_done.load(Ordering::Relaxed)
-    }
+    target_zk: Ensemble,
 }
 
 /// Shared state of a running bridge.
@@ -85,29 +63,31 @@ impl Bridge {
         let mut reasons = Vec::new();
         for w in &self.workers {
             let name = format!("{}/{}", w.route, w.target);
-            if let Some(stop) = w.status.conflicts.stopped().filter(|_| w.leading()) {
+            let status = w.status.borrow();
+            let leading = status.leading();
+            if let Some(stop) = status.stopped.as_ref().filter(|_| leading) {
                 reasons.push(format!(
                     "{name}: stopped ({}) at {}; `zkbridge resume` clears it",
                     stop.reason, stop.path
                 ));
-            } else if let Some(trip) = w.status.breaker.lock().unwrap().clone().filter(|_| w.leading()) {
+            } else if let Some(trip) = status.breaker.as_ref().filter(|_| leading) {
                 reasons.push(format!(
                     "{name}: deletes held by the circuit breaker ({}); `zkbridge resume` releases them",
                     trip.reason
                 ));
-            } else if let Some(error) = w.status.panicked.lock().unwrap().clone().filter(|_| !w.synced()) {
+            } else if let Some(error) = &status.panicked {
                 reasons.push(format!("{name}: {error}"));
-            } else if w.leading() {
-                if !w.synced() {
+            } else if leading {
+                if !status.initial_sync_done {
                     reasons.push(format!("{name}: initial sync not finished"));
-                } else if let Some(lag) = w.lag_seconds().filter(|l| *l > max_lag) {
+                } else if let Some(lag) = status.lag_seconds(crate::znodes::now_ms()).filter(|l| *l > max_lag) {
                     reasons.push(format!(
                         "{name}: lag {lag:.0}s above bridge.ready_max_lag_s = {max_lag}"
                     ));
                 }
-            } else if self.metrics.session_state.with_label_values(&[&w.target]).get() != 1 {
+            } else if !w.target_zk.is_connected() {
                 reasons.push(format!("{name}: target ensemble {} unreachable", w.target));
-            } else if w.status.other_leader.lock().unwrap().is_none() {
+            } else if status.leadership == (Leadership::Waiting { behind: None }) {
                 reasons.push(format!("{name}: taking the lease"));
             }
         }
@@ -123,7 +103,10 @@ impl Bridge {
     /// Every route/target is led by this instance and has finished its
     /// initial sync (what `sync` waits for).
     pub fn all_synced(&self) -> bool {
-        self.workers.iter().all(|w| w.leading() && w.synced())
+        self.workers.iter().all(|w| {
+            let s = w.status.borrow();
+            s.leading() && s.initial_sync_done
+        })
     }
 }
 
@@ -177,7 +160,7 @@ pub fn start(
                 metrics.pending_paths.with_label_values(&labels),
             ));
             metrics.leader.with_label_values(&labels).set(0);
-            let status = Arc::new(WorkerStatus::default());
+            let status = StatusTx::default();
             let make_worker = {
                 let (route, target, source, target_zk) = (
                     route.clone(),
@@ -208,10 +191,7 @@ pub fn start(
                     let labels = [labels[0].as_str(), labels[1].as_str()];
                     metrics.errors.with_label_values(&[labels[0], labels[1], "panic"]).inc();
                     metrics.leader.with_label_values(&labels).set(0);
-                    status.leading.store(false, Ordering::Relaxed);
-                    let error = format!("internal error: {message}; restarting in {retry_in:?}");
-                    *status.last_error.lock().unwrap() = Some(error.clone());
-                    *status.panicked.lock().unwrap() = Some(error);
+                    status.after_panic(format!("internal error: {message}; restarting in {retry_in:?}"));
                 }
             };
             tasks.push(tokio::spawn(supervise(make_worker, on_panic, shutdown.clone())));
@@ -219,8 +199,9 @@ pub fn start(
                 route: route.name().to_string(),
                 target: target.ensemble.clone(),
                 target_path: target.path.clone(),
-                status,
+                status: status.view(),
                 queue: queue.clone(),
+                target_zk: ensemble(&target.ensemble),
             });
             queues.push(queue);
         }
@@ -284,7 +265,11 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
         }
         for w in &bridge.workers {
             let labels = [w.route.as_str(), w.target.as_str()];
-            match w.lag_seconds().filter(|_| w.leading()) {
+            let lag = {
+                let s = w.status.borrow();
+                s.lag_seconds(crate::znodes::now_ms()).filter(|_| s.leading())
+            };
+            match lag {
                 Some(lag) => bridge.metrics.lag_seconds.with_label_values(&labels).set(lag),
                 // Only the leader's figure means anything; a standby's would
                 // grow forever from the last checkpoint it saw.

@@ -69,20 +69,18 @@ pub async fn read_stopped(client: &Client, path: &str) -> Result<Option<StopReco
     get_json(client, path).await
 }
 
-/// Per-worker conflict bookkeeping.
+/// The echoes of a worker's own writes, so that their watch events are not
+/// taken for local changes. Owned by the worker alone.
 #[derive(Default)]
-pub struct Conflicts {
+pub struct Echoes {
     /// Absolute target path → own writes whose events have not come back.
     echoes: Mutex<HashMap<String, u32>>,
     /// Whether a target watch is armed: without one no echo will come, so
     /// none is recorded.
     watching: std::sync::atomic::AtomicBool,
-    /// Relative path → source mzxid when the target's version was kept.
-    kept: Mutex<BTreeMap<String, i64>>,
-    stopped: Mutex<Option<StopRecord>>,
 }
 
-impl Conflicts {
+impl Echoes {
     /// Registers the echo of an op about to be sent.
     pub fn expect_echo(&self, path: String) {
         if self.watching.load(std::sync::atomic::Ordering::Relaxed) {
@@ -132,40 +130,6 @@ impl Conflicts {
     pub fn reset_echoes(&self) {
         self.echoes.lock().unwrap().clear();
     }
-
-    /// Whether the target's version of `rel` is kept against a source whose
-    /// node now has mzxid `source_mzxid` (`-1` absent). A source change since
-    /// the keep ends it (the entry is dropped; the caller unpersists it).
-    pub fn keeps(&self, rel: &str, source_mzxid: i64) -> Option<bool> {
-        let mut kept = self.kept.lock().unwrap();
-        let at = *kept.get(rel)?;
-        if still_kept(at, source_mzxid) {
-            Some(true)
-        } else {
-            kept.remove(rel);
-            Some(false)
-        }
-    }
-
-    pub fn is_kept(&self, rel: &str) -> bool {
-        self.kept.lock().unwrap().contains_key(rel)
-    }
-
-    pub fn set_kept(&self, kept: BTreeMap<String, i64>) {
-        *self.kept.lock().unwrap() = kept;
-    }
-
-    pub fn keep(&self, rel: &str, source_mzxid: i64) {
-        self.kept.lock().unwrap().insert(rel.to_string(), source_mzxid);
-    }
-
-    pub fn stopped(&self) -> Option<StopRecord> {
-        self.stopped.lock().unwrap().clone()
-    }
-
-    pub fn set_stopped(&self, record: Option<StopRecord>) {
-        *self.stopped.lock().unwrap() = record;
-    }
 }
 
 /// Persists a kept path.
@@ -203,7 +167,7 @@ mod tests {
 
     #[test]
     fn echoes_are_consumed_once_each() {
-        let c = Conflicts::default();
+        let c = Echoes::default();
         c.expect_echo("/t/unwatched".into());
         assert!(!c.is_echo("/t/unwatched"), "no watch, no echo recorded");
         c.set_watching(true);
@@ -215,14 +179,5 @@ mod tests {
         c.expect_echo("/t/b".into());
         c.cancel_echo("/t/b");
         assert!(!c.is_echo("/t/b"));
-    }
-
-    #[test]
-    fn a_kept_path_ends_when_the_source_changes_again() {
-        let c = Conflicts::default();
-        c.keep("a", 10);
-        assert_eq!(c.keeps("a", 10), Some(true));
-        assert_eq!(c.keeps("a", 11), Some(false));
-        assert_eq!(c.keeps("a", 11), None);
     }
 }

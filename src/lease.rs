@@ -186,6 +186,44 @@ pub struct Balancer {
     stable_since: std::sync::Mutex<Instant>,
 }
 
+/// A lease counted in its instance's [`Balancer`] while this lives. Dropped
+/// with the worker that holds it — also when a panic unwinds that worker,
+/// which would otherwise leave the instance counting a lease it no longer
+/// holds and handing back others for it.
+pub struct CountedLease {
+    balancer: Arc<Balancer>,
+    /// False once a release is claimed (the balancer no longer counts it).
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl CountedLease {
+    /// Whether this lease (held since `since`) is surplus: this instance
+    /// leads more than its share. A `true` claims the release; take it back
+    /// with [`CountedLease::keep`] when the lease is kept after all.
+    pub fn should_release(&self, since: Instant) -> bool {
+        let claimed = self.counted.load(Ordering::SeqCst) && self.balancer.claim_release(since);
+        if claimed {
+            self.counted.store(false, Ordering::SeqCst);
+        }
+        claimed
+    }
+
+    /// Takes back a claimed release that did not happen.
+    pub fn keep(&self) {
+        if !self.counted.swap(true, Ordering::SeqCst) {
+            self.balancer.held.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for CountedLease {
+    fn drop(&mut self) {
+        if self.counted.load(Ordering::SeqCst) {
+            self.balancer.held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// How long the instance count must be unchanged, and a lease held, before
 /// surplus leases are handed back.
 pub const BALANCE_DELAY: Duration = Duration::from_secs(3);
@@ -201,12 +239,18 @@ impl Balancer {
         })
     }
 
-    pub fn gained(&self) {
+    /// Counts a lease taken, for as long as the returned guard lives.
+    pub fn count(self: &Arc<Self>) -> CountedLease {
         self.held.fetch_add(1, Ordering::SeqCst);
+        CountedLease {
+            balancer: self.clone(),
+            counted: std::sync::atomic::AtomicBool::new(true),
+        }
     }
 
-    pub fn lost(&self) {
-        self.held.fetch_sub(1, Ordering::SeqCst);
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     pub fn fair_share(&self) -> usize {
@@ -222,14 +266,9 @@ impl Balancer {
         self.pairs.div_ceil(live)
     }
 
-    /// Takes back a release claimed by `should_release` that did not happen.
-    pub fn release_abandoned(&self) {
-        self.gained();
-    }
-
-    /// Whether the caller (a leader since `since`) should hand its lease
-    /// back. Claims the release atomically, so that only the surplus goes.
-    pub fn should_release(&self, since: Instant) -> bool {
+    /// Whether a leader since `since` should hand its lease back. Claims
+    /// the release atomically (uncounts it), so that only the surplus goes.
+    fn claim_release(&self, since: Instant) -> bool {
         if !self.enabled || since.elapsed() < BALANCE_DELAY {
             return false;
         }
@@ -309,5 +348,44 @@ impl Balancer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_uncounted_when_its_worker_unwinds() {
+        let balancer = Balancer::new(true, 4);
+        let kept = balancer.count();
+        let b = balancer.clone();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = b.count();
+            assert_eq!(b.held(), 2);
+            panic!("a worker's bug");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(balancer.held(), 1, "only the lease still held is counted");
+        drop(kept);
+        assert_eq!(balancer.held(), 0);
+    }
+
+    #[test]
+    fn a_claimed_release_is_uncounted_once_and_can_be_taken_back() {
+        let balancer = Balancer::new(true, 1);
+        *balancer.stable_since.lock().unwrap() = Instant::now() - BALANCE_DELAY;
+        let long_ago = Instant::now() - BALANCE_DELAY;
+        let first = balancer.count();
+        let second = balancer.count();
+        assert!(second.should_release(long_ago), "two held, a fair share of one");
+        assert!(!second.should_release(long_ago), "claimed once");
+        assert_eq!(balancer.held(), 1);
+        second.keep();
+        assert_eq!(balancer.held(), 2);
+        drop(second);
+        assert!(!first.should_release(long_ago), "the one left is this instance's share");
+        drop(first);
+        assert_eq!(balancer.held(), 0);
     }
 }

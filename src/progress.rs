@@ -2,7 +2,6 @@
 //! otherwise (logs, CI), and a final summary.
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,17 +20,11 @@ struct Totals {
 fn totals(bridge: &Bridge) -> Totals {
     let mut t = Totals::default();
     for w in &bridge.workers {
-        t.scanned += w.status.scanned.load(Ordering::Relaxed);
-        t.planned += w.status.planned.load(Ordering::Relaxed);
-        let op = |kind: &str| {
-            bridge
-                .metrics
-                .applied_ops
-                .with_label_values(&[&w.route, &w.target, kind])
-                .get()
-        };
-        t.written += op("create") + op("set");
-        t.deleted += op("delete");
+        let s = w.status.borrow();
+        t.scanned += s.scanned;
+        t.planned += s.planned;
+        t.written += s.written;
+        t.deleted += s.deleted;
     }
     t
 }
@@ -103,9 +96,8 @@ impl SyncProgress {
         for w in &bridge.workers {
             let checkpoint = w
                 .status
+                .borrow()
                 .checkpoint
-                .lock()
-                .unwrap()
                 .as_ref()
                 .map(|c| format!("{:#x}", c.source_zxid))
                 .unwrap_or_else(|| "-".into());

@@ -440,11 +440,6 @@ impl TargetQueue {
         self.notify.notify_one();
     }
 
-    /// Units in flight.
-    pub fn in_flight(&self) -> usize {
-        self.state.lock().unwrap().in_flight.len()
-    }
-
     /// Records a heartbeat barrier: everything marked so far precedes it.
     pub fn barrier(&self, zxid: i64, ts_ms: i64) {
         let mut st = self.state.lock().unwrap();

@@ -36,6 +36,8 @@ pub struct Ensemble {
     pub max_request_bytes: usize,
     current: watch::Receiver<Option<Session>>,
     publish: Arc<watch::Sender<Option<Session>>>,
+    /// Whether the session is connected now (owned by the supervisor).
+    connected: watch::Receiver<bool>,
     supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -45,11 +47,13 @@ impl Ensemble {
     pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, rx) = watch::channel(None);
         let publish = Arc::new(tx);
+        let (connected_tx, connected) = watch::channel(false);
         let supervisor = Supervisor {
             name: name.to_string(),
             config: config.clone(),
             metrics,
             publish: publish.clone(),
+            connected: connected_tx,
         };
         let handle = tokio::spawn(supervisor.run(shutdown));
         Ensemble {
@@ -58,6 +62,7 @@ impl Ensemble {
             max_request_bytes: config.max_request_bytes,
             current: rx,
             publish,
+            connected,
             supervisor: Arc::new(std::sync::Mutex::new(Some(handle))),
         }
     }
@@ -71,6 +76,12 @@ impl Ensemble {
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
         }
+    }
+
+    /// Whether a session is connected now (not merely open: a session
+    /// whose connection is lost stays open until it expires).
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
     }
 
     /// The current session, waiting for one if the ensemble is unreachable.
@@ -101,11 +112,20 @@ struct Supervisor {
     config: EnsembleConfig,
     metrics: Arc<Metrics>,
     publish: Arc<watch::Sender<Option<Session>>>,
+    connected: watch::Sender<bool>,
 }
 
 impl Supervisor {
+    /// The session's connection came or went: for `/readyz` and the
+    /// `session_state` gauge (which is only ever written).
+    fn set_connected(&self, connected: bool, gauge: &prometheus::IntGauge) {
+        gauge.set(connected as i64);
+        self.connected.send_replace(connected);
+    }
+
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let state_gauge = self.metrics.session_state.with_label_values(&[&self.name]);
+        let state_gauge = &state_gauge;
         let mut generation = 0u64;
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
@@ -135,7 +155,7 @@ impl Supervisor {
             backoff.reset();
             generation += 1;
             info!(ensemble = %self.name, session = %client.session_id(), generation, "ZooKeeper session established");
-            state_gauge.set(1);
+            self.set_connected(true, state_gauge);
             let mut states = client.state_watcher();
             self.publish.send_replace(Some(Session {
                 client: client.clone(),
@@ -154,11 +174,14 @@ impl Supervisor {
                                 break;
                             }
                         }
-                        state_gauge.set(0);
+                        self.set_connected(false, state_gauge);
                         return;
                     }
                 };
-                state_gauge.set(matches!(state, SessionState::SyncConnected | SessionState::ConnectedReadOnly) as i64);
+                self.set_connected(
+                    matches!(state, SessionState::SyncConnected | SessionState::ConnectedReadOnly),
+                    state_gauge,
+                );
                 match state {
                     SessionState::Disconnected => {
                         warn!(ensemble = %self.name, "ZooKeeper connection lost; reconnecting")
@@ -168,7 +191,7 @@ impl Supervisor {
                     _ => {}
                 }
             };
-            state_gauge.set(0);
+            self.set_connected(false, state_gauge);
             self.publish.send_replace(None);
             if terminal == SessionState::Expired {
                 self.metrics.session_expirations.with_label_values(&[&self.name]).inc();
@@ -181,20 +204,19 @@ impl Supervisor {
                 }
             }
         }
-        state_gauge.set(0);
+        self.set_connected(false, state_gauge);
         self.publish.send_replace(None);
     }
 }
 
 /// Arms (or re-arms) a persistent recursive watch on `path`.
 ///
-/// Needed again after every reconnect of the same session: the client
-/// crate (zookeeper-client 0.11) re-registers only one-shot watches when it
-/// reconnects — its `SetWatches` never carries persistent ones (the index
-/// of the highest watch kind is never raised) — so without this a watch
-/// goes silent after the first lost connection, while heartbeats, and with
-/// them checkpoints, carry on. `AddWatch` on a live connection is
-/// idempotent on the server; the caller drops the old watcher afterwards.
+/// Re-armed after every reconnect of the same session, and the subtree
+/// rescanned: the vendored client re-sends persistent watches on reconnect
+/// (see `vendor/zookeeper-client/PATCHES.md`), but the server drops the
+/// events of changes made while the client was disconnected. `AddWatch` on
+/// a live connection is idempotent on the server; the caller drops the old
+/// watcher afterwards.
 pub async fn watch_subtree(client: &Client, path: &str) -> Result<PersistentWatcher, zookeeper_client::Error> {
     client.watch(path, AddWatchMode::PersistentRecursive).await
 }

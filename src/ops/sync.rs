@@ -39,9 +39,8 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
         // from here instead of copying again).
         let checkpointed = bridge.workers.iter().all(|w| {
             w.status
+                .borrow()
                 .checkpoint
-                .lock()
-                .unwrap()
                 .as_ref()
                 .is_some_and(|c| c.heartbeat_ts_ms >= started_ms)
         });
@@ -63,7 +62,7 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
                     w.route,
                     w.target,
                     w.queue.parked_count(),
-                    w.status.last_error.lock().unwrap().clone().unwrap_or_default()
+                    w.status.borrow().last_error.clone().unwrap_or_default()
                 );
             }
             break ExitCode::from(1);

@@ -76,7 +76,7 @@ impl Worker {
                 Err(e) => {
                     warn!(%path, error = %e, "target refused the source's ACL");
                     self.metrics.error(error_kind(&e));
-                    *self.status.last_error.lock().unwrap() = Some(format!("{path}: setACL refused: {e}"));
+                    self.status.set_error(Some(format!("{path}: setACL refused: {e}")));
                 }
             }
         }

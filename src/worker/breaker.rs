@@ -2,6 +2,8 @@
 //! the trip recorded in the stop znode, released by an operator or cleared
 //! when no held delete is needed any more. The rule itself is `crate::breaker`.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 impl Worker {
@@ -28,16 +30,17 @@ impl Worker {
             self.breaker.lock().unwrap().force(creates, 0, now);
             return Ok(ops);
         }
-        if self.status.breaker_released.load(Ordering::Relaxed) {
+        {
             // Only the deletes an operator released skip the checks (the
             // root's too: the operator saw it gone); a new mass delete
             // meanwhile is judged like any other.
-            let released = self.status.released_deletes.lock().unwrap();
-            if ops
-                .iter()
-                .all(|o| !matches!(o, Op::Delete { .. }) || released.contains(o.rel()))
+            let hold = self.hold.lock().unwrap();
+            if !hold.released.is_empty()
+                && ops
+                    .iter()
+                    .all(|o| !matches!(o, Op::Delete { .. }) || hold.released.contains(o.rel()))
             {
-                drop(released);
+                drop(hold);
                 self.breaker.lock().unwrap().force(creates, deletes, now);
                 return Ok(ops);
             }
@@ -56,7 +59,7 @@ impl Worker {
         // Once tripped, every delete waits for the operator or for the
         // condition to clear: held deletes must not trickle through as the
         // window ages.
-        let tripped = self.status.breaker.lock().unwrap().is_some();
+        let tripped = self.hold.lock().unwrap().trip.is_some();
         let (allowed, verdict) = if root_vanished || tripped {
             self.breaker.lock().unwrap().force(creates, 0, now);
             (0, None)
@@ -107,16 +110,29 @@ impl Worker {
             warn!(held = held.len(), reason = %why, "delete circuit breaker: holding deletes; other writes go on; `zkbridge resume` releases them");
         }
         self.metrics.deletes_blocked.inc_by(held.len() as u64);
-        {
-            let mut held_set = self.status.held_deletes.lock().unwrap();
-            for op in held {
-                let rel = op.rel().to_string();
-                let d = dirty_or_unmarked(dirty, &rel, now);
-                self.queue.park(rel.clone(), d, now + PARK_FOR);
-                held_set.insert(rel);
-            }
+        let mut held_paths = BTreeSet::new();
+        for op in held {
+            let rel = op.rel().to_string();
+            let d = dirty_or_unmarked(dirty, &rel, now);
+            self.queue.park(rel.clone(), d, now + PARK_FOR);
+            held_paths.insert(rel);
         }
-        if !tripped {
+        // Units run concurrently: several may have found the breaker
+        // untripped above; every one adds to the held set, and only the
+        // first records the trip.
+        let first_trip = {
+            let mut hold = self.hold.lock().unwrap();
+            let first = hold.trip.is_none();
+            hold.trip
+                .get_or_insert_with(|| Trip {
+                    paths: BTreeSet::new(),
+                    recorded: false,
+                })
+                .paths
+                .extend(held_paths);
+            first
+        };
+        if first_trip {
             let record = StopRecord {
                 path: self.target.path.clone(),
                 reason: format!("delete_breaker: {why}"),
@@ -124,50 +140,73 @@ impl Worker {
                 ts_ms: now_ms(),
                 breaker: verdict,
             };
-            let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-            if let Err(e) = conflict::persist_stop(lease.client(), &path, &record, &self.target_zk.acl).await {
-                warn!(error = %e, "cannot record the breaker's trip; it holds until restart");
-            }
-            *self.status.breaker.lock().unwrap() = Some(record);
+            self.status.update(|s| s.breaker = Some(record));
+            self.record_trip(lease).await;
         }
         Ok(rest)
+    }
+
+    /// Writes the trip's stop record, where `zkbridge resume` finds it.
+    /// Until it is written, a missing record means nothing (it is not an
+    /// operator's release), so the trip is not reviewed; a failed write is
+    /// retried at the next review.
+    async fn record_trip(&self, lease: &Lease) {
+        let Some(record) = self.status.get().breaker.clone() else {
+            return;
+        };
+        let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        match conflict::persist_stop(lease.client(), &path, &record, &self.target_zk.acl).await {
+            Ok(()) => {
+                if let Some(trip) = self.hold.lock().unwrap().trip.as_mut() {
+                    trip.recorded = true;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot record the breaker's trip yet; retrying after the next unit"),
+        }
     }
 
     /// After each unit: forgets held deletes that are no longer parked (the
     /// source came back, or a resync rechecked them); clears the trip when
     /// none is left, or when an operator deleted the stop record.
     pub(super) async fn review_breaker(&self, lease: &Lease) {
-        if self.status.breaker.lock().unwrap().is_none() {
+        let recorded = {
+            let mut hold = self.hold.lock().unwrap();
             // Released deletes pass until every one of them is applied (they
             // may sit in units in flight for a while).
-            let mut released = self.status.released_deletes.lock().unwrap();
-            released.retain(|rel| self.queue.is_pending(rel));
-            if released.is_empty() {
-                self.status.breaker_released.store(false, Ordering::Relaxed);
+            hold.released.retain(|rel| self.queue.is_pending(rel));
+            match &hold.trip {
+                None => return,
+                Some(trip) => trip.recorded,
             }
-            return;
+        };
+        if !recorded {
+            return self.record_trip(lease).await;
         }
         let path = crate::znodes::stopped_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         let cleared_by_operator = self.stop_record_cleared(lease, &path).await;
         let none_left = {
-            let mut held = self.status.held_deletes.lock().unwrap();
-            held.retain(|rel| self.queue.is_pending(rel));
-            held.is_empty()
+            let mut hold = self.hold.lock().unwrap();
+            let Some(trip) = hold.trip.as_mut() else { return };
+            trip.paths.retain(|rel| self.queue.is_pending(rel));
+            trip.paths.is_empty()
         };
         if cleared_by_operator || none_left {
             *self.stop_watch.lock().unwrap() = None;
         }
         if cleared_by_operator {
             info!("held deletes released by an operator");
-            self.status.breaker_released.store(true, Ordering::Relaxed);
-            let held = std::mem::take(&mut *self.status.held_deletes.lock().unwrap());
-            self.status.released_deletes.lock().unwrap().extend(held);
-            *self.status.breaker.lock().unwrap() = None;
+            {
+                let mut hold = self.hold.lock().unwrap();
+                let trip = hold.trip.take().map(|t| t.paths).unwrap_or_default();
+                hold.released.extend(trip);
+            }
+            self.status.update(|s| s.breaker = None);
             self.queue.unpark_all();
         } else if none_left {
             info!("delete circuit breaker cleared: no held delete is needed any more");
-            *self.status.breaker.lock().unwrap() = None;
-            if self.status.conflicts.stopped().is_none() {
+            self.hold.lock().unwrap().trip = None;
+            self.status.update(|s| s.breaker = None);
+            if self.status.get().stopped.is_none() {
                 let _ = lease.client().delete(&path, None).await;
             }
         }
@@ -199,6 +238,25 @@ impl Worker {
             Some(event) => event.event_type == EventType::NodeDeleted,
         }
     }
+}
+
+/// Deletes the breaker keeps back, and those an operator let go.
+#[derive(Default)]
+pub(super) struct Hold {
+    /// Set while tripped (the record is in the published status, and in
+    /// the stop znode once written).
+    trip: Option<Trip>,
+    /// Held deletes an operator released: they skip the checks until each
+    /// one is applied.
+    released: BTreeSet<String>,
+}
+
+pub(super) struct Trip {
+    /// The paths whose deletes are parked in the queue — which parks
+    /// refused paths too, so it cannot tell them apart itself.
+    paths: BTreeSet<String>,
+    /// The stop znode is written: from now on its absence is a release.
+    recorded: bool,
 }
 
 /// The pending event of the watch on the stop record.

@@ -9,9 +9,8 @@ impl Worker {
         let barrier = barrier?;
         let last = self
             .status
+            .get()
             .checkpoint
-            .lock()
-            .unwrap()
             .as_ref()
             .map(|c| c.source_zxid)
             .unwrap_or(-1);
@@ -33,7 +32,7 @@ impl Worker {
     /// the work in flight: only over an existing checkpoint node (a first
     /// checkpoint is created alone).
     pub(super) fn ride_along_checkpoint(&self, unit: Option<u64>) -> Option<Checkpoint> {
-        self.status.checkpoint.lock().unwrap().as_ref()?;
+        self.status.get().checkpoint.as_ref()?;
         self.checkpoint_for(self.queue.barrier_completed_by(unit))
     }
 
@@ -46,7 +45,7 @@ impl Worker {
         let path = checkpoint_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
         // Before the first checkpoint of a route/target, the node is missing.
-        let likely_missing = self.status.checkpoint.lock().unwrap().is_none();
+        let likely_missing = self.status.get().checkpoint.is_none();
         let mut result = fenced_put(lease, &path, &data, &self.target_zk.acl, likely_missing).await;
         if result == Err(Error::NoNode) {
             if let Some(parent) = path::parent_absolute(&path) {
@@ -66,26 +65,27 @@ impl Worker {
     /// Records a committed checkpoint and reports progress to the source
     /// (for `zkbridge wait` and `zkbridge status`).
     pub(super) async fn checkpoint_committed(&self, checkpoint: Checkpoint, target_zxid: i64) {
-        if self.status.reference_target_zxid.load(Ordering::Relaxed) <= 0 {
-            self.status.reference_target_zxid.store(target_zxid, Ordering::Relaxed);
-        }
         let progress = Progress {
             source_zxid: checkpoint.source_zxid,
             ts_ms: checkpoint.heartbeat_ts_ms,
         };
-        {
-            // Units commit out of order: an older checkpoint committed after
-            // a newer one must not move the known position back.
-            let mut known = self.status.checkpoint.lock().unwrap();
-            let newer = known.as_ref().is_none_or(|k| {
+        // Units commit out of order: an older checkpoint committed after a
+        // newer one must not move the known position back.
+        let zxid = checkpoint.source_zxid;
+        let mut newer = false;
+        self.status.update(|s| {
+            s.reference_target_zxid.get_or_insert(target_zxid);
+            newer = s.checkpoint.as_ref().is_none_or(|k| {
                 k.source_ensemble_id != checkpoint.source_ensemble_id || k.source_zxid < checkpoint.source_zxid
             });
-            if !newer {
-                return;
+            if newer {
+                s.checkpoint = Some(checkpoint);
             }
-            self.metrics.checkpoint_zxid.set(checkpoint.source_zxid);
-            *known = Some(checkpoint);
+        });
+        if !newer {
+            return;
         }
+        self.metrics.checkpoint_zxid.set(zxid);
         let src = self.source_zk.session().await.client;
         let path = progress_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
         if let Err(e) = put_json(&src, &path, &progress, &self.source_zk.acl).await {

@@ -60,7 +60,7 @@ impl Worker {
                 source_zk: self.source_zk.clone(),
                 target_zk: self.target_zk.clone(),
                 queue: self.queue.clone(),
-                status: self.status.clone(),
+                status: Arc::new(self.status.view()),
                 drift: self.metrics.drift.clone(),
                 reads_per_s: self.limits.verify_reads_per_s,
                 interval: Duration::from_secs(self.route.config.verify_interval_s),
@@ -102,8 +102,7 @@ impl Worker {
             if *shutdown.borrow() {
                 return LeadEnd::Shutdown;
             }
-            let watch_due =
-                self.route.config.verify_interval_s == 0 || self.status.initial_sync_done.load(Ordering::Relaxed);
+            let watch_due = self.route.config.verify_interval_s == 0 || self.status.get().initial_sync_done;
             // The one place the target watch is armed: on taking the lead,
             // after a reconnect (see `zk::watch_subtree`), and — with
             // anti-entropy on — only once the initial sync is done: every
@@ -116,7 +115,7 @@ impl Worker {
             // look local.
             let arm_due = arm_after.is_none_or(|t| Instant::now() >= t);
             if target_watch.is_none() && arming.is_none() && watch_due && arm_due {
-                self.status.conflicts.set_watching(true);
+                self.echoes.set_watching(true);
                 arming = Some(Box::pin(crate::zk::watch_subtree(lease.client(), &self.target.path)));
             }
             // With anti-entropy off, nothing else would find local changes:
@@ -132,11 +131,12 @@ impl Worker {
                 // Armed again at the top of the loop (see `zk::watch_subtree`).
                 WatchFlow::Reconnected => target_watch = None,
             }
-            if let Some(stop) = self.status.conflicts.stopped() {
+            let stop = self.status.get().stopped.clone();
+            if let Some(stop) = stop {
                 tokio::select! {
                     resumed = self.await_resume(lease, &stop) => if resumed {
                         info!(path = %stop.path, "stop cleared by an operator: applying again");
-                        self.status.conflicts.set_stopped(None);
+                        self.status.update(|s| s.stopped = None);
                         self.queue.request_resync(ResyncReason::Startup);
                     },
                     _ = shutdown.changed() => {},
@@ -146,7 +146,13 @@ impl Worker {
             }
             if balance_check.elapsed() >= Duration::from_secs(1) {
                 balance_check = Instant::now();
-                if self.identity.balancer.should_release(since) {
+                let surplus = self
+                    .counted
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|c| c.should_release(since));
+                if surplus {
                     // Only when someone is waiting to take it.
                     let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
                     let read = crate::lease::contenders(lease.client(), &dir);
@@ -156,7 +162,9 @@ impl Worker {
                     if waiting {
                         return LeadEnd::Surplus;
                     }
-                    self.identity.balancer.release_abandoned();
+                    if let Some(c) = self.counted.lock().unwrap().as_ref() {
+                        c.keep();
+                    }
                 }
             }
             // A checkpoint on its own costs a round trip to the target: it
@@ -268,7 +276,7 @@ impl Worker {
                     backoff.reset();
                     // An error stays shown while a path it held back waits.
                     if self.queue.next_parked_due().is_none() {
-                        *self.status.last_error.lock().unwrap() = None;
+                        self.status.set_error(None);
                     }
                 }
                 Err((e, reason, paths)) => {
@@ -289,14 +297,14 @@ impl Worker {
                         let retry_in = backoff.next_delay();
                         warn!(error = %e, retry_in_ms = retry_in.as_millis() as u64, "mirroring interrupted; will retry");
                         self.metrics.error(error_kind(&e.source));
-                        *self.status.last_error.lock().unwrap() = Some(e.to_string());
+                        self.status.set_error(Some(e.to_string()));
                         paused_until = Some(Instant::now() + retry_in);
                     } else {
                         debug!(error = %e, "unit failed in the same interruption; put back");
                     }
                 }
             }
-            let error = self.status.last_error.lock().unwrap().clone();
+            let error = self.status.get().last_error.clone();
             lease.publish_error(error).await;
         }
     }
@@ -307,19 +315,19 @@ impl Worker {
     pub(super) async fn start_leading(&self, lease: &Lease) -> Result<(), Error> {
         let tgt = lease.client();
         let (meta, route, target) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        self.status.conflicts.set_watching(false);
+        self.echoes.set_watching(false);
         // A watch armed by an earlier lead belongs to an older session.
         *self.stop_watch.lock().unwrap() = None;
         let kept = conflict::load_kept(tgt, &crate::znodes::kept_dir(meta, route, target)).await?;
         if !kept.is_empty() {
             info!(paths = kept.len(), "target versions kept by policy (target-wins)");
         }
-        self.status.conflicts.set_kept(kept);
+        self.status.update(|s| s.kept = kept);
         let stop = conflict::read_stopped(tgt, &crate::znodes::stopped_path(meta, route, target)).await?;
         if let Some(stop) = &stop {
             warn!(path = %stop.path, reason = %stop.reason, "route/target is stopped; `zkbridge resume` clears it");
         }
-        self.status.conflicts.set_stopped(stop);
+        self.status.update(|s| s.stopped = stop);
         Ok(())
     }
 }

@@ -7,7 +7,6 @@
 //! after connection loss and restarts safe.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use zookeeper_client::{
 
 use crate::checkpoint::{ensemble_id, persistent, put_json};
 use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
-use crate::conflict::{self, Conflicts};
+use crate::conflict::{self, Echoes};
 use crate::lease::{Balancer, Lease};
 use crate::metrics::Metrics;
 use crate::path::{self, join, parent};
@@ -40,6 +39,7 @@ mod checkpointing;
 mod lead;
 mod policy;
 mod resync;
+mod role;
 mod sequence;
 mod status;
 mod target_metrics;
@@ -49,7 +49,7 @@ mod write;
 
 use acl::AclPlan;
 use lead::LeadEnd;
-pub use status::WorkerStatus;
+pub use status::{Leadership, StatusTx, StatusView};
 use target_metrics::TargetMetrics;
 use target_watch::WatchFlow;
 use write::{fenced_error, fenced_put, is_node_level};
@@ -96,13 +96,21 @@ pub struct Worker {
     target_zk: Ensemble,
     queue: Arc<TargetQueue>,
     limits: Limits,
-    status: Arc<WorkerStatus>,
+    /// What this worker publishes about itself (the only writer while it runs).
+    status: StatusTx,
+    /// Echoes of own writes expected back from the target watch.
+    echoes: Echoes,
     metrics: TargetMetrics,
     identity: Identity,
     /// The source ensemble's id, learnt at the first (re)sync.
     source_id: Mutex<Option<String>>,
     /// The mirrored count over the breaker's window (see `crate::breaker`).
     breaker: Mutex<crate::breaker::DeleteBreaker>,
+    /// While leading: the lease as the instance's balancer counts it
+    /// (uncounted when this worker is dropped, also by a panic).
+    counted: Mutex<Option<crate::lease::CountedLease>>,
+    /// Deletes the breaker holds or an operator released.
+    hold: Mutex<breaker::Hold>,
     /// While the breaker is tripped: the watch on its stop record.
     stop_watch: Mutex<Option<breaker::StopWatch>>,
     /// Source paths already reported as unreadable (reported once each).
@@ -148,7 +156,7 @@ impl Worker {
         target: Endpoint,
         (source_zk, target_zk): (Ensemble, Ensemble),
         queue: Arc<TargetQueue>,
-        status: Arc<WorkerStatus>,
+        status: StatusTx,
         (limits, identity): (Limits, Identity),
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -161,6 +169,9 @@ impl Worker {
         Worker {
             breaker,
             stop_watch: Mutex::new(None),
+            hold: Default::default(),
+            counted: Mutex::new(None),
+            echoes: Default::default(),
             unreadable_reported: Default::default(),
             route,
             target,
@@ -189,7 +200,6 @@ impl Worker {
         async move {
             let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             loop {
-                self.queue.set_leading(false);
                 if *shutdown.borrow() {
                     break;
                 }
@@ -203,37 +213,11 @@ impl Worker {
                         _ = shutdown.changed() => break None,
                     }
                 };
-                *self.status.other_leader.lock().unwrap() = None;
                 let Some(lease) = lease else { continue };
                 tracing::Span::current().record("session", tracing::field::display(lease.client().session_id()));
-                info!(lease = %lease.path(), "holding the lease: leading");
-                self.identity.balancer.gained();
-                self.metrics.leader.set(1);
-                self.status.initial_sync_done.store(false, Ordering::Relaxed);
-                self.status.leading_since_ms.store(now_ms(), Ordering::Relaxed);
-                self.status.leading.store(true, Ordering::Relaxed);
-                self.queue.set_leading(true);
+                self.take_lead(&lease);
                 let end = self.lead(&lease, &mut shutdown).await;
-                self.queue.set_leading(false);
-                self.status.leading.store(false, Ordering::Relaxed);
-                self.metrics.leader.set(0);
-                match end {
-                    LeadEnd::Shutdown => {
-                        self.identity.balancer.lost();
-                        lease.release().await;
-                    }
-                    LeadEnd::Surplus => {
-                        info!(
-                            fair_share = self.identity.balancer.fair_share(),
-                            "handing the lease to another instance"
-                        );
-                        lease.release().await;
-                    }
-                    LeadEnd::LeaseLost => {
-                        self.identity.balancer.lost();
-                        warn!("lease lost: stopped writing; standing by");
-                    }
-                }
+                self.leave_lead(lease, end).await;
             }
             info!("worker stopped");
         }
@@ -255,7 +239,12 @@ impl Worker {
                 .filter(|h| !h.same_process(&self.identity.lease_record)),
             _ => None,
         };
-        *self.status.other_leader.lock().unwrap() = holder.map(|h| h.instance);
+        let behind = holder.map(|h| h.instance);
+        self.status.update(|s| {
+            if !s.leading() {
+                s.leadership = status::Leadership::Waiting { behind };
+            }
+        });
     }
 
     /// Reports a source node the bridge may not read (NoAuth), once per
@@ -278,7 +267,7 @@ impl Worker {
     /// in `status` (`error`), retried in `PARK_FOR`, pending meanwhile.
     fn park_refused(&self, rel: String, dirty: Dirty, kind: &str, error: String) {
         self.metrics.error(kind);
-        *self.status.last_error.lock().unwrap() = Some(error);
+        self.status.set_error(Some(error));
         self.queue.park(rel, dirty, Instant::now() + PARK_FOR);
     }
 }

@@ -43,7 +43,9 @@ impl Worker {
             ConflictPolicy::TargetWins => {
                 self.metrics.kept.inc();
                 info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: kept (target-wins) until the source changes it again");
-                self.status.conflicts.keep(rel, source_mzxid);
+                self.status.update(|s| {
+                    s.kept.insert(rel.to_string(), source_mzxid);
+                });
                 let dir = crate::znodes::kept_dir(meta, route, target_name);
                 if let Err(e) =
                     conflict::persist_kept(lease.client(), &dir, rel, source_mzxid, &self.target_zk.acl).await
@@ -66,9 +68,10 @@ impl Worker {
                 if let Err(e) = conflict::persist_stop(lease.client(), &stop_path, &record, &self.target_zk.acl).await {
                     warn!(error = %e, "cannot record the stop; it holds until restart");
                 }
-                *self.status.last_error.lock().unwrap() =
-                    Some(format!("{path}: changed locally; stopped by conflict = fail"));
-                self.status.conflicts.set_stopped(Some(record));
+                self.status.update(|s| {
+                    s.last_error = Some(format!("{path}: changed locally; stopped by conflict = fail"));
+                    s.stopped = Some(record);
+                });
                 false
             }
         }

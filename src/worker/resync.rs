@@ -62,15 +62,16 @@ impl Worker {
         if mismatch || stored.is_none() {
             // A rebuilt source restarts zxids low: a checkpoint remembered
             // from the old one must not hold the new ones back.
-            *self.status.checkpoint.lock().unwrap() = None;
+            self.status.update(|s| s.checkpoint = None);
         }
         if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
             // Another instance may have led since this one last did.
-            let mut known = self.status.checkpoint.lock().unwrap();
-            if known.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
-                self.metrics.checkpoint_zxid.set(c.source_zxid);
-                *known = Some(c.clone());
-            }
+            self.status.update(|s| {
+                if s.checkpoint.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
+                    self.metrics.checkpoint_zxid.set(c.source_zxid);
+                    s.checkpoint = Some(c.clone());
+                }
+            });
         }
 
         let scan_started = Instant::now();
@@ -146,7 +147,7 @@ impl Worker {
         let mut ended = Vec::new();
         ops.retain(|op| {
             let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
-            match self.status.conflicts.keeps(op.rel(), source_mzxid) {
+            match self.status.keeps(op.rel(), source_mzxid) {
                 Some(true) => false,
                 Some(false) => {
                     ended.push(op.rel().to_string());
@@ -166,22 +167,24 @@ impl Worker {
             self.ensure_target_parent(&tgt).await?;
         }
         let planned = ops.len() + streamed;
-        self.status.scanned.store(source.len() as u64, Ordering::Relaxed);
-        self.status.planned.store(planned as u64, Ordering::Relaxed);
-        if !self.status.initial_sync_done.load(Ordering::Relaxed) {
+        self.status.update(|s| {
+            s.scanned = source.len() as u64;
+            s.planned = planned as u64;
+        });
+        if !self.status.get().initial_sync_done {
             // From T on, every write to the target is accounted for: ours
             // since the resumed checkpoint, or — for a full copy, which runs
             // before the target watch is armed — ours since this instance
             // took the lead (its lease node's creation), so that a local
             // change made during the copy is judged as one.
             let reference = match resume_from {
-                Some(_) => stored_target_zxid,
+                Some(_) => Some(stored_target_zxid).filter(|z| *z > 0),
                 None => match tgt.check_stat(lease.path()).await {
-                    Ok(Some(stat)) => stat.czxid,
-                    _ => -1,
+                    Ok(Some(stat)) => Some(stat.czxid),
+                    _ => None,
                 },
             };
-            self.status.reference_target_zxid.store(reference, Ordering::Relaxed);
+            self.status.update(|s| s.reference_target_zxid = reference);
         }
         if resume_from.is_some() {
             self.metrics.resume_writes.inc_by(planned as u64);
@@ -199,7 +202,7 @@ impl Worker {
             let acl_rels = source
                 .iter()
                 .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
-                .filter(|(rel, _)| !self.status.conflicts.is_kept(rel))
+                .filter(|(rel, _)| !self.status.is_kept(rel))
                 .map(|(rel, _)| rel.clone())
                 .collect();
             self.sync_acls(lease, &src, acl_rels).await?;
@@ -225,7 +228,12 @@ impl Worker {
         } else {
             "full"
         };
-        if !self.status.initial_sync_done.swap(true, Ordering::Relaxed) {
+        let first = !self.status.get().initial_sync_done;
+        self.status.update(|s| {
+            s.initial_sync_done = true;
+            s.panicked = None;
+        });
+        if first {
             info!(
                 nodes = mirrored,
                 ops = planned,
@@ -322,7 +330,7 @@ impl Worker {
         // created blind. A blind write that finds otherwise is retried with
         // reads (see `write_one`).
         let (blind, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|rel| {
-            source.get(rel).is_some_and(|n| plan::is_mirrored(route, rel, n)) && !self.status.conflicts.is_kept(rel)
+            source.get(rel).is_some_and(|n| plan::is_mirrored(route, rel, n)) && !self.status.is_kept(rel)
         });
         let mut upserts: Vec<Op> = blind
             .into_iter()

@@ -57,15 +57,15 @@ impl Worker {
                 writer.add_delete(name, None).map_err(fail)?;
             }
             for name in &names {
-                self.status.conflicts.expect_echo(name.clone());
-                self.status.conflicts.expect_echo(name.clone());
+                self.echoes.expect_echo(name.clone());
+                self.echoes.expect_echo(name.clone());
             }
             match writer.commit().await.map_err(fenced_error) {
                 Ok(_) => debug!(path = %parent_path, from = t.cversion, to = s.cversion, "sequence counter aligned"),
                 Err(e) => {
                     for name in &names {
-                        self.status.conflicts.cancel_echo(name);
-                        self.status.conflicts.cancel_echo(name);
+                        self.echoes.cancel_echo(name);
+                        self.echoes.cancel_echo(name);
                     }
                     if is_transient(&e) && !is_node_level(&e) {
                         return Err(fail(e));

@@ -26,6 +26,23 @@ pub(super) struct TargetMetrics {
     pub(super) labels: [String; 2],
 }
 
+impl Worker {
+    /// Counts a committed batch: in the metrics, and in the published
+    /// status (which `zkbridge sync` reads for its progress; metrics are
+    /// only ever written).
+    pub(super) fn count_committed(&self, batch: &[Op]) {
+        self.metrics.batches.inc();
+        let deleted = batch.iter().filter(|o| matches!(o, Op::Delete { .. })).count() as u64;
+        for op in batch {
+            self.metrics.committed(op);
+        }
+        self.status.update(|s| {
+            s.deleted += deleted;
+            s.written += batch.len() as u64 - deleted;
+        });
+    }
+}
+
 impl TargetMetrics {
     pub(super) fn new(metrics: Arc<Metrics>, route: &str, target: &str) -> Self {
         let op = |kind| metrics.applied_ops.with_label_values(&[route, target, kind]);

@@ -36,14 +36,14 @@ impl Worker {
                 zookeeper_client::SessionState::Disconnected => {
                     // Events (and echoes) may be lost across the gap; the
                     // anti-entropy pass catches what the watch missed.
-                    self.status.conflicts.reset_echoes();
+                    self.echoes.reset_echoes();
                 }
                 zookeeper_client::SessionState::SyncConnected => return WatchFlow::Reconnected,
                 _ => {}
             },
             EventType::NodeChildrenChanged => {}
             _ => {
-                if self.status.conflicts.is_echo(&event.path) {
+                if self.echoes.is_echo(&event.path) {
                     return WatchFlow::Going;
                 }
                 let Some(rel) = path::relative(&self.target.path, &event.path) else {

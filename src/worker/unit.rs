@@ -23,7 +23,7 @@ impl Worker {
         // distant region. Nodes created after C are created blind. A blind
         // write that finds the target otherwise (NoNode, NodeExists) comes
         // back as "seen changed in the target" and is reconciled with reads.
-        let checkpoint_c = self.status.checkpoint.lock().unwrap().as_ref().map(|c| c.source_zxid);
+        let checkpoint_c = self.status.get().checkpoint.as_ref().map(|c| c.source_zxid);
         let mut upserts = Vec::new();
         let mut checked: Vec<(&String, &Dirty, Option<NodeState>)> = Vec::new();
         for ((rel, dirty), s) in paths.iter().zip(source_nodes) {
@@ -38,7 +38,7 @@ impl Worker {
                         && !dirty.read_first
                         && !dirty.scaffold
                         && plan::is_mirrored(&self.route, rel, node)
-                        && !self.status.conflicts.is_kept(rel) =>
+                        && !self.status.is_kept(rel) =>
                 {
                     Some(c)
                 }
@@ -90,7 +90,7 @@ impl Worker {
             if decision.is_some() && !ephemeral_mirror {
                 if dirty.target_only {
                     if !self.on_conflict(lease, rel, s.as_ref(), t.as_ref()).await {
-                        if self.status.conflicts.stopped().is_some() {
+                        if self.status.get().stopped.is_some() {
                             // Nothing more is applied; the unit waits for the resume.
                             self.queue.requeue(paths.clone());
                             return Ok(());
@@ -98,7 +98,7 @@ impl Worker {
                         continue;
                     }
                 } else {
-                    match self.status.conflicts.keeps(rel, source_mzxid) {
+                    match self.status.keeps(rel, source_mzxid) {
                         Some(true) => continue,
                         Some(false) => {
                             let dir = crate::znodes::kept_dir(
@@ -140,10 +140,7 @@ impl Worker {
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;
-        let acl_rels = rels
-            .into_iter()
-            .filter(|rel| !self.status.conflicts.is_kept(rel))
-            .collect();
+        let acl_rels = rels.into_iter().filter(|rel| !self.status.is_kept(rel)).collect();
         self.sync_acls(lease, &src, acl_rels)
             .await
             .map_err(|e| (e, paths.clone()))?;

@@ -71,7 +71,7 @@ impl Worker {
         loop {
             while in_flight.len() < self.limits.max_in_flight {
                 let Some(batch) = pending.next() else { break };
-                in_flight.push_back(commit(lease, base, batch, None, &self.status.conflicts, &acls));
+                in_flight.push_back(commit(lease, base, batch, None, &self.echoes, &acls));
             }
             if in_flight.is_empty() && interrupted.is_none() && refused.is_empty() {
                 if let Some(batch) = last.take() {
@@ -81,7 +81,7 @@ impl Worker {
                         base,
                         batch,
                         checkpoint_write.as_ref(),
-                        &self.status.conflicts,
+                        &self.echoes,
                         &acls,
                     ));
                 }
@@ -91,9 +91,8 @@ impl Worker {
             };
             match result {
                 Ok(target_zxid) => {
-                    self.metrics.batches.inc();
+                    self.count_committed(&batch);
                     for op in &batch {
-                        self.metrics.committed(op);
                         let first_seen = dirty.get(op.rel()).map(|d| d.since).unwrap_or(since);
                         self.metrics.latency.observe(first_seen.elapsed().as_secs_f64());
                     }
@@ -141,12 +140,11 @@ impl Worker {
         let rel = op.rel().to_string();
         let d = dirty_or_unmarked(dirty, &rel, since);
         let kind = op.kind();
-        let (batch, result) = commit(lease, base, vec![op], None, &self.status.conflicts, acls).await;
+        let (batch, result) = commit(lease, base, vec![op], None, &self.echoes, acls).await;
         let op = &batch[0];
         match result {
             Ok(_) => {
-                self.metrics.batches.inc();
-                self.metrics.committed(op);
+                self.count_committed(std::slice::from_ref(op));
                 self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
             }
             Err(Error::NoNode) if matches!(op, Op::Delete { .. }) => {}
@@ -250,7 +248,7 @@ pub(super) fn commit<'a>(
     base: &'a str,
     batch: Vec<Op>,
     extra: Option<&(String, Vec<u8>)>,
-    conflicts: &'a Conflicts,
+    echoes: &'a Echoes,
     acls: &AclPlan,
 ) -> impl std::future::Future<Output = (Vec<Op>, Result<Option<i64>, Error>)> + 'a {
     let mut writer = lease.writer();
@@ -271,7 +269,7 @@ pub(super) fn commit<'a>(
     let carries_extra = extra.is_some();
     let sent = added.map(|()| {
         for op in &batch {
-            conflicts.expect_echo(join(base, op.rel()));
+            echoes.expect_echo(join(base, op.rel()));
         }
         writer.commit()
     });
@@ -286,7 +284,7 @@ pub(super) fn commit<'a>(
         };
         if result.is_err() {
             for op in &batch {
-                conflicts.cancel_echo(&join(base, op.rel()));
+                echoes.cancel_echo(&join(base, op.rel()));
             }
         }
         (batch, result)
