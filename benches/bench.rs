@@ -5,8 +5,9 @@
 //! the target (pipelined `multi` creates with the same client crate), the
 //! initial sync, zk-shell's `cp`, steady-state lag measured by a separate
 //! watching client, the same with 40 ms of injected latency each way, the
-//! resume after a 1% change against a bare source scan, and the process's
-//! peak RSS and CPU time. Prints a table and writes
+//! resume after a 1% change against a bare source scan, a switchover's
+//! write-unavailable window on 10,000 nodes, and the process's peak RSS and
+//! CPU time. Prints a table and writes
 //! `target/bench/results.json`.
 //!
 //! Options: `--quick` (small and short: keeps the bench working in CI, says
@@ -34,7 +35,7 @@ struct Args {
     seconds: u64,
     ensemble: bool,
     peer_nodes: usize,
-    /// Phases to run (`--only raw,sync,wan,peer`; `sync` includes resume and
+    /// Phases to run (`--only raw,sync,wan,peer,switchover`; `sync` includes resume and
     /// steady-state lag, which start from its copy): all by default.
     only: Option<Vec<String>>,
 }
@@ -370,6 +371,9 @@ async fn main() {
         if args.runs_phase("peer") {
             peer(&args, &mut m).await;
         }
+        if args.runs_phase("switchover") {
+            clean &= switchover(&args, &mut m).await;
+        }
     }
 
     let raw = m.med("raw_nodes_per_s");
@@ -479,6 +483,14 @@ async fn main() {
         ),
     );
     row(
+        "switchover: write-unavailable window",
+        range("switchover_window_s", "s", 2),
+        format!(
+            "{} nodes, freeze → unfreeze, loopback, 2 members (goal ≤ 2 s for 10,000)",
+            SWITCHOVER_NODES.min(args.nodes)
+        ),
+    );
+    row(
         "cost: steady state",
         format!(
             "{} peak RSS, {} CPU",
@@ -530,6 +542,53 @@ async fn main() {
     if !clean {
         std::process::exit(1);
     }
+}
+
+/// The subtree a switchover is measured on (the 10,000 nodes).
+const SWITCHOVER_NODES: usize = 10_000;
+
+/// A planned switchover (design §6) of a 10,000-node route between two
+/// loopback ensembles with a bridge running: the window it reports (freeze
+/// to unfreeze), and whether the old primary then mirrors the new one.
+async fn switchover(args: &Args, m: &mut Series) -> bool {
+    eprintln!("  switchover");
+    let nodes = tree(SWITCHOVER_NODES.min(args.nodes));
+    let (src, dst, s) = seeded_pair(args, &nodes).await;
+    let toml = bridge_config(&src.connect_string(), &dst.connect_string()).replace(
+        "session_timeout_ms = 10000\n",
+        "session_timeout_ms = 10000\ndigest = \"zkbridge:bench\"\n",
+    );
+    let bridge = Bridge::start(&toml);
+    await_ready(&bridge).await;
+    let (code, out) = bridge.cli(&["switchover", "--route", "bench", "--to", "dst", "--yes"]);
+    let window = out
+        .lines()
+        .find_map(|l| l.strip_prefix("write-unavailable window: "))
+        .and_then(|w| w.trim_end_matches(" s").parse::<f64>().ok());
+    let Some(window) = window.filter(|_| code == 0) else {
+        eprintln!("switchover failed ({code}): {out}");
+        return false;
+    };
+    m.add("switchover_window_s", window);
+    let d = dst.client().await;
+    let compare = Compare {
+        acls: true,
+        skip_ephemerals: true,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let clean = loop {
+        match mirror_difference(&d, "/t", &s, "/t", compare).await {
+            None => break true,
+            Some(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Some(difference) => {
+                eprintln!("after the switchover the old primary does not mirror the new one: {difference}");
+                break false;
+            }
+        }
+    };
+    drop(bridge);
+    drop((s, d, src, dst));
+    clean
 }
 
 /// A source holding `nodes`, an empty target, and a client of the source.

@@ -68,7 +68,19 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
     let in_flight = config.config.bridge.max_in_flight;
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
     let mut out = Vec::new();
-    for route in routes {
+    for configured in routes {
+        // Compared from the primary the members agree on now.
+        let mut members = crate::role::store::Clients::new();
+        for m in configured.members() {
+            let c = client(config, &mut clients, &m.ensemble)
+                .await
+                .map_err(|e| e.to_string());
+            members.insert(m.ensemble.clone(), c);
+        }
+        let (route, _) = crate::role::current(configured, &config.config.bridge.meta_path, &members)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let route = &route;
         let source_client = client(config, &mut clients, &route.source.ensemble).await?;
         let source = tree::scan(&source_client, &route.source.path, in_flight, |rel| {
             !route.filter.excluded(rel)

@@ -36,13 +36,23 @@ pub struct Lease {
     lock: OwnedLockClient,
     published_error: std::sync::Mutex<Option<String>>,
     record: LeaseRecord,
+    fence: RoleFence,
+}
+
+/// The target's role znode as the worker found it before taking the lease:
+/// every write also checks that it is unchanged, so that nothing commits
+/// after a flip (design §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleFence {
+    pub path: String,
+    pub version: i32,
 }
 
 impl Lease {
     /// Competes for the lease until this instance holds it. Survives
     /// connection loss and session expiry (it starts over on the next
     /// session); cancelling the future leaves no node behind.
-    pub async fn acquire(target: &Ensemble, dir: &str, record: &LeaseRecord) -> Lease {
+    pub async fn acquire(target: &Ensemble, dir: &str, record: &LeaseRecord, fence: RoleFence) -> Lease {
         let data = serde_json::to_vec(record).expect("JSON of a plain struct");
         // After an expired session, wait for a newer one.
         let mut after = 0;
@@ -64,6 +74,7 @@ impl Lease {
                         lock,
                         published_error: Default::default(),
                         record: record.clone(),
+                        fence,
                     }
                 }
                 Err(e) => {
@@ -94,9 +105,14 @@ impl Lease {
         self.lock.lock_path()
     }
 
-    /// A `multi` whose first op checks that the lease node still exists.
+    /// A `multi` whose first op checks that the lease node still exists,
+    /// and whose second checks the role znode (see [`RoleFence`]).
     pub fn writer(&self) -> CheckWriter<'_> {
-        self.lock.new_check_writer()
+        let mut writer = self.lock.new_check_writer();
+        writer
+            .add_check_version(&self.fence.path, self.fence.version)
+            .expect("the role path is a valid path");
+        writer
     }
 
     /// Resolves once the lease is gone: its node was deleted or its session

@@ -7,7 +7,8 @@
 //! `plan`, writing to the target. See `docs/architecture.md`.
 //!
 //! The public face is small: the configuration, the running bridge, the
-//! command-line operations, the `wait` barrier for applications, and what
+//! command-line operations, the `wait` barrier and `role_watch` (which
+//! member is primary) for applications, and what
 //! the examples, tests and benchmark need to talk to ZooKeeper the way
 //! zkbridge does (`zk::connect`, `tree::scan`, `path`, `zxid`).
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod diff;
 pub mod ops;
 pub mod path;
+pub mod role_watch;
 pub mod supervise;
 pub mod tree;
 pub mod wait;
@@ -33,6 +35,7 @@ pub(crate) mod metrics;
 pub(crate) mod plan;
 pub(crate) mod progress;
 pub(crate) mod queue;
+pub(crate) mod role;
 pub(crate) mod status;
 pub(crate) mod verify;
 pub(crate) mod worker;

@@ -108,6 +108,47 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move a route's primary to another member: freeze, drain, verify, flip, translate, unfreeze (exit 0 done, 1 aborted and restored, 2 error).
+    Switchover {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// The member ensemble that becomes primary.
+        #[arg(long)]
+        to: String,
+        /// How long the new primary may take to apply everything (drain).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Confirm (required when run from a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Promote a member without the (unreachable) primary; prints the possible-loss window (exit 0 done, 2 error).
+    Failover {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        to: String,
+        /// Confirm: required, a fail-over may lose what the primary accepted last.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List the divergent tails archived when old primaries were demoted.
+    Divergent {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Only this epoch.
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +177,32 @@ fn main() -> ExitCode {
             Command::Resume(a) => ops::admin::resume(&a.config, &a.route, &a.target, a.yes).await,
             Command::Diff { config, route, json } => ops::diff::diff(&config, route.as_deref(), json).await,
             Command::Sync { config, route, dry_run } => ops::sync::sync(&config, route.as_deref(), dry_run).await,
+            Command::Switchover {
+                config,
+                route,
+                to,
+                timeout,
+                yes,
+            } => {
+                use std::io::IsTerminal;
+                if !yes && std::io::stdin().is_terminal() {
+                    eprintln!("zkbridge switchover: makes {route}'s primary read-only while it moves to {to}. Add --yes to confirm.");
+                    return ExitCode::from(2);
+                }
+                let request = ops::switchover::Request {
+                    route: &route,
+                    to: &to,
+                    timeout,
+                };
+                ops::switchover::switchover(&config, request).await
+            }
+            Command::Failover { config, route, to, yes } => ops::failover::failover(&config, &route, &to, yes).await,
+            Command::Divergent {
+                config,
+                route,
+                epoch,
+                json,
+            } => ops::divergent::divergent(&config, &route, epoch, json).await,
         }
     })
 }

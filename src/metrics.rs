@@ -33,6 +33,11 @@ pub struct Metrics {
     pub resume_nodes_scanned: IntCounterVec,
     pub resume_target_reads: IntCounterVec,
     pub resume_target_writes: IntCounterVec,
+    pub route_epoch: IntGaugeVec,
+    pub route_primary: IntGaugeVec,
+    pub switchover_write_freeze: HistogramVec,
+    pub divergent_nodes: IntCounterVec,
+    pub failovers: IntCounterVec,
 }
 
 const RT: &[&str] = &["route", "target"];
@@ -196,6 +201,42 @@ impl Metrics {
                 "zkbridge_resume_target_writes_total",
                 "Target writes issued by resumes from a checkpoint",
                 RT,
+                r
+            )
+            .unwrap(),
+            route_epoch: register_int_gauge_vec_with_registry!(
+                "zkbridge_route_epoch",
+                "The route's current role epoch (the highest its members say)",
+                &["route"],
+                r
+            )
+            .unwrap(),
+            route_primary: register_int_gauge_vec_with_registry!(
+                "zkbridge_route_primary",
+                "1 for the route's current primary member, 0 for the others",
+                &["route", "ensemble"],
+                r
+            )
+            .unwrap(),
+            switchover_write_freeze: register_histogram_vec_with_registry!(
+                "zkbridge_switchover_write_freeze_seconds",
+                "Write-unavailable window of a switchover (freeze to unfreeze)",
+                &["route"],
+                vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+                r
+            )
+            .unwrap(),
+            divergent_nodes: register_int_counter_vec_with_registry!(
+                "zkbridge_divergent_nodes_total",
+                "Nodes of a returning old primary's divergent tail archived before it was overwritten",
+                &["route", "ensemble"],
+                r
+            )
+            .unwrap(),
+            failovers: register_int_counter_vec_with_registry!(
+                "zkbridge_failovers_total",
+                "Role flips made by this process (switchover, failover, auto)",
+                &["route", "kind"],
                 r
             )
             .unwrap(),

@@ -19,7 +19,7 @@ struct Totals {
 
 fn totals(bridge: &Bridge) -> Totals {
     let mut t = Totals::default();
-    for w in &bridge.workers {
+    for w in bridge.mirrors() {
         let s = w.status.borrow();
         t.scanned += s.scanned;
         t.planned += s.planned;
@@ -93,7 +93,7 @@ impl SyncProgress {
     pub fn summary(&self, bridge: &Bridge, started: Instant) -> String {
         let t = totals(bridge);
         let mut out = String::new();
-        for w in &bridge.workers {
+        for w in bridge.mirrors() {
             let checkpoint = w
                 .status
                 .borrow()

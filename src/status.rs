@@ -49,6 +49,34 @@ pub struct RouteTargetStatus {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub routes: Vec<RouteTargetStatus>,
+    /// Per route: its epoch, its primary and what each member says.
+    pub roles: Vec<RouteRole>,
+}
+
+/// A route's role (design §6) as its members report it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RouteRole {
+    pub route: String,
+    /// `null` while no member answers.
+    pub epoch: Option<u64>,
+    pub primary: Option<String>,
+    pub reason: Option<&'static str>,
+    pub since_ms: Option<i64>,
+    /// Set when two members claim the same epoch with different primaries.
+    pub split: Option<String>,
+    pub members: Vec<MemberRole>,
+    /// Nodes archived from demoted old primaries (`zkbridge divergent`).
+    pub divergent_nodes: usize,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MemberRole {
+    pub ensemble: String,
+    /// `primary` or `mirror` under the route's current epoch.
+    pub role: &'static str,
+    /// The epoch its own role znode says; lower while it missed a flip.
+    pub epoch: Option<u64>,
+    pub unavailable: Option<String>,
 }
 
 /// A session per ensemble, or why there is none.
@@ -58,7 +86,11 @@ pub type Sessions = BTreeMap<String, Result<Client, String>>;
 pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
     let meta = &config.config.bridge.meta_path;
     let mut routes = Vec::new();
-    for route in &config.routes {
+    let mut roles = Vec::new();
+    for configured in &config.routes {
+        let (role, oriented) = route_role(configured, meta, sessions).await;
+        roles.push(role);
+        let route = &oriented;
         for target in &route.targets {
             let mut s = RouteTargetStatus {
                 route: route.name().to_string(),
@@ -122,7 +154,64 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
             routes.push(s);
         }
     }
-    Status { routes }
+    Status { routes, roles }
+}
+
+/// What the members of `route` say of its role, and the route oriented
+/// from its current primary (the configuration's while none answers).
+async fn route_role(
+    route: &crate::config::Route,
+    meta: &str,
+    sessions: &Sessions,
+) -> (RouteRole, crate::config::Route) {
+    use crate::role::{self, store, Reading};
+    let readings = store::read_all(route, meta, sessions).await;
+    let decision = role::decide(route, &readings, "");
+    let current = decision.as_ref().map(|d| d.current.clone());
+    let primary = current.as_ref().map(|c| c.primary.clone());
+    let members = route
+        .members()
+        .map(|m| {
+            let reading = &readings[&m.ensemble];
+            MemberRole {
+                ensemble: m.ensemble.clone(),
+                role: if primary.as_deref() == Some(m.ensemble.as_str()) {
+                    "primary"
+                } else {
+                    "mirror"
+                },
+                epoch: reading.record().map(|r| r.epoch),
+                unavailable: match reading {
+                    Reading::Unreachable(why) => Some(why.clone()),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    let mut divergent_nodes = 0;
+    if let Some(Some(Ok(client))) = primary.as_ref().map(|p| sessions.get(p)) {
+        if let Ok(Ok(records)) =
+            tokio::time::timeout(READ_TIMEOUT, role::divergent::list(client, meta, route.name())).await
+        {
+            divergent_nodes = records.len();
+        }
+    }
+    let oriented = primary
+        .as_ref()
+        .filter(|_| decision.as_ref().is_some_and(|d| d.split.is_none()))
+        .and_then(|p| route.oriented(p, meta))
+        .unwrap_or_else(|| route.clone());
+    let role = RouteRole {
+        route: route.name().to_string(),
+        epoch: current.as_ref().map(|c| c.epoch),
+        primary,
+        reason: current.as_ref().map(|c| c.reason.as_str()),
+        since_ms: current.as_ref().map(|c| c.since_ms),
+        split: decision.and_then(|d| d.split).map(|(a, b)| format!("{a} and {b}")),
+        members,
+        divergent_nodes,
+    };
+    (role, oriented)
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>) -> Result<T, String> {
@@ -165,6 +254,33 @@ pub fn render_text(status: &Status) -> String {
         if !r.standby.is_empty() {
             out.push_str(&format!("{:<20} {:<14} standby: {}\n", "", "", r.standby.join(", ")));
         }
+    }
+    out.push_str(&format!("\n{:<20} {:>6} {:<14} MEMBERS\n", "ROUTE", "EPOCH", "PRIMARY"));
+    for r in &status.roles {
+        let members: Vec<String> = r
+            .members
+            .iter()
+            .map(|m| match (&m.unavailable, m.epoch) {
+                (Some(why), _) => format!("{} {} (unreachable: {why})", m.ensemble, m.role),
+                (None, Some(e)) if Some(e) != r.epoch => format!("{} {} (epoch {e}, behind)", m.ensemble, m.role),
+                _ => format!("{} {}", m.ensemble, m.role),
+            })
+            .collect();
+        let mut line = format!(
+            "{:<20} {:>6} {:<14} {}",
+            r.route,
+            r.epoch.map(|e| e.to_string()).unwrap_or_else(dash),
+            r.primary.clone().unwrap_or_else(dash),
+            members.join(", ")
+        );
+        if let Some(split) = &r.split {
+            line.push_str(&format!("  SPLIT: {split} claim the same epoch"));
+        }
+        if r.divergent_nodes > 0 {
+            line.push_str(&format!("  divergent: {} node(s) archived", r.divergent_nodes));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }

@@ -41,8 +41,18 @@ pub async fn pending_targets(
         .find(|r| r.name() == route)
         .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
     let meta = &config.config.bridge.meta_path;
+    // After a switchover or fail-over the mirrors are every member but the
+    // primary the role znode names (the configured targets before any).
+    let primary = crate::role_watch::current(source, meta, route.name())
+        .await
+        .map_err(|e| WaitError::Source {
+            ensemble: route.source.ensemble.clone(),
+            source: e,
+        })?
+        .map(|p| p.ensemble)
+        .unwrap_or_else(|| route.source.ensemble.clone());
     let mut pending = Vec::new();
-    for target in &route.targets {
+    for target in route.members().filter(|m| m.ensemble != primary) {
         let progress = applied(source, &progress_path(meta, route.name(), &target.ensemble))
             .await
             .map_err(|e| WaitError::Source {
@@ -123,6 +133,57 @@ async fn wait_until(
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(false),
         }
+    }
+}
+
+/// How far `member` has applied `route`, as its leader last reported to
+/// the source (`source`: a session on the route's current primary).
+pub(crate) async fn applied_position(source: &Client, (meta, route): (&str, &str), member: &str) -> Option<i64> {
+    applied(source, &progress_path(meta, route, member))
+        .await
+        .ok()
+        .flatten()
+        .map(|p| p.source_zxid)
+}
+
+/// Blocks until every one of `members` has applied source zxid `zxid`
+/// (`Ok(true)`) or `timeout` passes (`Ok(false)`); `source` is a session on
+/// the route's current primary.
+pub(crate) async fn until_members_applied(
+    source: &Client,
+    (meta, route): (&str, &str),
+    members: &[String],
+    zxid: i64,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let deadline = Instant::now() + timeout;
+    let pending = || async {
+        let mut pending = Vec::new();
+        for m in members {
+            let progress = applied(source, &progress_path(meta, route, m)).await?;
+            if progress.is_none_or(|p| p.source_zxid < zxid) {
+                pending.push(m.clone());
+            }
+        }
+        Ok::<_, Error>(pending)
+    };
+    let wait = async {
+        loop {
+            let behind = pending().await?;
+            let Some(first) = behind.first() else { return Ok(true) };
+            let (_, watcher) = source.check_and_watch_stat(&progress_path(meta, route, first)).await?;
+            if pending().await?.first() != Some(first) {
+                continue;
+            }
+            let event = watcher.changed().await;
+            if event.event_type == EventType::Session && event.session_state.is_terminated() {
+                return Err(Error::SessionExpired);
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, wait).await {
+        Ok(result) => result,
+        Err(_) => Ok(false),
     }
 }
 

@@ -65,6 +65,98 @@ pub struct StopRecord {
     pub breaker: Option<crate::breaker::Verdict>,
 }
 
+/// Which member of a route is its primary, as of which epoch (design §6).
+/// The highest epoch across the route's members wins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub version: u32,
+    pub epoch: u64,
+    pub primary: String,
+    pub since_ms: i64,
+    pub by: String,
+    pub reason: RoleReason,
+}
+
+/// Why the role znode holds what it holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleReason {
+    Initial,
+    Switchover,
+    Failover,
+    Auto,
+}
+
+impl RoleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleReason::Initial => "initial",
+            RoleReason::Switchover => "switchover",
+            RoleReason::Failover => "failover",
+            RoleReason::Auto => "auto",
+        }
+    }
+}
+
+pub fn role_path(meta: &str, route: &str) -> String {
+    format!("{meta}/routes/{route}/role")
+}
+
+/// Present while a switchover has the primary frozen; the original ACLs
+/// are recorded beneath it.
+pub fn frozen_path(meta: &str, route: &str) -> String {
+    format!("{meta}/routes/{route}/frozen")
+}
+
+/// What the `frozen` znode says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FrozenRecord {
+    /// The epoch whose primary is frozen.
+    pub epoch: u64,
+    pub primary: String,
+    pub to: String,
+    pub by: String,
+    pub ts_ms: i64,
+}
+
+/// The last switchover's outcome, in the new primary: the running bridges
+/// observe its window in `zkbridge_switchover_write_freeze_seconds`.
+pub fn switchover_path(meta: &str, route: &str) -> String {
+    format!("{meta}/routes/{route}/switchover")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchoverRecord {
+    pub epoch: u64,
+    pub from: String,
+    pub to: String,
+    pub window_ms: u64,
+}
+
+pub fn divergent_dir(meta: &str, route: &str, epoch: u64) -> String {
+    format!("{meta}/routes/{route}/divergent/{epoch}")
+}
+
+/// One node of an old primary's divergent tail, archived at its demotion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DivergentRecord {
+    /// Absolute path in the old primary.
+    pub path: String,
+    pub op: DivergentOp,
+    /// The old primary's data (`null` for a delete).
+    pub data_b64: Option<String>,
+    pub mzxid: i64,
+    pub mtime_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DivergentOp {
+    Create,
+    Set,
+    Delete,
+}
+
 pub fn leases_dir(meta: &str, route: &str, target_ensemble: &str) -> String {
     format!("{meta}/routes/{route}/{target_ensemble}/leases")
 }

@@ -354,6 +354,7 @@ mod fuzz {
         ("bridge", "balance"),
         ("bridge", "ready_max_lag_s"),
         ("bridge", "verify_reads_per_s"),
+        ("bridge", "region"),
         ("ensembles.a", "connect"),
         ("ensembles.a", "session_timeout_ms"),
         ("ensembles.a", "digest"),
@@ -371,6 +372,11 @@ mod fuzz {
         ("routes", "ephemerals"),
         ("routes", "deletes"),
         ("routes", "acls"),
+        ("routes", "freeze_acl"),
+        ("routes", "standby_acl"),
+        ("routes", "failover"),
+        ("routes", "failover_after_s"),
+        ("routes", "witnesses"),
     ];
 
     fn value() -> impl Strategy<Value = String> {

@@ -29,6 +29,36 @@ impl Route {
     pub fn name(&self) -> &str {
         &self.config.name
     }
+
+    /// Every member of the route: the configured source (its initial
+    /// primary) and the targets (its initial mirrors).
+    pub fn members(&self) -> impl Iterator<Item = &Endpoint> {
+        std::iter::once(&self.source).chain(&self.targets)
+    }
+
+    pub fn member(&self, ensemble: &str) -> Option<&Endpoint> {
+        self.members().find(|m| m.ensemble == ensemble)
+    }
+
+    /// The route as it runs while `primary` is its primary: that member is
+    /// the source and every other member a target. Relative paths, and so
+    /// the filters, are the same from every member; only whether the
+    /// source holds `meta_path` is worked out again. `None` when `primary`
+    /// is no member.
+    pub fn oriented(&self, primary: &str, meta_path: &str) -> Option<Route> {
+        let source = self.member(primary)?.clone();
+        let targets = self.members().filter(|m| m.ensemble != primary).cloned().collect();
+        let mut filter = self.filter.clone();
+        filter.meta = crate::path::relative(&source.path, meta_path)
+            .filter(|_| crate::path::is_within(meta_path, &source.path))
+            .map(str::to_string);
+        Some(Route {
+            config: self.config.clone(),
+            source,
+            targets,
+            filter,
+        })
+    }
 }
 
 /// Include/exclude globs, evaluated on paths relative to the route's source

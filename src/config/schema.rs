@@ -39,6 +39,10 @@ pub struct BridgeConfig {
     /// Read rate of an anti-entropy pass, per route/target, in nodes per
     /// second (each side), so verification never crowds out clients.
     pub verify_reads_per_s: u32,
+    /// The ensemble this instance runs beside (design §6; needed by
+    /// automated fail-over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl Default for BridgeConfig {
@@ -55,6 +59,7 @@ impl Default for BridgeConfig {
             balance: true,
             ready_max_lag_s: 60,
             verify_reads_per_s: 10_000,
+            region: None,
         }
     }
 }
@@ -312,6 +317,66 @@ pub struct RouteConfig {
     pub deletes: DeleteMode,
     #[serde(default = "default_acls")]
     pub acls: AclMode,
+    /// What a switchover's freeze sets on the primary's nodes (design §6).
+    /// Unset: read for everyone and all rights for zkbridge's own identity,
+    /// which `switchover` then requires on every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_acl: Option<Vec<String>>,
+    /// The ACL of mirrored nodes in mirrors, so that a client in a standby
+    /// region cannot write by mistake. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_acl: Option<Vec<String>>,
+    #[serde(default)]
+    pub failover: FailoverMode,
+    #[serde(default = "default_failover_after_s")]
+    pub failover_after_s: u64,
+    /// Members that hold only `meta_path` and vote (automated fail-over).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+}
+
+/// Who moves a route's primary when it is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverMode {
+    /// An operator, with `zkbridge failover`.
+    #[default]
+    Manual,
+    /// The members' majority (design §6, automated fail-over).
+    Auto,
+}
+
+/// The freeze ACL when a route sets none.
+pub const DEFAULT_FREEZE_ACL: [&str; 2] = ["world:anyone:r", "auth::cdrwa"];
+
+fn default_failover_after_s() -> u64 {
+    30
+}
+
+impl RouteConfig {
+    /// The parsed freeze ACL (validated at load).
+    pub fn freeze_acl(&self) -> Vec<zookeeper_client::Acl> {
+        match &self.freeze_acl {
+            Some(entries) => entries
+                .iter()
+                .map(|e| parse_acl(e).expect("validated at load"))
+                .collect(),
+            None => DEFAULT_FREEZE_ACL
+                .iter()
+                .map(|e| parse_acl(e).expect("a valid default"))
+                .collect(),
+        }
+    }
+
+    /// The parsed standby ACL, if the route sets one (validated at load).
+    pub fn standby_acl(&self) -> Option<Vec<zookeeper_client::Acl>> {
+        self.standby_acl.as_ref().map(|entries| {
+            entries
+                .iter()
+                .map(|e| parse_acl(e).expect("validated at load"))
+                .collect()
+        })
+    }
 }
 
 fn default_include() -> Vec<String> {

@@ -29,12 +29,23 @@ pub(super) fn validate(config: Config) -> Result<Resolved, ConfigError> {
     for (name, ensemble) in &config.ensembles {
         validate_ensemble(name, ensemble)?;
     }
+    validate_region(&config)?;
     let mut routes: Vec<Arc<Route>> = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
         let route = resolve_route(&config, i, rc, &routes)?;
         routes.push(Arc::new(route));
     }
     Ok(Resolved { config, routes })
+}
+
+fn validate_region(config: &Config) -> Result<(), ConfigError> {
+    match &config.bridge.region {
+        Some(region) if !config.ensembles.contains_key(region) => Err(ConfigError::invalid(
+            "bridge.region",
+            format!("unknown ensemble {region:?}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn validate_bridge(bridge: &BridgeConfig) -> Result<(), ConfigError> {
@@ -204,6 +215,7 @@ fn resolve_route(config: &Config, i: usize, rc: &RouteConfig, routes: &[Arc<Rout
         }
     }
     check_mirrored_subtrees(&key, rc, &source, &targets, routes)?;
+    validate_roles(config, &key, rc, &source, &targets)?;
     if !(rc.max_delete_fraction > 0.0 && rc.max_delete_fraction <= 1.0) {
         return Err(ConfigError::invalid(
             format!("{key}.max_delete_fraction"),
@@ -229,6 +241,64 @@ fn resolve_route(config: &Config, i: usize, rc: &RouteConfig, routes: &[Arc<Rout
         targets,
         filter,
     })
+}
+
+/// The role keys of design §6: ACLs that parse, and that zkbridge can undo.
+fn validate_roles(
+    config: &Config,
+    key: &str,
+    rc: &RouteConfig,
+    source: &Endpoint,
+    targets: &[Endpoint],
+) -> Result<(), ConfigError> {
+    for (name, entries) in [("freeze_acl", &rc.freeze_acl), ("standby_acl", &rc.standby_acl)] {
+        let Some(entries) = entries else { continue };
+        if entries.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "must not be empty (leave it out for the default)",
+            ));
+        }
+        for (j, entry) in entries.iter().enumerate() {
+            parse_acl(entry).map_err(|r| ConfigError::invalid(format!("{key}.{name}[{j}]"), r))?;
+        }
+        // `auth::` grants the identity of the session that sets it: without
+        // one, zkbridge would lock itself out of the nodes it must restore.
+        if entries.iter().any(|e| e.starts_with("auth:")) {
+            let members = std::iter::once(source).chain(targets);
+            for member in members {
+                let e = &config.ensembles[&member.ensemble];
+                if e.digest.is_none() && e.digest_file.is_none() && e.sasl.is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{name}"),
+                        format!(
+                            "uses auth:: (zkbridge's own identity), but ensemble {} has none: set its digest, digest_file or sasl, or name the identity explicitly",
+                            member.ensemble
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if rc.standby_acl.is_some() && rc.acls == AclMode::Copy {
+        return Err(ConfigError::invalid(
+            format!("{key}.standby_acl"),
+            "cannot be used with acls = \"copy\": there the source's ACLs decide a mirror's ACLs",
+        ));
+    }
+    if rc.failover == FailoverMode::Auto {
+        return Err(ConfigError::invalid(
+            format!("{key}.failover"),
+            "\"auto\" (automated fail-over) is not available in this version; use \"manual\" and `zkbridge failover`",
+        ));
+    }
+    if !rc.witnesses.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.witnesses"),
+            "witnesses vote in automated fail-over (failover = \"auto\"), which is not available in this version",
+        ));
+    }
+    Ok(())
 }
 
 /// The route's targets: parsed, not overlapping its own source, one per

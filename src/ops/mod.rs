@@ -9,7 +9,11 @@ use crate::config;
 
 pub mod admin;
 pub mod diff;
+pub mod divergent;
+pub mod failover;
+pub(crate) mod roles;
 pub mod status;
+pub mod switchover;
 pub mod sync;
 pub mod wait;
 

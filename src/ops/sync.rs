@@ -37,24 +37,18 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
         // Done once every target is copied, nothing is pending, and a
         // checkpoint taken after the start covers it (so `run` resumes
         // from here instead of copying again).
-        let checkpointed = bridge.workers.iter().all(|w| {
+        let checkpointed = bridge.mirrors().all(|w| {
             w.status
                 .borrow()
                 .checkpoint
                 .as_ref()
                 .is_some_and(|c| c.heartbeat_ts_ms >= started_ms)
         });
-        if all_synced && checkpointed && bridge.workers.iter().all(|w| w.queue.is_idle()) {
+        if all_synced && checkpointed && bridge.mirrors().all(|w| w.queue.is_idle()) {
             break ExitCode::SUCCESS;
         }
-        let parked: Vec<_> = bridge.workers.iter().filter(|w| w.queue.parked_count() > 0).collect();
-        if all_synced
-            && !parked.is_empty()
-            && bridge
-                .workers
-                .iter()
-                .all(|w| w.queue.is_idle() || w.queue.only_parked())
-        {
+        let parked: Vec<_> = bridge.mirrors().filter(|w| w.queue.parked_count() > 0).collect();
+        if all_synced && !parked.is_empty() && bridge.mirrors().all(|w| w.queue.is_idle() || w.queue.only_parked()) {
             progress.finish();
             for w in parked {
                 eprintln!(

@@ -10,11 +10,20 @@ pub async fn wait(path: &std::path::Path, route: &str, zxid: i64, timeout: Durat
         Ok(r) => r,
         Err(code) => return code,
     };
-    let Some(r) = resolved.routes.iter().find(|r| r.name() == route) else {
-        eprintln!("zkbridge wait: --route {route}: no such route in the configuration");
-        return ExitCode::from(2);
+    // The zxid is one of the current primary's: its progress znodes say.
+    let members = match super::roles::Members::open(&resolved, route, "", "wait").await {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    let source = match session(&resolved, &r.source.ensemble, "wait").await {
+    let meta = &resolved.config.bridge.meta_path;
+    let primary = match crate::role::current(&members.route, meta, &members.clients).await {
+        Ok((_, role)) => role.primary,
+        Err(e) => {
+            eprintln!("zkbridge wait: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match session(&resolved, &primary, "wait").await {
         Ok(c) => c,
         Err(code) => return code,
     };

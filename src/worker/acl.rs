@@ -6,8 +6,14 @@ use super::*;
 impl Worker {
     /// The ACLs the creates among `ops` get (see [`AclPlan`]).
     pub(super) async fn acl_plan(&self, lease: &Lease, ops: &[Op]) -> Result<AclPlan, Interrupted> {
+        // A protected standby's mirrors are read-only for applications
+        // (`standby_acl`, design §6); otherwise the ensemble's own ACL.
+        let default = match self.route.config.standby_acl() {
+            Some(acl) => Arc::new(acl),
+            None => self.target_zk.acl.clone(),
+        };
         let mut plan = AclPlan {
-            default: self.target_zk.acl.clone(),
+            default,
             copied: HashMap::new(),
         };
         if self.route.config.acls != AclMode::Copy {

@@ -95,6 +95,9 @@ pub struct Worker {
     source_zk: Ensemble,
     target_zk: Ensemble,
     queue: Arc<TargetQueue>,
+    /// The role this worker runs for: it writes only while the target's
+    /// role znode says the same (see `await_role` and `Lease::writer`).
+    role: crate::znodes::RoleRecord,
     limits: Limits,
     /// What this worker publishes about itself (the only writer while it runs).
     status: StatusTx,
@@ -155,7 +158,7 @@ impl Worker {
         route: Arc<Route>,
         target: Endpoint,
         (source_zk, target_zk): (Ensemble, Ensemble),
-        queue: Arc<TargetQueue>,
+        (queue, role): (Arc<TargetQueue>, crate::znodes::RoleRecord),
         status: StatusTx,
         (limits, identity): (Limits, Identity),
         metrics: Arc<Metrics>,
@@ -178,6 +181,7 @@ impl Worker {
             source_zk,
             target_zk,
             queue,
+            role,
             limits,
             status,
             metrics,
@@ -203,7 +207,11 @@ impl Worker {
                 if *shutdown.borrow() {
                     break;
                 }
-                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record);
+                let fence = tokio::select! {
+                    fence = self.await_role() => fence,
+                    _ = shutdown.changed() => continue,
+                };
+                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record, fence);
                 tokio::pin!(acquire);
                 let mut look = tokio::time::interval(Duration::from_secs(1));
                 let lease = loop {
@@ -223,6 +231,44 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Waits until the target's role znode says what this worker runs for
+    /// (its epoch, with its source as primary), and returns it as the fence
+    /// of every write. A target still behind is brought up by the route's
+    /// runner; one ahead means the runner is about to stop this worker.
+    async fn await_role(&self) -> crate::lease::RoleFence {
+        let path = crate::znodes::role_path(&self.identity.meta_path, self.route.name());
+        let mut reported = false;
+        loop {
+            let session = self.target_zk.session().await;
+            match session.client.get_data(&path).await {
+                Ok((data, stat)) => match serde_json::from_slice::<crate::znodes::RoleRecord>(&data) {
+                    Ok(r) if r.epoch == self.role.epoch && r.primary == self.role.primary => {
+                        return crate::lease::RoleFence {
+                            path,
+                            version: stat.version,
+                        };
+                    }
+                    Ok(r) if !reported => {
+                        reported = true;
+                        info!(
+                            target_epoch = r.epoch,
+                            target_primary = %r.primary,
+                            epoch = self.role.epoch,
+                            "the target's role znode is not at this worker's epoch yet; waiting"
+                        );
+                    }
+                    _ => {}
+                },
+                Err(e) if !reported => {
+                    reported = true;
+                    info!(error = %e, "cannot read the target's role znode yet; waiting");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Records which other instance, if any, holds the lease this worker is

@@ -331,11 +331,15 @@ pub(super) async fn fenced_put(
     }
 }
 
-/// A failed lease check means the lease is gone: reported as
-/// `RuntimeInconsistent`, as the crate's own lock-fenced writes do.
+/// A failed lease check means the lease is gone, and a failed role check
+/// (the first op after it, see `Lease::writer`) that the route's role
+/// changed: both are reported as `RuntimeInconsistent`, as the crate's own
+/// lock-fenced writes do, and end the lead.
 pub(super) fn fenced_error(e: CheckWriteError) -> Error {
     match e {
-        CheckWriteError::CheckFailed { .. } => Error::RuntimeInconsistent,
+        CheckWriteError::CheckFailed { .. } | CheckWriteError::OperationFailed { index: 0, .. } => {
+            Error::RuntimeInconsistent
+        }
         CheckWriteError::RequestFailed { source } | CheckWriteError::OperationFailed { source, .. } => source,
     }
 }

@@ -719,6 +719,26 @@ impl Bridge {
         Some(prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap())
     }
 
+    /// Runs a one-shot command against this bridge's config file: exit code
+    /// and output (stdout, then stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}\n-- stderr --\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Sum of a metric's samples whose labels include all of `labels`; 0
     /// when there is none (a counter never incremented has no sample). A
     /// bridge that does not answer is a failure, never a 0: waits up to 10 s

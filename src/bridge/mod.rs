@@ -1,5 +1,6 @@
-//! Wiring: one session per ensemble, one capture task per route, one worker
-//! per (route, target), and the HTTP endpoints; then wait for a signal.
+//! Wiring: one session per ensemble, one runner per route (which follows
+//! the route's role and runs its capture on the primary and a worker per
+//! other member, see `route_runner`), and the HTTP endpoints.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,16 +9,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::capture::Capture;
 use crate::config::Resolved;
 use crate::lease::Balancer;
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::status::{Sessions, Status};
-use crate::supervise::supervise;
-use crate::worker::{Identity, Leadership, Limits, StatusTx, StatusView, Worker};
+use crate::worker::{Identity, Leadership, Limits, StatusTx, StatusView};
+
+mod route_runner;
+
 use crate::zk::Ensemble;
 use crate::znodes::LeaseRecord;
+use route_runner::RouteRunner;
+pub use route_runner::RouteView;
 
 /// A running route/target worker, as seen by `/readyz` and `sync`.
 pub struct WorkerHandle {
@@ -34,8 +38,32 @@ pub struct Bridge {
     pub id: String,
     pub config: Resolved,
     pub metrics: Arc<Metrics>,
+    /// A handle per route member: the worker that mirrors into it while it
+    /// is not the primary.
     pub workers: Vec<WorkerHandle>,
+    pub routes: Vec<RouteHandle>,
     ensembles: BTreeMap<String, Ensemble>,
+}
+
+/// A route's role as its runner sees it.
+pub struct RouteHandle {
+    pub name: String,
+    pub view: watch::Receiver<RouteView>,
+}
+
+impl Bridge {
+    /// The workers that mirror now: those of the members that are not
+    /// their route's primary.
+    pub fn mirrors(&self) -> impl Iterator<Item = &WorkerHandle> {
+        self.workers.iter().filter(|w| !self.is_primary(&w.route, &w.target))
+    }
+
+    fn is_primary(&self, route: &str, member: &str) -> bool {
+        self.routes
+            .iter()
+            .find(|r| r.name == route)
+            .is_some_and(|r| r.view.borrow().role.as_ref().is_some_and(|role| role.primary == member))
+    }
 }
 
 impl Bridge {
@@ -61,7 +89,20 @@ impl Bridge {
     pub fn not_ready(&self) -> Option<String> {
         let max_lag = self.config.config.bridge.ready_max_lag_s as f64;
         let mut reasons = Vec::new();
-        for w in &self.workers {
+        for r in &self.routes {
+            let view = r.view.borrow();
+            if let Some((a, b)) = &view.split {
+                reasons.push(format!(
+                    "{}: {a} and {b} both claim to be primary at the same epoch; nothing is mirrored",
+                    r.name
+                ));
+            } else if view.frozen {
+                reasons.push(format!("{}: frozen by a switchover", r.name));
+            } else if view.role.is_none() {
+                reasons.push(format!("{}: no member's role could be read yet", r.name));
+            }
+        }
+        for w in self.mirrors() {
             let name = format!("{}/{}", w.route, w.target);
             let status = w.status.borrow();
             let leading = status.leading();
@@ -103,10 +144,11 @@ impl Bridge {
     /// Every route/target is led by this instance and has finished its
     /// initial sync (what `sync` waits for).
     pub fn all_synced(&self) -> bool {
-        self.workers.iter().all(|w| {
-            let s = w.status.borrow();
-            s.leading() && s.initial_sync_done
-        })
+        self.routes.iter().all(|r| r.view.borrow().role.is_some())
+            && self.mirrors().all(|w| {
+                let s = w.status.borrow();
+                s.leading() && s.initial_sync_done
+            })
     }
 }
 
@@ -150,84 +192,52 @@ pub fn start(
         balancer: balancer.clone(),
         lease_record: lease_record.clone(),
     };
+    let mut routes = Vec::new();
     for route in &config.routes {
-        let source = ensemble(&route.source.ensemble);
-        let mut queues = Vec::new();
-        for target in &route.targets {
-            let labels = [route.name(), target.ensemble.as_str()];
+        let mut members = Vec::new();
+        for member in route.members() {
+            let labels = [route.name(), member.ensemble.as_str()];
             let queue = Arc::new(TargetQueue::new(
                 config.config.bridge.max_pending_paths,
                 metrics.pending_paths.with_label_values(&labels),
             ));
-            metrics.leader.with_label_values(&labels).set(0);
             let status = StatusTx::default();
-            let make_worker = {
-                let (route, target, source, target_zk) = (
-                    route.clone(),
-                    target.clone(),
-                    source.clone(),
-                    ensemble(&target.ensemble),
-                );
-                let (queue, status, identity, metrics) =
-                    (queue.clone(), status.clone(), identity.clone(), metrics.clone());
-                let shutdown = shutdown.clone();
-                move || {
-                    Worker::new(
-                        route.clone(),
-                        target.clone(),
-                        (source.clone(), target_zk.clone()),
-                        queue.clone(),
-                        status.clone(),
-                        (limits, identity.clone()),
-                        metrics.clone(),
-                    )
-                    .run(shutdown.clone())
-                }
-            };
-            let on_panic = {
-                let (status, metrics) = (status.clone(), metrics.clone());
-                let labels = [route.name().to_string(), target.ensemble.clone()];
-                move |message: &str, retry_in: Duration| {
-                    let labels = [labels[0].as_str(), labels[1].as_str()];
-                    metrics.errors.with_label_values(&[labels[0], labels[1], "panic"]).inc();
-                    metrics.leader.with_label_values(&labels).set(0);
-                    status.after_panic(format!("internal error: {message}; restarting in {retry_in:?}"));
-                }
-            };
-            tasks.push(tokio::spawn(supervise(make_worker, on_panic, shutdown.clone())));
             workers.push(WorkerHandle {
                 route: route.name().to_string(),
-                target: target.ensemble.clone(),
-                target_path: target.path.clone(),
+                target: member.ensemble.clone(),
+                target_path: member.path.clone(),
                 status: status.view(),
                 queue: queue.clone(),
-                target_zk: ensemble(&target.ensemble),
+                target_zk: ensemble(&member.ensemble),
             });
-            queues.push(queue);
+            members.push(route_runner::Member {
+                endpoint: member.clone(),
+                zk: ensemble(&member.ensemble),
+                queue,
+                status,
+            });
         }
-        let make_capture = {
-            let capture = Capture {
-                route: route.clone(),
-                source,
-                queues,
-                metrics: metrics.clone(),
-                bridge_id: config.config.bridge.id.clone(),
-                meta_path: config.config.bridge.meta_path.clone(),
-                heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
-            };
-            let shutdown = shutdown.clone();
-            move || capture.clone().run(shutdown.clone())
+        let (view_tx, view) = watch::channel(RouteView::default());
+        let runner = RouteRunner {
+            route: route.clone(),
+            members,
+            identity: identity.clone(),
+            limits,
+            metrics: metrics.clone(),
+            heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+            view: view_tx,
         };
-        let on_panic = {
-            let (metrics, route) = (metrics.clone(), route.name().to_string());
-            move |_: &str, _: Duration| metrics.errors.with_label_values(&[&route, "", "panic"]).inc()
-        };
-        tasks.push(tokio::spawn(supervise(make_capture, on_panic, shutdown.clone())));
+        tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+        routes.push(RouteHandle {
+            name: route.name().to_string(),
+            view,
+        });
     }
+    // Every member may be a mirror, whichever is primary now.
     let targets: std::collections::BTreeSet<&str> = config
         .routes
         .iter()
-        .flat_map(|r| r.targets.iter().map(|t| t.ensemble.as_str()))
+        .flat_map(|r| r.members().map(|t| t.ensemble.as_str()))
         .collect();
     for name in targets {
         tasks.push(tokio::spawn(balancer.clone().register(
@@ -237,17 +247,12 @@ pub fn start(
             shutdown.clone(),
         )));
     }
-    // Ensembles used only as sources still get a session for `/status`.
-    for name in config.config.ensembles.keys() {
-        if config.routes.iter().any(|r| &r.source.ensemble == name) {
-            ensemble(name);
-        }
-    }
     let bridge = Arc::new(Bridge {
         id: config.config.bridge.id.clone(),
         config: config.clone(),
         metrics,
         workers,
+        routes,
         ensembles,
     });
     tasks.push(tokio::spawn(track_lag(bridge.clone(), shutdown.clone())));
@@ -265,7 +270,9 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
         }
         for w in &bridge.workers {
             let labels = [w.route.as_str(), w.target.as_str()];
-            let lag = {
+            let lag = if !bridge.mirrors().any(|m| std::ptr::eq(m, w)) {
+                None
+            } else {
                 let s = w.status.borrow();
                 s.lag_seconds(crate::znodes::now_ms()).filter(|_| s.leading())
             };

@@ -1,0 +1,231 @@
+//! A switchover's freeze (design §6): the primary's subtree is made
+//! read-only for applications by setting the route's freeze ACL on every
+//! node, after the exact original ACL of every node is recorded in
+//! ZooKeeper beneath the `frozen` znode, so that it can be restored exactly
+//! — on the old primary when the switchover aborts, on the new primary when
+//! it completes.
+
+use std::collections::BTreeMap;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use zookeeper_client::{Acl, Client, Error};
+
+use crate::checkpoint::persistent;
+use crate::config::{format_acl, parse_acl};
+use crate::path::join;
+use crate::znodes::{frozen_path, FrozenRecord};
+
+/// Each record chunk stays well under `jute.maxbuffer`.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Original ACLs by path relative to the route root.
+pub type AclRecord = BTreeMap<String, Vec<String>>;
+
+/// A failed step of a freeze or restore, with the znode it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {error}")]
+pub struct NodeError {
+    pub path: String,
+    #[source]
+    pub error: Error,
+}
+
+fn at(path: impl Into<String>) -> impl FnOnce(Error) -> NodeError {
+    let path = path.into();
+    move |error| NodeError { path, error }
+}
+
+/// Freezes the subtree at `base`: records every node's ACL beneath the
+/// `frozen` znode (created with `record`; `NodeExists` means another
+/// switchover holds the route), then sets `freeze_acl` everywhere. Nodes
+/// created while the freeze runs are found by another pass; once every
+/// parent is frozen, none can be added. Returns the recorded ACLs.
+pub async fn freeze(
+    client: &Client,
+    (meta, route): (&str, &str),
+    base: &str,
+    record: &FrozenRecord,
+    freeze_acl: &[Acl],
+    (meta_acl, max_in_flight): (&[Acl], usize),
+) -> Result<AclRecord, NodeError> {
+    let frozen = frozen_path(meta, route);
+    let data = serde_json::to_vec(record).expect("JSON of a plain struct");
+    match client.create(&frozen, &data, &persistent(meta_acl)).await {
+        Ok(_) => {}
+        Err(Error::NoNode) => {
+            let parent = crate::path::parent_absolute(&frozen).expect("has a parent");
+            match client.mkdir(parent, &persistent(meta_acl)).await {
+                Ok(()) | Err(Error::NodeExists) => {}
+                Err(e) => return Err(at(parent)(e)),
+            }
+            client
+                .create(&frozen, &data, &persistent(meta_acl))
+                .await
+                .map_err(at(&frozen))?;
+        }
+        Err(e) => return Err(at(&frozen)(e)),
+    }
+    let mut recorded = AclRecord::new();
+    let mut chunk = 0;
+    loop {
+        let tree = crate::tree::scan(client, base, max_in_flight, |_| true)
+            .await
+            .map_err(at(base))?;
+        let new: Vec<String> = tree
+            .keys()
+            .filter(|rel| !recorded.contains_key(*rel))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(recorded);
+        }
+        let acls = crate::tree::read_acls(client, base, &new, max_in_flight)
+            .await
+            .map_err(at(base))?;
+        let mut found = AclRecord::new();
+        for (rel, acl) in new.into_iter().zip(acls) {
+            // Gone meanwhile: nothing to freeze or restore.
+            if let Some(acl) = acl {
+                found.insert(rel, acl.iter().map(format_acl).collect());
+            }
+        }
+        for part in chunks(&found) {
+            let data = serde_json::to_vec(&part).expect("JSON of plain maps");
+            let path = format!("{frozen}/acls-{chunk:06}");
+            client
+                .create(&path, &data, &persistent(meta_acl))
+                .await
+                .map_err(at(&path))?;
+            chunk += 1;
+        }
+        set_all(client, base, found.keys(), freeze_acl, max_in_flight).await?;
+        recorded.extend(found);
+    }
+}
+
+/// The ACLs recorded at the freeze, or `None` when nothing is frozen.
+pub async fn recorded(client: &Client, meta: &str, route: &str) -> Result<Option<(FrozenRecord, AclRecord)>, Error> {
+    let frozen = frozen_path(meta, route);
+    let record: FrozenRecord = match crate::checkpoint::get_json(client, &frozen).await? {
+        Some(r) => r,
+        None => return Ok(None),
+    };
+    let mut children = client.list_children(&frozen).await?;
+    children.sort();
+    let mut acls = AclRecord::new();
+    for child in children {
+        if let Some(part) = crate::checkpoint::get_json::<AclRecord>(client, &format!("{frozen}/{child}")).await? {
+            acls.extend(part);
+        }
+    }
+    Ok(Some((record, acls)))
+}
+
+/// Puts the recorded ACLs back on the nodes under `base`. A node that
+/// already has its ACL is left alone (a freeze that failed part-way did
+/// not reach it, and it may be one zkbridge may not administer); nodes gone
+/// since are skipped.
+pub async fn restore(client: &Client, base: &str, acls: &AclRecord, max_in_flight: usize) -> Result<(), NodeError> {
+    stream::iter(acls.iter().map(Ok))
+        .try_for_each_concurrent(max_in_flight.max(1) * 8, |(rel, entries)| async move {
+            let path = join(base, rel);
+            match client.get_acl(&path).await {
+                Ok((now, _)) if now.iter().map(format_acl).collect::<Vec<_>>() == *entries => return Ok(()),
+                Ok(_) => {}
+                Err(Error::NoNode) => return Ok(()),
+                Err(e) => return Err(at(path)(e)),
+            }
+            let acl: Vec<Acl> = entries
+                .iter()
+                .map(|e| parse_acl(e).expect("written by format_acl"))
+                .collect();
+            match client.set_acl(&path, &acl, None).await {
+                Ok(_) | Err(Error::NoNode) => Ok(()),
+                Err(e) => Err(at(path)(e)),
+            }
+        })
+        .await
+}
+
+/// Sets `acl` on every node of `rels` under `base`.
+pub async fn set_all<'a>(
+    client: &Client,
+    base: &str,
+    rels: impl Iterator<Item = &'a String>,
+    acl: &[Acl],
+    max_in_flight: usize,
+) -> Result<(), NodeError> {
+    stream::iter(rels.map(Ok))
+        .try_for_each_concurrent(max_in_flight.max(1) * 8, |rel| async move {
+            let path = join(base, rel);
+            match client.set_acl(&path, acl, None).await {
+                Ok(_) | Err(Error::NoNode) => Ok(()),
+                Err(e) => Err(at(path)(e)),
+            }
+        })
+        .await
+}
+
+/// Removes the `frozen` znode and its records: the route is no longer
+/// frozen.
+pub async fn clear(client: &Client, meta: &str, route: &str) -> Result<(), NodeError> {
+    let frozen = frozen_path(meta, route);
+    let children = match client.list_children(&frozen).await {
+        Ok(c) => c,
+        Err(Error::NoNode) => return Ok(()),
+        Err(e) => return Err(at(&frozen)(e)),
+    };
+    stream::iter(children)
+        .map(|c| {
+            let path = format!("{frozen}/{c}");
+            async move {
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(Error::NoNode) => Ok(()),
+                    Err(e) => Err(at(path)(e)),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+    match client.delete(&frozen, None).await {
+        Ok(()) | Err(Error::NoNode) => Ok(()),
+        Err(e) => Err(at(&frozen)(e)),
+    }
+}
+
+/// Splits `acls` into parts whose JSON stays under [`CHUNK_BYTES`].
+fn chunks(acls: &AclRecord) -> Vec<AclRecord> {
+    let mut parts = vec![AclRecord::new()];
+    let mut size = 0;
+    for (rel, entries) in acls {
+        let entry = rel.len() + entries.iter().map(|e| e.len() + 3).sum::<usize>() + 8;
+        if size + entry > CHUNK_BYTES && !parts.last().unwrap().is_empty() {
+            parts.push(AclRecord::new());
+            size = 0;
+        }
+        size += entry;
+        parts.last_mut().unwrap().insert(rel.clone(), entries.clone());
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_chunked_under_the_limit_and_lose_nothing() {
+        let acls: AclRecord = (0..40_000)
+            .map(|i| (format!("node/{i:06}"), vec!["world:anyone:cdrwa".to_string()]))
+            .collect();
+        let parts = chunks(&acls);
+        assert!(parts.len() > 1);
+        for p in &parts {
+            assert!(serde_json::to_vec(p).unwrap().len() < CHUNK_BYTES);
+        }
+        let joined: AclRecord = parts.into_iter().flatten().collect();
+        assert_eq!(joined, acls);
+    }
+}
