@@ -570,6 +570,10 @@ async fn switchover(args: &Args, m: &mut Series) -> bool {
         return false;
     };
     m.add("switchover_window_s", window);
+    eprintln!(
+        "{}",
+        out.lines().filter(|l| l.contains(" s ")).collect::<Vec<_>>().join("\n")
+    );
     let d = dst.client().await;
     let compare = Compare {
         acls: true,

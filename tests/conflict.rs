@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -19,25 +18,6 @@ fn config(src: &Zk, dst: &Zk, extra: &str) -> String {
 
 fn conflicts(bridge: &Bridge, action: &str) -> f64 {
     bridge.metric("zkbridge_conflicts_total", &[("route", "c"), ("action", action)])
-}
-
-/// Exit code and stdout (stderr appended after a marker line).
-fn cli(bridge: &Bridge, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("-c")
-        .arg(&bridge.config_path)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}\n-- stderr --\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 async fn setup() -> (Zk, Zk, Bridge) {
@@ -130,7 +110,7 @@ async fn target_wins_keeps_local_changes_until_the_source_changes_them() {
     barrier(&s, &t, 1).await;
     assert_eq!(get(&t, "/c/a").await.as_deref(), Some(&b"local"[..]));
     assert_eq!(get(&t, "/c/local-only").await.as_deref(), Some(&b"local"[..]));
-    let (code, out) = cli(&bridge, &["diff"]);
+    let (code, out) = bridge.cli(&["diff"]);
     assert_eq!(code, 0, "kept nodes are not drift: {out}");
     assert!(out.contains("diverged (kept by policy)"), "{out}");
 
@@ -199,7 +179,7 @@ async fn fail_stops_the_route_until_an_operator_resumes_it() {
     })
     .await;
     assert_eq!(conflicts(&bridge, "stopped"), 1.0);
-    let (code, out) = cli(&bridge, &["status", "--json"]);
+    let (code, out) = bridge.cli(&["status", "--json"]);
     assert_eq!(code, 0);
     let stdout = out.split("\n-- stderr --\n").next().unwrap();
     let status: serde_json::Value = serde_json::from_str(stdout).unwrap();
@@ -236,7 +216,7 @@ async fn fail_stops_the_route_until_an_operator_resumes_it() {
 
     // The operator resolves the node and resumes.
     t.set_data("/c/a", b"source", None).await.unwrap();
-    let (code, out) = cli(&bridge, &["resume", "--route", "c", "--target", "dst", "--yes"]);
+    let (code, out) = bridge.cli(&["resume", "--route", "c", "--target", "dst", "--yes"]);
     assert_eq!(code, 0, "{out}");
     eventually("ready again", CONVERGE, async || {
         bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200)
@@ -350,12 +330,12 @@ async fn the_delete_breaker_lets_ordinary_deletes_through_and_holds_a_mass_delet
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("circuit breaker"), "{body}");
     assert!(get(&t, "/c/n/89").await.is_some(), "held, not deleted");
-    let (code, out) = cli(&bridge, &["status", "--json"]);
+    let (code, out) = bridge.cli(&["status", "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains("delete_breaker"), "{out}");
 
     // The operator checks the source and releases them.
-    let (code, out) = cli(&bridge, &["resume", "--route", "c", "--target", "dst", "--yes"]);
+    let (code, out) = bridge.cli(&["resume", "--route", "c", "--target", "dst", "--yes"]);
     assert_eq!(code, 0, "{out}");
     await_in_sync(&bridge.config(), CONVERGE).await;
     assert_eq!(get(&t, "/c/n/89").await, None);

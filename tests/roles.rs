@@ -43,9 +43,19 @@ async fn seed(c: &Client, n: usize) {
 
 /// Every member mirrors `primary` (plain reads, ACLs compared too).
 async fn await_members_mirror(clients: &BTreeMap<&str, Client>, primary: &str) {
+    await_members(clients, primary, true).await
+}
+
+/// Like [`await_members_mirror`], data only (a route with its own ACLs in
+/// the primary and target-default or protected mirrors).
+async fn await_members_mirror_data(clients: &BTreeMap<&str, Client>, primary: &str) {
+    await_members(clients, primary, false).await
+}
+
+async fn await_members(clients: &BTreeMap<&str, Client>, primary: &str, acls: bool) {
     for m in MEMBERS.iter().filter(|m| **m != primary) {
         let compare = Compare {
-            acls: true,
+            acls,
             skip_ephemerals: true,
         };
         await_mirror(&clients[primary], "/cfg", &clients[m], "/cfg", compare, CONVERGE).await;
@@ -389,18 +399,6 @@ async fn an_aborted_switchover_leaves_the_primary_exactly_as_it_was() {
     assert!(out.contains("member c is unreachable"), "{out}");
     assert_eq!(acls(&a).await, before);
     assert!(a.check_stat(frozen).await.unwrap().is_none());
-}
-
-/// Like [`await_members_mirror`], data only (a route with its own ACLs in
-/// the primary and target-default mirrors).
-async fn await_members_mirror_data(clients: &BTreeMap<&str, Client>, primary: &str) {
-    for m in MEMBERS.iter().filter(|m| **m != primary) {
-        let compare = Compare {
-            acls: false,
-            skip_ephemerals: true,
-        };
-        await_mirror(&clients[primary], "/cfg", &clients[m], "/cfg", compare, CONVERGE).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

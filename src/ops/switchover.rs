@@ -6,13 +6,14 @@
 //! the mirroring throughout, and follow the new epoch once it is written.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zookeeper_client::Acl;
 
 use super::roles::{Members, Step};
 use crate::config::{AclMode, Resolved, Route};
-use crate::role::{self, freeze, store};
+use crate::role::freeze::{self, Restore};
+use crate::role::{self, store};
 use crate::znodes::{checkpoint_path, frozen_path, now_ms, Checkpoint, FrozenRecord, RoleReason, RoleRecord};
 
 pub struct Request<'a> {
@@ -96,10 +97,10 @@ async fn recover(resolved: &Resolved, members: &Members, current: &RoleRecord) -
             );
             let to_path = &route.member(&record.to)?.path;
             let done = async {
-                freeze::restore(members.client(&record.to), to_path, &acls, in_flight).await?;
+                freeze::restore(members.client(&record.to), to_path, &acls, (Restore::Always, in_flight)).await?;
                 match mirror_acl(resolved, route, &record.primary) {
                     Some(acl) => freeze::set_all(old_client, old_path, acls.keys(), &acl, in_flight).await?,
-                    None => freeze::restore(old_client, old_path, &acls, in_flight).await?,
+                    None => freeze::restore(old_client, old_path, &acls, (Restore::IfChanged, in_flight)).await?,
                 }
                 freeze::clear(client, meta, route.name()).await
             };
@@ -119,7 +120,7 @@ async fn recover(resolved: &Resolved, members: &Members, current: &RoleRecord) -
             record.to, record.primary
         );
         let restored = async {
-            freeze::restore(old_client, old_path, &acls, in_flight).await?;
+            freeze::restore(old_client, old_path, &acls, (Restore::IfChanged, in_flight)).await?;
             freeze::clear(client, meta, route.name()).await
         };
         return Some(match restored.await {
@@ -199,7 +200,6 @@ impl Switchover<'_> {
             self.current.epoch,
             self.current.epoch + 1
         );
-        let window = Instant::now();
         let step = Step::start("freeze");
         let record = FrozenRecord {
             epoch: self.current.epoch,
@@ -218,8 +218,8 @@ impl Switchover<'_> {
             (&meta_acl, self.in_flight()),
         )
         .await;
-        let originals = match frozen {
-            Ok(acls) => acls,
+        let (originals, window) = match frozen {
+            Ok(found) => found,
             Err(e)
                 if e.error == zookeeper_client::Error::NodeExists
                     && e.path == frozen_path(self.meta(), route.name()) =>
@@ -248,7 +248,7 @@ impl Switchover<'_> {
         let step = Step::start("unfreeze");
         let to_path = route.member(&self.to).expect("a member").path.clone();
         let to_client = self.members.client(&self.to);
-        if let Err(e) = freeze::restore(to_client, &to_path, &originals, self.in_flight()).await {
+        if let Err(e) = freeze::restore(to_client, &to_path, &originals, (Restore::Always, self.in_flight())).await {
             eprintln!("zkbridge switchover: restoring the original ACLs in {}: {e}; run the switchover's unfreeze again with `zkbridge switchover` after fixing it", self.to);
             return ExitCode::from(2);
         }
@@ -256,7 +256,15 @@ impl Switchover<'_> {
         let mirror_acl = mirror_acl(self.resolved, route, &old);
         let demoted = match &mirror_acl {
             Some(acl) => freeze::set_all(old_client, &old_path, originals.keys(), acl, self.in_flight()).await,
-            None => freeze::restore(old_client, &old_path, &originals, self.in_flight()).await,
+            None => {
+                freeze::restore(
+                    old_client,
+                    &old_path,
+                    &originals,
+                    (Restore::IfChanged, self.in_flight()),
+                )
+                .await
+            }
         };
         if let Err(e) = demoted {
             eprintln!("zkbridge switchover: setting the mirror ACLs in {old}: {e} (the new primary is writable)");
@@ -471,7 +479,7 @@ impl Switchover<'_> {
         let base = &route.member(old).expect("a member").path;
         eprintln!("zkbridge switchover: aborted: {}", abort.0);
         let restored = match freeze::recorded(client, self.meta(), route.name()).await {
-            Ok(Some((_, acls))) => freeze::restore(client, base, &acls, self.in_flight())
+            Ok(Some((_, acls))) => freeze::restore(client, base, &acls, (Restore::IfChanged, self.in_flight()))
                 .await
                 .map_err(|e| e.to_string()),
             Ok(None) => Ok(()),

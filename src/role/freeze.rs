@@ -15,6 +15,23 @@ use crate::config::{format_acl, parse_acl};
 use crate::path::join;
 use crate::znodes::{frozen_path, FrozenRecord};
 
+/// `setACL` has no `multi`: one request per node, so many are kept in
+/// flight; the server commits them in groups.
+fn acl_requests(max_in_flight: usize) -> usize {
+    (max_in_flight.max(1) * 64).min(2048)
+}
+
+/// How `restore` treats a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Read it first and leave it alone when it already has its ACL (an
+    /// abort: a freeze that failed part-way did not reach every node, and
+    /// some may be nodes zkbridge may not administer).
+    IfChanged,
+    /// Set it (the unfreeze of a new primary, whose nodes zkbridge made).
+    Always,
+}
+
 /// Each record chunk stays well under `jute.maxbuffer`.
 const CHUNK_BYTES: usize = 512 * 1024;
 
@@ -39,7 +56,8 @@ fn at(path: impl Into<String>) -> impl FnOnce(Error) -> NodeError {
 /// `frozen` znode (created with `record`; `NodeExists` means another
 /// switchover holds the route), then sets `freeze_acl` everywhere. Nodes
 /// created while the freeze runs are found by another pass; once every
-/// parent is frozen, none can be added. Returns the recorded ACLs.
+/// parent is frozen, none can be added. Returns the recorded ACLs and when
+/// the first node was frozen (writes are refused from then on).
 pub async fn freeze(
     client: &Client,
     (meta, route): (&str, &str),
@@ -47,7 +65,7 @@ pub async fn freeze(
     record: &FrozenRecord,
     freeze_acl: &[Acl],
     (meta_acl, max_in_flight): (&[Acl], usize),
-) -> Result<AclRecord, NodeError> {
+) -> Result<(AclRecord, std::time::Instant), NodeError> {
     let frozen = frozen_path(meta, route);
     let data = serde_json::to_vec(record).expect("JSON of a plain struct");
     match client.create(&frozen, &data, &persistent(meta_acl)).await {
@@ -67,6 +85,7 @@ pub async fn freeze(
     }
     let mut recorded = AclRecord::new();
     let mut chunk = 0;
+    let mut first_frozen = None;
     loop {
         let tree = crate::tree::scan(client, base, max_in_flight, |_| true)
             .await
@@ -77,30 +96,78 @@ pub async fn freeze(
             .cloned()
             .collect();
         if new.is_empty() {
-            return Ok(recorded);
+            return Ok((recorded, first_frozen.unwrap_or_else(std::time::Instant::now)));
         }
-        let acls = crate::tree::read_acls(client, base, &new, max_in_flight)
-            .await
-            .map_err(at(base))?;
-        let mut found = AclRecord::new();
-        for (rel, acl) in new.into_iter().zip(acls) {
-            // Gone meanwhile: nothing to freeze or restore.
-            if let Some(acl) = acl {
-                found.insert(rel, acl.iter().map(format_acl).collect());
+        // Read, record, then freeze each node at the ACL version read: one
+        // whose ACL an application changed in between is read again, so
+        // the record always holds what the freeze replaced.
+        let mut pending = new;
+        while !pending.is_empty() {
+            let read = read_with_versions(client, base, &pending, max_in_flight).await?;
+            let found: AclRecord = read.iter().map(|(rel, (acl, _))| (rel.clone(), acl.clone())).collect();
+            for part in chunks(&found) {
+                let data = serde_json::to_vec(&part).expect("JSON of plain maps");
+                let path = format!("{frozen}/acls-{chunk:06}");
+                client
+                    .create(&path, &data, &persistent(meta_acl))
+                    .await
+                    .map_err(at(&path))?;
+                chunk += 1;
             }
+            first_frozen.get_or_insert_with(std::time::Instant::now);
+            pending = freeze_at_versions(client, base, &read, freeze_acl, max_in_flight).await?;
+            recorded.extend(found);
         }
-        for part in chunks(&found) {
-            let data = serde_json::to_vec(&part).expect("JSON of plain maps");
-            let path = format!("{frozen}/acls-{chunk:06}");
-            client
-                .create(&path, &data, &persistent(meta_acl))
-                .await
-                .map_err(at(&path))?;
-            chunk += 1;
-        }
-        set_all(client, base, found.keys(), freeze_acl, max_in_flight).await?;
-        recorded.extend(found);
     }
+}
+
+/// Each node's ACL (as text) and ACL version; nodes gone are left out.
+async fn read_with_versions(
+    client: &Client,
+    base: &str,
+    rels: &[String],
+    max_in_flight: usize,
+) -> Result<BTreeMap<String, (Vec<String>, i32)>, NodeError> {
+    stream::iter(rels)
+        .map(|rel| async move {
+            let path = join(base, rel);
+            match client.get_acl(&path).await {
+                Ok((acl, stat)) => Ok(Some((
+                    rel.clone(),
+                    (acl.iter().map(format_acl).collect(), stat.aversion),
+                ))),
+                Err(Error::NoNode) => Ok(None),
+                Err(e) => Err(at(path)(e)),
+            }
+        })
+        .buffer_unordered(acl_requests(max_in_flight))
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
+}
+
+/// Sets `acl` on every node of `read` at the ACL version read; returns the
+/// nodes whose ACL changed since (to be read again).
+async fn freeze_at_versions(
+    client: &Client,
+    base: &str,
+    read: &BTreeMap<String, (Vec<String>, i32)>,
+    acl: &[Acl],
+    max_in_flight: usize,
+) -> Result<Vec<String>, NodeError> {
+    stream::iter(read)
+        .map(|(rel, (_, aversion))| async move {
+            let path = join(base, rel);
+            match client.set_acl(&path, acl, Some(*aversion)).await {
+                Ok(_) | Err(Error::NoNode) => Ok(None),
+                Err(Error::BadVersion) => Ok(Some(rel.clone())),
+                Err(e) => Err(at(path)(e)),
+            }
+        })
+        .buffer_unordered(acl_requests(max_in_flight))
+        .try_filter_map(|changed| async move { Ok(changed) })
+        .try_collect()
+        .await
 }
 
 /// The ACLs recorded at the freeze, or `None` when nothing is frozen.
@@ -125,15 +192,22 @@ pub async fn recorded(client: &Client, meta: &str, route: &str) -> Result<Option
 /// already has its ACL is left alone (a freeze that failed part-way did
 /// not reach it, and it may be one zkbridge may not administer); nodes gone
 /// since are skipped.
-pub async fn restore(client: &Client, base: &str, acls: &AclRecord, max_in_flight: usize) -> Result<(), NodeError> {
+pub async fn restore(
+    client: &Client,
+    base: &str,
+    acls: &AclRecord,
+    (mode, max_in_flight): (Restore, usize),
+) -> Result<(), NodeError> {
     stream::iter(acls.iter().map(Ok))
-        .try_for_each_concurrent(max_in_flight.max(1) * 8, |(rel, entries)| async move {
+        .try_for_each_concurrent(acl_requests(max_in_flight), |(rel, entries)| async move {
             let path = join(base, rel);
-            match client.get_acl(&path).await {
-                Ok((now, _)) if now.iter().map(format_acl).collect::<Vec<_>>() == *entries => return Ok(()),
-                Ok(_) => {}
-                Err(Error::NoNode) => return Ok(()),
-                Err(e) => return Err(at(path)(e)),
+            if mode == Restore::IfChanged {
+                match client.get_acl(&path).await {
+                    Ok((now, _)) if now.iter().map(format_acl).collect::<Vec<_>>() == *entries => return Ok(()),
+                    Ok(_) => {}
+                    Err(Error::NoNode) => return Ok(()),
+                    Err(e) => return Err(at(path)(e)),
+                }
             }
             let acl: Vec<Acl> = entries
                 .iter()
@@ -156,7 +230,7 @@ pub async fn set_all<'a>(
     max_in_flight: usize,
 ) -> Result<(), NodeError> {
     stream::iter(rels.map(Ok))
-        .try_for_each_concurrent(max_in_flight.max(1) * 8, |rel| async move {
+        .try_for_each_concurrent(acl_requests(max_in_flight), |rel| async move {
             let path = join(base, rel);
             match client.set_acl(&path, acl, None).await {
                 Ok(_) | Err(Error::NoNode) => Ok(()),
