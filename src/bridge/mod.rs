@@ -55,14 +55,22 @@ impl Bridge {
     /// The workers that mirror now: those of the members that are not
     /// their route's primary.
     pub fn mirrors(&self) -> impl Iterator<Item = &WorkerHandle> {
-        self.workers.iter().filter(|w| !self.is_primary(&w.route, &w.target))
+        self.workers.iter().filter(|w| !self.is_primary(w))
     }
 
-    fn is_primary(&self, route: &str, member: &str) -> bool {
-        self.routes
-            .iter()
-            .find(|r| r.name == route)
-            .is_some_and(|r| r.view.borrow().role.as_ref().is_some_and(|role| role.primary == member))
+    /// Whether `w`'s member is its route's primary: the first member in
+    /// the primary's ensemble (a route may keep two in one ensemble).
+    fn is_primary(&self, w: &WorkerHandle) -> bool {
+        let Some(handle) = self.routes.iter().find(|r| r.name == w.route) else {
+            return false;
+        };
+        let Some(primary) = handle.view.borrow().role.as_ref().map(|r| r.primary.clone()) else {
+            return false;
+        };
+        self.config
+            .route(&w.route)
+            .and_then(|r| r.members().find(|m| m.ensemble == primary))
+            .is_some_and(|m| m.ensemble == w.target && m.path == w.target_path)
     }
 }
 

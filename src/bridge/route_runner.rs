@@ -296,6 +296,14 @@ impl RouteRunner {
         clients
     }
 
+    /// The member at `endpoint` (a route may keep two in one ensemble).
+    fn member_at(&self, endpoint: &Endpoint) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.endpoint == *endpoint)
+            .expect("an oriented route's endpoints are members")
+    }
+
     fn member(&self, ensemble: &str) -> &Member {
         self.members
             .iter()
@@ -312,14 +320,14 @@ impl RouteRunner {
                 .oriented(&role.primary, &self.identity.meta_path)
                 .expect("the primary is a member (decided from the members' records)"),
         );
-        let source = self.member(&role.primary).zk.clone();
+        let source = self.member_at(&route.source).zk.clone();
         // The primary is no mirror: no leader to alert on. (Its queue's
         // pending gauge stays, at 0: the queue outlives orientations.)
         let labels = [route.name(), role.primary.as_str()];
         let _ = self.metrics.leader.remove_label_values(&labels);
         let mut queues = Vec::new();
         for target in &route.targets {
-            let member = self.member(&target.ensemble);
+            let member = self.member_at(target);
             self.metrics
                 .leader
                 .with_label_values(&[route.name(), &target.ensemble])

@@ -46,8 +46,16 @@ impl Route {
     /// source holds `meta_path` is worked out again. `None` when `primary`
     /// is no member.
     pub fn oriented(&self, primary: &str, meta_path: &str) -> Option<Route> {
-        let source = self.member(primary)?.clone();
-        let targets = self.members().filter(|m| m.ensemble != primary).cloned().collect();
+        // By position: a route may keep two members in one ensemble (at
+        // different paths); only the first of them can be primary.
+        let at = self.members().position(|m| m.ensemble == primary)?;
+        let source = self.members().nth(at).expect("found above").clone();
+        let targets = self
+            .members()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, m)| m.clone())
+            .collect();
         let mut filter = self.filter.clone();
         filter.meta = crate::path::relative(&source.path, meta_path)
             .filter(|_| crate::path::is_within(meta_path, &source.path))

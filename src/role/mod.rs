@@ -168,6 +168,16 @@ mod tests {
         assert!(route().oriented("z", "/zkbridge").is_none());
     }
 
+    #[test]
+    fn two_members_in_one_ensemble_both_stay_in_the_route() {
+        let toml =
+            "[ensembles.a]\nconnect = \"h:1\"\n[[routes]]\nname = \"r\"\nsource = \"a:/x\"\ntargets = [\"a:/y\"]\n";
+        let route = (*crate::config::load_str(toml).unwrap().routes[0]).clone();
+        let r = route.oriented("a", "/zkbridge").unwrap();
+        assert_eq!(r.source.to_string(), "a:/x");
+        assert_eq!(r.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), ["a:/y"]);
+    }
+
     fn record(epoch: u64, primary: &str) -> Reading {
         Reading::Record {
             record: RoleRecord {
