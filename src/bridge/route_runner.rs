@@ -97,7 +97,11 @@ impl RouteRunner {
                 // workers resume from the translated checkpoints. (Its old
                 // workers are fenced by the flip meanwhile.) A switchover that
                 // died frozen holds it for `FROZEN_HOLD` at most.
-                let held = frozen.as_ref().is_some_and(|f| now_ms() - f.ts_ms < FROZEN_HOLD.as_millis() as i64)
+                // While no member answers nothing new is known: the running
+                // orientation stays (its writes are fenced either way), rather
+                // than stopping and resyncing after every network blip.
+                let held = (frozen.as_ref().is_some_and(|f| now_ms() - f.ts_ms < FROZEN_HOLD.as_millis() as i64)
+                    || decision.is_none())
                     && running.is_some();
                 if !held && !running.as_ref().is_some_and(same) {
                     if let Some(r) = running.take() {
