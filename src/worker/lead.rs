@@ -53,43 +53,7 @@ impl Worker {
         backoff.reset();
         let mut target_watch: Option<PersistentWatcher> = None;
         // Anti-entropy passes run beside the worker for as long as it leads.
-        let _verifier = (self.route.config.verify_interval_s > 0).then(|| {
-            let verifier = crate::verify::Verifier {
-                route: self.route.clone(),
-                target: self.target.clone(),
-                source_zk: self.source_zk.clone(),
-                target_zk: self.target_zk.clone(),
-                queue: self.queue.clone(),
-                status: Arc::new(self.status.view()),
-                drift: self.metrics.drift.clone(),
-                reads_per_s: self.limits.verify_reads_per_s,
-                interval: Duration::from_secs(self.route.config.verify_interval_s),
-            };
-            // A panic in a pass stays in the pass: counted, and the passes
-            // start again after a backoff (see `supervise`).
-            let panics = self.metrics.metrics.errors.with_label_values(&[
-                self.metrics.labels[0].as_str(),
-                self.metrics.labels[1].as_str(),
-                "panic",
-            ]);
-            let passes = async move {
-                let (_running, stopped) = watch::channel(false);
-                crate::supervise::supervise(
-                    move || verifier.clone().run(),
-                    move |message, retry_in| {
-                        panics.inc();
-                        warn!(
-                            panic = message,
-                            ?retry_in,
-                            "anti-entropy pass failed; passes start again"
-                        );
-                    },
-                    stopped,
-                )
-                .await
-            };
-            AbortOnDrop(tokio::spawn(passes.instrument(tracing::Span::current())))
-        });
+        let _verifier = self.spawn_verifier();
         let mut running: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         let mut checkpointing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> = None;
         let mut arming: Option<WatchArming<'_>> = None;
@@ -307,6 +271,49 @@ impl Worker {
             let error = self.status.get().last_error.clone();
             lease.publish_error(error).await;
         }
+    }
+
+    /// Starts the anti-entropy passes of this lead (when the route has
+    /// them); they stop when the returned handle is dropped. A panic in a
+    /// pass stays in the pass: counted, and the passes start again after a
+    /// backoff (see `supervise`).
+    fn spawn_verifier(&self) -> Option<AbortOnDrop> {
+        if self.route.config.verify_interval_s == 0 {
+            return None;
+        }
+        let verifier = crate::verify::Verifier {
+            route: self.route.clone(),
+            target: self.target.clone(),
+            source_zk: self.source_zk.clone(),
+            target_zk: self.target_zk.clone(),
+            queue: self.queue.clone(),
+            status: Arc::new(self.status.view()),
+            drift: self.metrics.drift.clone(),
+            reads_per_s: self.limits.verify_reads_per_s,
+            interval: Duration::from_secs(self.route.config.verify_interval_s),
+        };
+        let panics = self.metrics.metrics.errors.with_label_values(&[
+            self.metrics.labels[0].as_str(),
+            self.metrics.labels[1].as_str(),
+            "panic",
+        ]);
+        let passes = async move {
+            let (_running, stopped) = watch::channel(false);
+            crate::supervise::supervise(
+                move || verifier.clone().run(),
+                move |message, retry_in| {
+                    panics.inc();
+                    warn!(
+                        panic = message,
+                        ?retry_in,
+                        "anti-entropy pass failed; passes start again"
+                    );
+                },
+                stopped,
+            )
+            .await
+        };
+        Some(AbortOnDrop(tokio::spawn(passes.instrument(tracing::Span::current()))))
     }
 
     /// What a new leader reads before applying: paths kept by policy and a
