@@ -8,7 +8,7 @@
 //! idempotent. See docs/architecture.md ("Checkpoints").
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Error};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Error, Stat};
 
 /// Create options for a persistent node with the ensemble's ACL.
 pub fn persistent(acl: &[Acl]) -> CreateOptions<'_> {
@@ -43,10 +43,24 @@ pub async fn ensemble_id(client: &Client, meta: &str, acl: &[Acl]) -> Result<Str
 /// Writes JSON to `path`, creating it (and its parents) when missing.
 /// Returns the zxid of the write.
 pub async fn put_json(client: &Client, path: &str, value: &impl Serialize, acl: &[Acl]) -> Result<i64, Error> {
-    let options = persistent(acl);
     let data = serde_json::to_vec(value).expect("JSON of plain structs");
     match client.set_data(path, &data, None).await {
         Ok(stat) => Ok(stat.mzxid),
+        Err(Error::NoNode) => match create_with_parents(client, path, &data, acl).await {
+            Ok(stat) if !stat.is_invalid() => Ok(stat.mzxid),
+            Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, &data, None).await?.mzxid),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates persistent `path` with `data`, and its missing parents. Unlike
+/// [`put_json`], an existing node is an error (`NodeExists`): for markers
+/// and records whose existence means something.
+pub async fn create_with_parents(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<Stat, Error> {
+    let options = persistent(acl);
+    match client.create(path, data, &options).await {
         Err(Error::NoNode) => {
             if let Some(parent) = crate::path::parent_absolute(path) {
                 match client.mkdir(parent, &options).await {
@@ -54,13 +68,9 @@ pub async fn put_json(client: &Client, path: &str, value: &impl Serialize, acl: 
                     Err(e) => return Err(e),
                 }
             }
-            match client.create(path, &data, &options).await {
-                Ok((stat, _)) if !stat.is_invalid() => Ok(stat.mzxid),
-                Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, &data, None).await?.mzxid),
-                Err(e) => Err(e),
-            }
+            client.create(path, data, &options).await.map(|(stat, _)| stat)
         }
-        Err(e) => Err(e),
+        created => created.map(|(stat, _)| stat),
     }
 }
 

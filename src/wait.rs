@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zookeeper_client::{Client, Error, EventType};
 
-use crate::config::Resolved;
+use crate::config::{Resolved, Route};
 use crate::znodes::{progress_path, Progress};
 
 /// Why waiting could not even start.
@@ -28,6 +28,38 @@ pub enum WaitError {
     },
 }
 
+/// The route and the members a wait covers: every member but the primary
+/// its role znode (read through `source`) names — the configured targets
+/// before any switchover or fail-over.
+async fn mirrors<'a>(
+    config: &'a Resolved,
+    source: &Client,
+    route: &str,
+) -> Result<(&'a Route, Vec<String>), WaitError> {
+    let route = config
+        .route(route)
+        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
+    let meta = &config.config.bridge.meta_path;
+    let primary = crate::role_watch::current(source, meta, route.name())
+        .await
+        .map_err(source_error(route))?
+        .map(|p| p.ensemble)
+        .unwrap_or_else(|| route.source.ensemble.clone());
+    let members = route
+        .members()
+        .filter(|m| m.ensemble != primary)
+        .map(|m| m.ensemble.clone())
+        .collect();
+    Ok((route, members))
+}
+
+fn source_error(route: &Route) -> impl Fn(Error) -> WaitError + '_ {
+    move |source| WaitError::Source {
+        ensemble: route.source.ensemble.clone(),
+        source,
+    }
+}
+
 /// Targets of `route` that have not applied `zxid` yet, in config order.
 pub async fn pending_targets(
     config: &Resolved,
@@ -35,40 +67,42 @@ pub async fn pending_targets(
     route: &str,
     zxid: i64,
 ) -> Result<Vec<String>, WaitError> {
-    let route = config
-        .routes
-        .iter()
-        .find(|r| r.name() == route)
-        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
+    let (route, members) = mirrors(config, source, route).await?;
     let meta = &config.config.bridge.meta_path;
-    // After a switchover or fail-over the mirrors are every member but the
-    // primary the role znode names (the configured targets before any).
-    let primary = crate::role_watch::current(source, meta, route.name())
+    pending_among(source, (meta, route.name()), &members, zxid)
         .await
-        .map_err(|e| WaitError::Source {
-            ensemble: route.source.ensemble.clone(),
-            source: e,
-        })?
-        .map(|p| p.ensemble)
-        .unwrap_or_else(|| route.source.ensemble.clone());
+        .map_err(source_error(route))
+}
+
+/// Those of `members` whose progress (in the primary, behind `source`) is
+/// below `zxid`.
+async fn pending_among(
+    source: &Client,
+    (meta, route): (&str, &str),
+    members: &[String],
+    zxid: i64,
+) -> Result<Vec<String>, Error> {
     let mut pending = Vec::new();
-    for target in route.members().filter(|m| m.ensemble != primary) {
-        let progress = applied(source, &progress_path(meta, route.name(), &target.ensemble))
-            .await
-            .map_err(|e| WaitError::Source {
-                ensemble: route.source.ensemble.clone(),
-                source: e,
-            })?;
-        if progress.is_none_or(|p| p.source_zxid < zxid) {
-            pending.push(target.ensemble.clone());
+    for m in members {
+        if applied_position(source, (meta, route), m)
+            .await?
+            .is_none_or(|z| z < zxid)
+        {
+            pending.push(m.clone());
         }
     }
     Ok(pending)
 }
 
-async fn applied(source: &Client, path: &str) -> Result<Option<Progress>, Error> {
-    match source.get_data(path).await {
-        Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+/// How far `member` has applied `route`, as its leader last reported to
+/// the source (`source`: a session on the route's current primary).
+pub(crate) async fn applied_position(
+    source: &Client,
+    (meta, route): (&str, &str),
+    member: &str,
+) -> Result<Option<i64>, Error> {
+    match source.get_data(&progress_path(meta, route, member)).await {
+        Ok((data, _)) => Ok(serde_json::from_slice::<Progress>(&data).ok().map(|p| p.source_zxid)),
         Err(Error::NoNode) => Ok(None),
         Err(e) => Err(e),
     }
@@ -76,7 +110,7 @@ async fn applied(source: &Client, path: &str) -> Result<Option<Progress>, Error>
 
 /// Blocks until every target of `route` has applied source zxid `zxid`
 /// (`Ok(true)`), or `timeout` passes (`Ok(false)`). `source` must be a
-/// session on the route's source ensemble.
+/// session on the route's current primary.
 pub async fn until_applied(
     config: &Resolved,
     source: &Client,
@@ -87,63 +121,14 @@ pub async fn until_applied(
     let deadline = Instant::now() + timeout;
     // Reads and watches count against the deadline too (a partitioned
     // source must not hold the caller past it).
-    match tokio::time::timeout_at(deadline, wait_until(config, source, route, zxid, deadline)).await {
-        Ok(result) => result,
-        Err(_) => Ok(false),
-    }
-}
-
-async fn wait_until(
-    config: &Resolved,
-    source: &Client,
-    route: &str,
-    zxid: i64,
-    deadline: Instant,
-) -> Result<bool, WaitError> {
-    let meta = config.config.bridge.meta_path.clone();
-    let source_name = config
-        .routes
-        .iter()
-        .find(|r| r.name() == route)
-        .map(|r| r.source.ensemble.clone())
-        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
-    let fail = |source| WaitError::Source {
-        ensemble: source_name.clone(),
-        source,
+    let Ok(found) = tokio::time::timeout_at(deadline, mirrors(config, source, route)).await else {
+        return Ok(false);
     };
-    loop {
-        let pending = pending_targets(config, source, route, zxid).await?;
-        let Some(first) = pending.first() else {
-            return Ok(true);
-        };
-        // Watch the first target still behind; when its progress changes,
-        // look at all of them again.
-        let path = progress_path(&meta, route, first);
-        let watch = source.check_and_watch_stat(&path).await.map_err(fail)?;
-        // The progress may have moved between the read and the watch.
-        if pending_targets(config, source, route, zxid).await?.first() != Some(first) {
-            continue;
-        }
-        let (_, watcher) = watch;
-        tokio::select! {
-            event = watcher.changed() => {
-                if event.event_type == EventType::Session && event.session_state.is_terminated() {
-                    return Err(fail(Error::SessionExpired));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Ok(false),
-        }
-    }
-}
-
-/// How far `member` has applied `route`, as its leader last reported to
-/// the source (`source`: a session on the route's current primary).
-pub(crate) async fn applied_position(source: &Client, (meta, route): (&str, &str), member: &str) -> Option<i64> {
-    applied(source, &progress_path(meta, route, member))
+    let (route, members) = found?;
+    let meta = &config.config.bridge.meta_path;
+    until_members_applied(source, (meta, route.name()), &members, zxid, deadline - Instant::now())
         .await
-        .ok()
-        .flatten()
-        .map(|p| p.source_zxid)
+        .map_err(source_error(route))
 }
 
 /// Blocks until every one of `members` has applied source zxid `zxid`
@@ -157,22 +142,15 @@ pub(crate) async fn until_members_applied(
     timeout: Duration,
 ) -> Result<bool, Error> {
     let deadline = Instant::now() + timeout;
-    let pending = || async {
-        let mut pending = Vec::new();
-        for m in members {
-            let progress = applied(source, &progress_path(meta, route, m)).await?;
-            if progress.is_none_or(|p| p.source_zxid < zxid) {
-                pending.push(m.clone());
-            }
-        }
-        Ok::<_, Error>(pending)
-    };
     let wait = async {
         loop {
-            let behind = pending().await?;
+            let behind = pending_among(source, (meta, route), members, zxid).await?;
             let Some(first) = behind.first() else { return Ok(true) };
+            // Watch the first member still behind; when its progress
+            // changes, look at all of them again.
             let (_, watcher) = source.check_and_watch_stat(&progress_path(meta, route, first)).await?;
-            if pending().await?.first() != Some(first) {
+            // The progress may have moved between the read and the watch.
+            if pending_among(source, (meta, route), members, zxid).await?.first() != Some(first) {
                 continue;
             }
             let event = watcher.changed().await;

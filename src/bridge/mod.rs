@@ -278,7 +278,7 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
         }
         for w in &bridge.workers {
             let labels = [w.route.as_str(), w.target.as_str()];
-            let lag = if !bridge.mirrors().any(|m| std::ptr::eq(m, w)) {
+            let lag = if bridge.is_primary(w) {
                 None
             } else {
                 let s = w.status.borrow();

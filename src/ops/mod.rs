@@ -34,20 +34,20 @@ pub(crate) async fn session(
         eprintln!("zkbridge {command}: ensemble {ensemble}: not in the configuration");
         return Err(ExitCode::from(2));
     };
+    connect_within(settings).await.map_err(|e| {
+        eprintln!("zkbridge {command}: ensemble {ensemble}: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// A session on an ensemble within its session timeout (at least the
+/// status read timeout), or why not.
+pub(crate) async fn connect_within(settings: &config::EnsembleConfig) -> Result<zookeeper_client::Client, String> {
     let timeout = Duration::from_millis(settings.session_timeout_ms).max(crate::status::READ_TIMEOUT);
     match tokio::time::timeout(timeout, crate::zk::connect(settings)).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => {
-            eprintln!("zkbridge {command}: ensemble {ensemble}: {e:#}");
-            Err(ExitCode::from(2))
-        }
-        Err(_) => {
-            eprintln!(
-                "zkbridge {command}: ensemble {ensemble}: no session within {}s",
-                timeout.as_secs()
-            );
-            Err(ExitCode::from(2))
-        }
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!("no session within {}s", timeout.as_secs())),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use zookeeper_client::Client;
 
@@ -49,13 +49,7 @@ impl Members {
             }
         }
         let opens = r.members().map(|m| async move {
-            let settings = resolved.ensemble(&m.ensemble);
-            let timeout = Duration::from_millis(settings.session_timeout_ms).max(store::READ_TIMEOUT);
-            let client = match tokio::time::timeout(timeout, crate::zk::connect(settings)).await {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(format!("{e:#}")),
-                Err(_) => Err(format!("no session within {}s", timeout.as_secs())),
-            };
+            let client = super::connect_within(resolved.ensemble(&m.ensemble)).await;
             (m.ensemble.clone(), client)
         });
         let clients: BTreeMap<_, _> = futures::future::join_all(opens).await.into_iter().collect();

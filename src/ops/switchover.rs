@@ -442,7 +442,7 @@ impl Switchover<'_> {
                 let progress =
                     crate::wait::applied_position(self.members.client(old), (self.meta(), route.name()), &m.ensemble)
                         .await;
-                progress.is_some_and(|z| z >= flipped.freeze_zxid)
+                progress.ok().flatten().is_some_and(|z| z >= flipped.freeze_zxid)
             };
             if !in_step {
                 full.push(m.ensemble.clone());

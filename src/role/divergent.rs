@@ -8,7 +8,7 @@
 use base64::Engine;
 use zookeeper_client::{Client, Error};
 
-use crate::checkpoint::{get_json, persistent};
+use crate::checkpoint::{create_with_parents, get_json};
 use crate::config::Route;
 use crate::path::{join, parent};
 use crate::tree::Tree;
@@ -111,37 +111,12 @@ pub async fn archive(
     let records = tail(route, (&old_tree, &old_ep.path), &new_tree, applied, promoted);
     let dir = divergent_dir(meta, route.name(), old_epoch);
     let acl = crate::role::store::acl(new_acl);
-    let mut part: Vec<&DivergentRecord> = Vec::new();
-    let mut size = 0;
-    let mut n = 0;
-    for record in records.iter().map(Some).chain(std::iter::once(None)) {
-        let entry = record
-            .map(|r| serde_json::to_vec(r).expect("JSON").len() + 1)
-            .unwrap_or(0);
-        if (record.is_none() || size + entry > CHUNK_BYTES) && !part.is_empty() {
-            let data = serde_json::to_vec(&part).expect("JSON of plain records");
-            let path = format!("{dir}/{old}-{n:06}");
-            match new_client.create(&path, &data, &persistent(&acl)).await {
-                Ok(_) | Err(Error::NodeExists) => {}
-                Err(Error::NoNode) => {
-                    match new_client.mkdir(&dir, &persistent(&acl)).await {
-                        Ok(()) | Err(Error::NodeExists) => {}
-                        Err(e) => return Err(e),
-                    }
-                    match new_client.create(&path, &data, &persistent(&acl)).await {
-                        Ok(_) | Err(Error::NodeExists) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-            part.clear();
-            size = 0;
-            n += 1;
-        }
-        if let Some(r) = record {
-            part.push(r);
-            size += entry;
+    for (n, part) in crate::role::chunks_by_json(&records, CHUNK_BYTES).iter().enumerate() {
+        let data = serde_json::to_vec(part).expect("JSON of plain records");
+        // Another instance may have archived the same tail first.
+        match create_with_parents(new_client, &format!("{dir}/{old}-{n:06}"), &data, &acl).await {
+            Ok(_) | Err(Error::NodeExists) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(records.len())

@@ -68,21 +68,9 @@ pub async fn freeze(
 ) -> Result<(AclRecord, std::time::Instant), NodeError> {
     let frozen = frozen_path(meta, route);
     let data = serde_json::to_vec(record).expect("JSON of a plain struct");
-    match client.create(&frozen, &data, &persistent(meta_acl)).await {
-        Ok(_) => {}
-        Err(Error::NoNode) => {
-            let parent = crate::path::parent_absolute(&frozen).expect("has a parent");
-            match client.mkdir(parent, &persistent(meta_acl)).await {
-                Ok(()) | Err(Error::NodeExists) => {}
-                Err(e) => return Err(at(parent)(e)),
-            }
-            client
-                .create(&frozen, &data, &persistent(meta_acl))
-                .await
-                .map_err(at(&frozen))?;
-        }
-        Err(e) => return Err(at(&frozen)(e)),
-    }
+    crate::checkpoint::create_with_parents(client, &frozen, &data, meta_acl)
+        .await
+        .map_err(at(&frozen))?;
     let mut recorded = AclRecord::new();
     let mut chunk = 0;
     let mut first_frozen = None;
@@ -270,19 +258,14 @@ pub async fn clear(client: &Client, meta: &str, route: &str) -> Result<(), NodeE
 
 /// Splits `acls` into parts whose JSON stays under [`CHUNK_BYTES`].
 fn chunks(acls: &AclRecord) -> Vec<AclRecord> {
-    let mut parts = vec![AclRecord::new()];
-    let mut size = 0;
-    for (rel, entries) in acls {
-        let entry = rel.len() + entries.iter().map(|e| e.len() + 3).sum::<usize>() + 8;
-        if size + entry > CHUNK_BYTES && !parts.last().unwrap().is_empty() {
-            parts.push(AclRecord::new());
-            size = 0;
-        }
-        size += entry;
-        parts.last_mut().unwrap().insert(rel.clone(), entries.clone());
-    }
-    parts.retain(|p| !p.is_empty());
-    parts
+    crate::role::chunks_by_json(acls, CHUNK_BYTES)
+        .into_iter()
+        .map(|part| {
+            part.into_iter()
+                .map(|(rel, entries)| (rel.clone(), entries.clone()))
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

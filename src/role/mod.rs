@@ -138,6 +138,23 @@ pub async fn current(route: &Route, meta: &str, clients: &store::Clients) -> Res
     Ok((oriented, d.current))
 }
 
+/// Splits `items` into runs whose JSON stays under `limit` bytes, so that
+/// each run fits one znode (an item larger than that goes alone).
+pub(crate) fn chunks_by_json<T: serde::Serialize>(items: impl IntoIterator<Item = T>, limit: usize) -> Vec<Vec<T>> {
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let entry = serde_json::to_vec(&item).expect("JSON of plain records").len() + 1;
+        if parts.is_empty() || (size + entry > limit && !parts.last().is_some_and(Vec::is_empty)) {
+            parts.push(Vec::new());
+            size = 2;
+        }
+        size += entry;
+        parts.last_mut().expect("pushed above").push(item);
+    }
+    parts
+}
+
 /// The record a flip writes: the next epoch, with `to` as primary.
 pub fn flipped(current: &RoleRecord, to: &str, by: &str, reason: RoleReason) -> RoleRecord {
     RoleRecord {

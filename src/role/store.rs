@@ -6,7 +6,6 @@ use std::time::Duration;
 use zookeeper_client::{Acl, Client, Error};
 
 use super::Reading;
-use crate::checkpoint::persistent;
 use crate::config::Route;
 use crate::znodes::{role_path, RoleRecord};
 
@@ -68,23 +67,10 @@ pub fn acl(ensemble_acl: &[Acl]) -> Vec<Acl> {
 /// Creates the role znode (and its parents) with `record`. `NodeExists`
 /// means another instance was first: the caller reads it again.
 pub async fn create(client: &Client, meta: &str, route: &str, record: &RoleRecord, acl: &[Acl]) -> Result<(), Error> {
-    let path = role_path(meta, route);
     let data = serde_json::to_vec(record).expect("JSON of a plain struct");
-    let acl = self::acl(acl);
-    let options = persistent(&acl);
-    match client.create(&path, &data, &options).await {
-        Ok(_) => Ok(()),
-        Err(Error::NoNode) => {
-            let parent = crate::path::parent_absolute(&path).expect("a role path has a parent");
-            let ensemble_acl = persistent(&acl);
-            match client.mkdir(parent, &ensemble_acl).await {
-                Ok(()) | Err(Error::NodeExists) => {}
-                Err(e) => return Err(e),
-            }
-            client.create(&path, &data, &options).await.map(drop)
-        }
-        Err(e) => Err(e),
-    }
+    crate::checkpoint::create_with_parents(client, &role_path(meta, route), &data, &self::acl(acl))
+        .await
+        .map(drop)
 }
 
 /// Replaces the role znode at `version` (a flip): refused with `BadVersion`

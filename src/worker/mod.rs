@@ -238,36 +238,40 @@ impl Worker {
     /// of every write. A target still behind is brought up by the route's
     /// runner; one ahead means the runner is about to stop this worker.
     async fn await_role(&self) -> crate::lease::RoleFence {
-        let path = crate::znodes::role_path(&self.identity.meta_path, self.route.name());
+        let (meta, route) = (&self.identity.meta_path, self.route.name());
         let mut reported = false;
+        let mut retry = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             let session = self.target_zk.session().await;
-            match session.client.get_data(&path).await {
-                Ok((data, stat)) => match serde_json::from_slice::<crate::znodes::RoleRecord>(&data) {
-                    Ok(r) if r.epoch == self.role.epoch && r.primary == self.role.primary => {
-                        return crate::lease::RoleFence {
-                            path,
-                            version: stat.version,
-                        };
-                    }
-                    Ok(r) if !reported => {
-                        reported = true;
+            let mut version = None;
+            // Watched, not polled: the role znode changes once per flip.
+            let followed = crate::role_watch::follow(&session.client, meta, route, |primary| match primary {
+                Some(p) if p.epoch == self.role.epoch && p.ensemble == self.role.primary => {
+                    version = Some(p.version);
+                    false
+                }
+                other => {
+                    if !std::mem::replace(&mut reported, true) {
                         info!(
-                            target_epoch = r.epoch,
-                            target_primary = %r.primary,
+                            target_role = ?other,
                             epoch = self.role.epoch,
                             "the target's role znode is not at this worker's epoch yet; waiting"
                         );
                     }
-                    _ => {}
-                },
-                Err(e) if !reported => {
-                    reported = true;
-                    info!(error = %e, "cannot read the target's role znode yet; waiting");
+                    true
                 }
-                Err(_) => {}
+            })
+            .await;
+            if let Some(version) = version {
+                return crate::lease::RoleFence {
+                    path: crate::znodes::role_path(meta, route),
+                    version,
+                };
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(e) = followed {
+                debug!(error = %e, "cannot watch the target's role znode; retrying");
+                tokio::time::sleep(retry.next_delay()).await;
+            }
         }
     }
 
