@@ -122,8 +122,31 @@ pub struct ServerTls {
 /// Set by the benchmark: servers tuned for throughput rather than start-up.
 pub static BENCHMARK_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A port for a server the test starts later, so nothing may hold it then.
+///
+/// A port the kernel hands out for `:0` lies in the ephemeral range, where the very next
+/// outgoing connection (a client, a quorum peer) may take it before ZooKeeper binds it —
+/// CI saw an election port lost that way. So ports come from below the ephemeral range,
+/// each handed out once per process, starting at an offset of the process id so that two
+/// test binaries rarely probe the same ports, and each checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32;
+    let span = ephemeral_low.saturating_sub(low).max(1_000);
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below the ephemeral range");
+        let port = (low + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn die_with_parent(cmd: &mut Command) {
