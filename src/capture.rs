@@ -189,7 +189,7 @@ impl Capture {
                 for q in &self.queues {
                     match kind {
                         EventType::NodeDataChanged => q.mark_data(rel),
-                        _ => q.mark(rel, false),
+                        _ => q.mark(rel),
                     }
                 }
             }

@@ -161,17 +161,28 @@ pub fn plan(route: &Route, source: &Tree, target: &Tree) -> Vec<Op> {
     writes
 }
 
+/// What a dirty path needs in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// To mirror the source node: created, updated or deleted.
+    Mirror,
+    /// Only to exist, as the ancestor of a mirrored node (scaffolding):
+    /// created when missing, never updated.
+    Exist,
+}
+
 /// The decision for one dirty path from point reads: `source` and `target`
-/// are the nodes' current states (`None` when absent). `scaffold` asks only
-/// that the node exist (a mirrored child needs it). A delete returned here
+/// are the nodes' current states (`None` when absent). [`Need::Exist`] asks
+/// only that the node exist (a mirrored child needs it). A delete returned here
 /// covers the node alone; the caller expands it to the target subtree.
 pub fn decide(
     route: &Route,
     rel: &str,
     source: Option<&NodeState>,
     target: Option<&NodeState>,
-    scaffold: bool,
+    need: Need,
 ) -> Option<Op> {
+    let scaffold = need == Need::Exist;
     if source.is_some_and(NodeState::is_unreadable) {
         return None;
     }
@@ -275,7 +286,7 @@ mod tests {
         let s = node("new", 0);
         let t = node("old", 0);
         assert_eq!(
-            decide(&r, "a", Some(&s), None, false),
+            decide(&r, "a", Some(&s), None, Need::Mirror),
             Some(Op::Create {
                 rel: "a".into(),
                 data: b"new".to_vec(),
@@ -283,17 +294,17 @@ mod tests {
             })
         );
         assert_eq!(
-            decide(&r, "a", Some(&s), Some(&t), false),
+            decide(&r, "a", Some(&s), Some(&t), Need::Mirror),
             Some(Op::Set {
                 rel: "a".into(),
                 data: b"new".to_vec()
             })
         );
         assert_eq!(
-            decide(&r, "a", None, Some(&t), false),
+            decide(&r, "a", None, Some(&t), Need::Mirror),
             Some(Op::Delete { rel: "a".into() })
         );
-        assert_eq!(decide(&r, "tmp", Some(&s), Some(&t), false), None);
-        assert_eq!(decide(&r, "a", Some(&s), Some(&s), false), None);
+        assert_eq!(decide(&r, "tmp", Some(&s), Some(&t), Need::Mirror), None);
+        assert_eq!(decide(&r, "a", Some(&s), Some(&s), Need::Mirror), None);
     }
 }

@@ -13,6 +13,8 @@ use std::time::Instant;
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
+use crate::plan::Need;
+
 /// Why a full scan of the route into the target is needed (the `reason`
 /// label of `zkbridge_resyncs_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,25 +40,93 @@ impl ResyncReason {
     }
 }
 
-/// A dirty path: when it was first seen dirty (for the latency histogram)
-/// and whether it only needs to exist (scaffolding for a mirrored child).
+/// A dirty path: when and in which order it was first seen dirty, and what
+/// the events so far say about it. Each flag is merged by [`Dirty::absorb`]
+/// towards the side that needs more work, so coalescing never loses a need.
 #[derive(Debug, Clone, Copy)]
 pub struct Dirty {
+    /// First seen dirty (for the latency histogram).
     pub since: Instant,
-    pub scaffold: bool,
     /// Order in which the path was (first) marked: a heartbeat barrier is
     /// reached once nothing marked before it is still pending.
     pub seq: u64,
-    /// Seen changed in the target only (no source event): if source and
-    /// target differ, the target was changed locally (a conflict).
-    pub target_only: bool,
-    /// Only data changes were seen (no create, delete, scaffolding or
-    /// target change): such a path is kept apart from other units by its
-    /// own name only, not by its ancestors and descendants (see `take`).
-    pub data_only: bool,
+    pub need: Need,
+    pub seen: Seen,
+    pub change: Change,
+    pub target_read: TargetRead,
+}
+
+/// Where the change that marked a path was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// In the source (or unsure): the target follows it.
+    InSource,
+    /// In the target only (no source event): if source and target differ,
+    /// the target was changed locally — a conflict.
+    InTargetOnly,
+}
+
+/// What the events said changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Only data: such a path is kept apart from other units by its own
+    /// name only, not by its ancestors and descendants (see `take`).
+    Data,
+    /// A create, delete, scaffolding or target change: the tree's shape may
+    /// change.
+    Shape,
+}
+
+/// How the next attempt learns the target's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRead {
+    /// Trusts the checkpoint and may write without reading the target.
+    MayWriteBlind,
     /// A write without a read found the target otherwise than expected:
-    /// the next attempt reads the target first.
-    pub read_first: bool,
+    /// read it first.
+    ReadFirst,
+}
+
+impl Dirty {
+    /// A path marked by nothing (a resync's ops): ordered before everything.
+    pub fn unmarked(since: Instant) -> Dirty {
+        Dirty {
+            since,
+            seq: 0,
+            need: Need::Mirror,
+            seen: Seen::InSource,
+            change: Change::Shape,
+            target_read: TargetRead::MayWriteBlind,
+        }
+    }
+
+    /// Merges another record of the same path into this one: the earlier
+    /// first sight, and of each flag the value that asks for more.
+    pub fn absorb(&mut self, other: Dirty) {
+        self.since = self.since.min(other.since);
+        self.seq = self.seq.min(other.seq);
+        if other.need == Need::Mirror {
+            self.need = Need::Mirror;
+        }
+        if other.seen == Seen::InSource {
+            self.seen = Seen::InSource;
+        }
+        if other.change == Change::Shape {
+            self.change = Change::Shape;
+        }
+        if other.target_read == TargetRead::ReadFirst {
+            self.target_read = TargetRead::ReadFirst;
+        }
+    }
+
+    /// The same record for an attempt that found the tree's shape other
+    /// than expected: no longer kept apart by its own name only.
+    pub fn reshaping(self) -> Dirty {
+        Dirty {
+            change: Change::Shape,
+            ..self
+        }
+    }
 }
 
 /// A point in the source's event stream: every event received before the
@@ -164,22 +234,22 @@ impl TargetQueue {
 
     /// Marks a path (relative to the route root) dirty after a source event
     /// that may change the tree's shape (or when unsure what changed).
-    pub fn mark(&self, rel: &str, scaffold: bool) {
-        self.mark_dirty(rel, scaffold, false, false)
+    pub fn mark(&self, rel: &str) {
+        self.mark_dirty(rel, Seen::InSource, Change::Shape)
     }
 
     /// Marks a path dirty after a source event that changed its data only.
     pub fn mark_data(&self, rel: &str) {
-        self.mark_dirty(rel, false, false, true)
+        self.mark_dirty(rel, Seen::InSource, Change::Data)
     }
 
     /// Marks a path dirty after an event in the target that was not the
     /// echo of an own write.
     pub fn mark_target(&self, rel: &str) {
-        self.mark_dirty(rel, false, true, false)
+        self.mark_dirty(rel, Seen::InTargetOnly, Change::Shape)
     }
 
-    fn mark_dirty(&self, rel: &str, scaffold: bool, target_only: bool, data_only: bool) {
+    fn mark_dirty(&self, rel: &str, seen: Seen, change: Change) {
         let mut st = self.state.lock().unwrap();
         st.next_seq += 1;
         let seq = st.next_seq;
@@ -187,12 +257,16 @@ impl TargetQueue {
             // A pending full scan covers this change already.
             return;
         }
+        let marked = Dirty {
+            since: Instant::now(),
+            seq,
+            need: Need::Mirror,
+            seen,
+            change,
+            target_read: TargetRead::MayWriteBlind,
+        };
         match st.dirty.get_mut(rel) {
-            Some(d) => {
-                d.scaffold &= scaffold;
-                d.target_only &= target_only;
-                d.data_only &= data_only;
-            }
+            Some(d) => d.absorb(marked),
             None => {
                 if st.dirty.len() >= self.max_pending {
                     tracing::warn!(
@@ -203,17 +277,7 @@ impl TargetQueue {
                     st.parked.clear();
                     st.resync = Some(ResyncReason::Overflow);
                 } else {
-                    st.dirty.insert(
-                        rel.to_string(),
-                        Dirty {
-                            since: Instant::now(),
-                            scaffold,
-                            seq,
-                            target_only,
-                            data_only,
-                            read_first: false,
-                        },
-                    );
+                    st.dirty.insert(rel.to_string(), marked);
                 }
             }
         }
@@ -281,13 +345,7 @@ impl TargetQueue {
         let mut st = self.state.lock().unwrap();
         if st.resync.is_none() {
             for (rel, d) in paths {
-                let e = st.dirty.entry(rel).or_insert(d);
-                e.since = e.since.min(d.since);
-                e.scaffold &= d.scaffold;
-                e.target_only &= d.target_only;
-                e.data_only &= d.data_only;
-                e.read_first |= d.read_first;
-                e.seq = e.seq.min(d.seq);
+                st.dirty.entry(rel).and_modify(|e| e.absorb(d)).or_insert(d);
             }
         }
         self.pending_gauge.set(st.pending());
@@ -357,11 +415,11 @@ impl TargetQueue {
         // while the unit still holds it, and a reshaping path that waits
         // holds back everything beneath it (below).
         let (held, reshaping) = (&st.held, &st.reshaping);
-        let is_busy = |rel: &str, data_only: bool| {
+        let is_busy = |rel: &str, change: Change| {
             if held.contains(rel) {
                 return true;
             }
-            if data_only || reshaping.is_empty() {
+            if change == Change::Data || reshaping.is_empty() {
                 return false;
             }
             if self_or_ancestor_in(rel, |p| reshaping.contains(p)) {
@@ -389,8 +447,8 @@ impl TargetQueue {
             if self_or_ancestor_in(rel, |p| waiting.contains(p)) {
                 continue;
             }
-            if is_busy(rel, dirty.data_only) {
-                if !dirty.data_only {
+            if is_busy(rel, dirty.change) {
+                if dirty.change == Change::Shape {
                     waiting.insert(rel.as_str());
                 }
                 continue;
@@ -409,7 +467,7 @@ impl TargetQueue {
         let min_seq = taken.iter().map(|(_, d)| d.seq).min().unwrap_or(u64::MAX);
         for (rel, d) in &taken {
             st.held.insert(rel.clone());
-            if !d.data_only {
+            if d.change == Change::Shape {
                 st.reshaping.insert(rel.clone());
             }
         }
@@ -517,11 +575,43 @@ mod tests {
     }
 
     #[test]
+    fn coalescing_keeps_every_need() {
+        let q = queue(10);
+        q.mark_target("a");
+        q.mark_data("a");
+        let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
+        let d = p[0].1;
+        // A source event joins a target one: the source decides, no conflict.
+        assert_eq!(d.seen, Seen::InSource);
+        // A target event may have reshaped it: not data-only any more.
+        assert_eq!(d.change, Change::Shape);
+        let later = Dirty {
+            since: d.since + std::time::Duration::from_secs(1),
+            seq: d.seq + 5,
+            need: Need::Exist,
+            seen: Seen::InTargetOnly,
+            change: Change::Data,
+            target_read: TargetRead::ReadFirst,
+        };
+        let mut merged = later;
+        merged.absorb(d);
+        assert_eq!((merged.since, merged.seq), (d.since, d.seq), "the first sight stays");
+        assert_eq!(merged.need, Need::Mirror);
+        assert_eq!(merged.seen, Seen::InSource);
+        assert_eq!(merged.change, Change::Shape);
+        assert_eq!(
+            merged.target_read,
+            TargetRead::ReadFirst,
+            "a failed blind write is not forgotten"
+        );
+    }
+
+    #[test]
     fn barrier_waits_for_paths_marked_before_it() {
         let q = queue(10);
-        q.mark("a", false);
+        q.mark("a");
         q.barrier(100, 1);
-        q.mark("b", false);
+        q.mark("b");
         assert_eq!(q.reached_barrier(), None, "a is still dirty");
         let Some(Work::Paths(unit, p)) = q.take(1) else {
             panic!()
@@ -546,9 +636,9 @@ mod tests {
     #[test]
     fn barrier_completed_by_in_flight_ignores_later_marks() {
         let q = queue(10);
-        q.mark("a", false);
+        q.mark("a");
         q.barrier(100, 1);
-        q.mark("b", false);
+        q.mark("b");
         q.barrier(200, 2);
         let Some(Work::Paths(unit, p)) = q.take(1) else {
             panic!()
@@ -573,15 +663,15 @@ mod tests {
     #[test]
     fn units_in_flight_keep_paths_apart_and_barriers_honest() {
         let q = queue(10);
-        q.mark("a", false);
+        q.mark("a");
         q.barrier(100, 1);
-        q.mark("b", false);
+        q.mark("b");
         q.barrier(200, 2);
         let Some(Work::Paths(first, p)) = q.take(1) else {
             panic!()
         };
         assert_eq!(p[0].0, "a");
-        q.mark("a", false);
+        q.mark("a");
         let Some(Work::Paths(second, p)) = q.take(10) else {
             panic!()
         };
@@ -606,12 +696,12 @@ mod tests {
     #[test]
     fn ancestors_and_descendants_of_a_path_in_flight_wait() {
         let q = queue(10);
-        q.mark("a", false);
+        q.mark("a");
         let Some(Work::Paths(first, _)) = q.take(1) else {
             panic!()
         };
         for rel in ["a/b", "a/b/c", "ab"] {
-            q.mark(rel, false);
+            q.mark(rel);
         }
         let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
         let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
@@ -626,7 +716,7 @@ mod tests {
     #[test]
     fn data_changes_wait_only_for_their_own_path() {
         let q = queue(10);
-        q.mark("a", false);
+        q.mark("a");
         q.mark_data("x");
         let Some(Work::Paths(first, _)) = q.take(10) else {
             panic!()
@@ -635,7 +725,7 @@ mod tests {
             q.mark_data(rel);
         }
         q.mark_data("");
-        q.mark("x/new", false);
+        q.mark("x/new");
         let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
         let rels: Vec<_> = p.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(
@@ -645,7 +735,7 @@ mod tests {
         );
         // A path that saw a create as well as a data change is not data-only.
         q.mark_data("a/c");
-        q.mark("a/c", false);
+        q.mark("a/c");
         assert!(q.take(10).is_none(), "x waits for its unit, a/c for a's");
         q.settle(Some(first));
         let Some(Work::Paths(_, p)) = q.take(10) else { panic!() };
@@ -658,13 +748,13 @@ mod tests {
     #[test]
     fn a_waiting_ancestor_is_not_starved() {
         let q = queue(10);
-        q.mark("a/b", false);
+        q.mark("a/b");
         let Some(Work::Paths(first, _)) = q.take(1) else {
             panic!()
         };
-        q.mark("", false);
-        q.mark("a/c", false);
-        q.mark("z", false);
+        q.mark("");
+        q.mark("a/c");
+        q.mark("z");
         assert!(q.take(10).is_none(), "the root waits, and everything is under it");
         q.settle(Some(first));
         let Some(Work::Paths(_, p)) = q.take(1) else { panic!() };
@@ -674,9 +764,9 @@ mod tests {
     #[test]
     fn coalesces_and_orders_parents_first() {
         let q = queue(10);
-        q.mark("a/b", false);
-        q.mark("a", false);
-        q.mark("a/b", false);
+        q.mark("a/b");
+        q.mark("a");
+        q.mark("a/b");
         let Some(Work::Paths(_, p)) = q.take(10) else {
             panic!("expected paths")
         };
@@ -689,7 +779,7 @@ mod tests {
     fn overflow_turns_into_one_resync() {
         let q = queue(2);
         for p in ["a", "b", "c", "d"] {
-            q.mark(p, false);
+            q.mark(p);
         }
         assert!(matches!(q.take(10), Some(Work::Resync(ResyncReason::Overflow))));
         assert!(q.take(10).is_none());

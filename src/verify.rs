@@ -240,7 +240,7 @@ impl Verifier {
             self.queue.mark_target(rel);
         }
         for rel in found.drift.iter().chain(&found.expired_copies) {
-            self.queue.mark(rel, false);
+            self.queue.mark(rel);
         }
         Ok(Some(found))
     }

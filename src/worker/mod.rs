@@ -25,8 +25,8 @@ use crate::conflict::{self, Echoes};
 use crate::lease::{Balancer, Lease};
 use crate::metrics::Metrics;
 use crate::path::{self, join, parent};
-use crate::plan::{self, NodeKind, Op};
-use crate::queue::{Dirty, ResyncReason, TargetQueue, Work};
+use crate::plan::{self, Need, NodeKind, Op};
+use crate::queue::{Dirty, ResyncReason, Seen, TargetQueue, TargetRead, Work};
 use crate::tree::{self, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
 use crate::znodes::{
@@ -325,14 +325,7 @@ impl Worker {
 /// The dirty record of `rel`, or one for a path the queue did not mark (a
 /// resync's ops): first seen at `since`, ordered before everything.
 fn dirty_or_unmarked(dirty: &BTreeMap<String, Dirty>, rel: &str, since: Instant) -> Dirty {
-    dirty.get(rel).copied().unwrap_or(Dirty {
-        since,
-        scaffold: false,
-        seq: 0,
-        target_only: false,
-        data_only: false,
-        read_first: false,
-    })
+    dirty.get(rel).copied().unwrap_or(Dirty::unmarked(since))
 }
 
 /// Stops a background task when its owner goes.

@@ -377,7 +377,7 @@ impl Worker {
                 stat,
                 children: Vec::new(),
             });
-            if let Some(op) = plan::decide(route, rel, source.get(rel), t.as_ref(), false) {
+            if let Some(op) = plan::decide(route, rel, source.get(rel), t.as_ref(), Need::Mirror) {
                 upserts.push(op);
             }
         }
@@ -397,7 +397,9 @@ impl Worker {
                     stat: listed.stat,
                     children: Vec::new(),
                 };
-                if let Some(Op::Delete { rel }) = plan::decide(route, &rel, source.get(&rel), Some(&present), false) {
+                if let Some(Op::Delete { rel }) =
+                    plan::decide(route, &rel, source.get(&rel), Some(&present), Need::Mirror)
+                {
                     delete_roots.push(rel);
                 }
             }

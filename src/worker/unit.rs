@@ -34,9 +34,9 @@ impl Worker {
             });
             let blind = match (&s, checkpoint_c) {
                 (Some(node), Some(c))
-                    if !dirty.target_only
-                        && !dirty.read_first
-                        && !dirty.scaffold
+                    if dirty.seen == Seen::InSource
+                        && dirty.target_read == TargetRead::MayWriteBlind
+                        && dirty.need == Need::Mirror
                         && plan::is_mirrored(&self.route, rel, node)
                         && !self.status.is_kept(rel) =>
                 {
@@ -76,7 +76,7 @@ impl Worker {
             if s.as_ref().is_some_and(NodeState::is_unreadable) {
                 self.report_unreadable(rel);
             }
-            let decision = plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.scaffold);
+            let decision = plan::decide(&self.route, rel, s.as_ref(), t.as_ref(), dirty.need);
             let source_mzxid = s.as_ref().map(|s| s.stat.mzxid).unwrap_or(-1);
             // An ephemeral mirror goes with the session that owned it (a
             // previous leader): re-creating it is not a conflict.
@@ -88,7 +88,7 @@ impl Worker {
                 })
             );
             if decision.is_some() && !ephemeral_mirror {
-                if dirty.target_only {
+                if dirty.seen == Seen::InTargetOnly {
                     if !self.on_conflict(lease, rel, s.as_ref(), t.as_ref()).await {
                         if self.status.get().stopped.is_some() {
                             // Nothing more is applied; the unit waits for the resume.

@@ -142,64 +142,96 @@ impl Worker {
         let kind = op.kind();
         let (batch, result) = commit(lease, base, vec![op], None, &self.echoes, acls).await;
         let op = &batch[0];
-        match result {
+        let error = match result {
             Ok(_) => {
                 self.count_committed(std::slice::from_ref(op));
                 self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
+                return Ok(());
             }
-            Err(Error::NoNode) if matches!(op, Op::Delete { .. }) => {}
-            Err(Error::NoNode) if matches!(op, Op::Create { .. }) => {
-                // The target lacks the parent: make it exist first — unless
-                // the parent itself waits (too large, no permission): then
-                // the child waits with it rather than spin.
+            Err(e) => e,
+        };
+        match triage(op, &error) {
+            Refusal::AlreadyDone => {}
+            Refusal::ParentMissing => {
+                // Unless the parent itself waits (too large, no
+                // permission): then the child waits with it rather than spin.
                 let p = parent(&rel).unwrap_or("").to_string();
                 if self.queue.is_parked(&p) {
-                    self.queue
-                        .park(rel, Dirty { data_only: false, ..d }, Instant::now() + PARK_FOR);
+                    self.queue.park(rel, d.reshaping(), Instant::now() + PARK_FOR);
                 } else {
-                    let d = Dirty { data_only: false, ..d };
-                    self.queue.requeue([(p, Dirty { scaffold: true, ..d }), (rel, d)]);
+                    let d = d.reshaping();
+                    let scaffold = Dirty { need: Need::Exist, ..d };
+                    self.queue.requeue([(p, scaffold), (rel, d)]);
                 }
             }
-            // A create found the node there: an earlier unit's create (a
-            // node created and changed again in quick succession), or a
-            // local create, which the target watch reports on its own. Look
-            // again, with reads, without calling it a conflict.
-            Err(Error::NodeExists) if matches!(op, Op::Create { .. }) => self.queue.requeue([(
+            Refusal::ReadFirst => self.queue.requeue([(
                 rel,
                 Dirty {
-                    data_only: false,
-                    read_first: true,
-                    ..d
+                    target_read: TargetRead::ReadFirst,
+                    ..d.reshaping()
                 },
             )]),
-            // A blind set found the node gone, which the checkpoint said was
-            // there: look again, with reads, as a change in the target (it
-            // may have been deleted while no bridge watched).
-            Err(Error::NoNode) if !matches!(op, Op::Delete { .. }) => self.queue.requeue([(
+            Refusal::ChangedInTarget => self.queue.requeue([(
                 rel,
                 Dirty {
-                    target_only: true,
-                    data_only: false,
-                    ..d
+                    seen: Seen::InTargetOnly,
+                    ..d.reshaping()
                 },
             )]),
-            Err(Error::NoNode | Error::NodeExists | Error::NotEmpty) => {
-                self.queue.requeue([(rel, Dirty { data_only: false, ..d })])
-            }
-            Err(e) if is_transient(&e) => {
+            Refusal::Reconcile => self.queue.requeue([(rel, d.reshaping())]),
+            Refusal::Interrupted => {
                 return Err(Interrupted {
                     side: Side::Target,
-                    source: e,
+                    source: error,
                 })
             }
-            Err(e) => {
+            Refusal::Lasting => {
                 let path = join(base, &rel);
-                warn!(%path, op = kind, error = %e, code = error_kind(&e), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
-                self.park_refused(rel, d, error_kind(&e), format!("{path}: {kind} refused: {e}"));
+                warn!(%path, op = kind, error = %error, code = error_kind(&error), "target refused a write; will retry in {}s", PARK_FOR.as_secs());
+                self.park_refused(rel, d, error_kind(&error), format!("{path}: {kind} refused: {error}"));
             }
         }
         Ok(())
+    }
+}
+
+/// What becomes of a path whose op the target refused on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The target is already as wanted: a delete of a node that is gone.
+    AlreadyDone,
+    /// A create without its parent: the parent is made to exist first.
+    ParentMissing,
+    /// A create found the node there: an earlier unit's create (a node
+    /// created and changed again in quick succession) or a local create,
+    /// which the target watch reports on its own. Looked at again with
+    /// reads, without calling it a conflict.
+    ReadFirst,
+    /// A set found the node gone, which the checkpoint said was there: it
+    /// may have been deleted while no bridge watched, so it is looked at
+    /// again as a change in the target.
+    ChangedInTarget,
+    /// The target moved on under the op (a delete of a node that gained a
+    /// child, say): the path is reconciled again.
+    Reconcile,
+    /// The connection failed: the attempt is retried as a whole.
+    Interrupted,
+    /// A refusal that will not clear by itself soon (no permission, a
+    /// quota): the path is parked and retried in `PARK_FOR`.
+    Lasting,
+}
+
+/// Sorts out why the target refused `op` alone. Pure: the rule is the
+/// same for every op of every unit, and has unit tests of its own.
+pub(super) fn triage(op: &Op, error: &Error) -> Refusal {
+    match (op, error) {
+        (Op::Delete { .. }, Error::NoNode) => Refusal::AlreadyDone,
+        (Op::Create { .. }, Error::NoNode) => Refusal::ParentMissing,
+        (Op::Create { .. }, Error::NodeExists) => Refusal::ReadFirst,
+        (Op::Set { .. }, Error::NoNode) => Refusal::ChangedInTarget,
+        (_, Error::NodeExists | Error::NotEmpty) => Refusal::Reconcile,
+        (_, e) if is_transient(e) => Refusal::Interrupted,
+        _ => Refusal::Lasting,
     }
 }
 
@@ -353,6 +385,36 @@ mod tests {
             .iter()
             .map(|b| b.iter().map(|o| o.rel().to_string()).collect())
             .collect()
+    }
+
+    #[test]
+    fn refusals_are_sorted_by_op_and_error() {
+        let create = Op::Create {
+            rel: "a".into(),
+            data: Vec::new(),
+            kind: NodeKind::Persistent,
+        };
+        let set = Op::Set {
+            rel: "a".into(),
+            data: Vec::new(),
+        };
+        let delete = Op::Delete { rel: "a".into() };
+        let cases = [
+            (&delete, Error::NoNode, Refusal::AlreadyDone),
+            (&create, Error::NoNode, Refusal::ParentMissing),
+            (&create, Error::NodeExists, Refusal::ReadFirst),
+            (&set, Error::NoNode, Refusal::ChangedInTarget),
+            (&delete, Error::NotEmpty, Refusal::Reconcile),
+            (&set, Error::NodeExists, Refusal::Reconcile),
+            (&set, Error::ConnectionLoss, Refusal::Interrupted),
+            (&create, Error::Timeout, Refusal::Interrupted),
+            (&create, Error::NoAuth, Refusal::Lasting),
+            (&set, Error::QuotaExceeded, Refusal::Lasting),
+            (&create, Error::NoChildrenForEphemerals, Refusal::Lasting),
+        ];
+        for (op, error, expected) in cases {
+            assert_eq!(triage(op, &error), expected, "{} refused with {error}", op.kind());
+        }
     }
 
     #[test]
