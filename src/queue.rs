@@ -371,10 +371,15 @@ impl TargetQueue {
     }
 
     /// Takes the next piece of work, at most `max` paths, without waiting.
-    /// A resync is handed out once no unit is in flight; paths that are in
-    /// a unit still in flight wait for it to settle.
+    /// A resync is handed out once no unit is in flight, and nothing else
+    /// until it settles (its scan covers every change marked before it
+    /// started); paths that are in a unit still in flight wait for it to
+    /// settle.
     pub fn take(&self, max: usize) -> Option<Work> {
         let mut st = self.state.lock().unwrap();
+        if st.resync_active {
+            return None;
+        }
         if st.resync.is_some() {
             if !st.in_flight.is_empty() {
                 return None;
@@ -572,6 +577,19 @@ mod tests {
 
     fn queue(max: usize) -> TargetQueue {
         TargetQueue::new(max, IntGauge::new("p", "p").unwrap())
+    }
+
+    #[test]
+    fn nothing_is_handed_out_while_a_resync_runs() {
+        let q = queue(10);
+        q.set_leading(true);
+        q.request_resync(ResyncReason::Startup);
+        assert!(matches!(q.take(10), Some(Work::Resync(_))));
+        q.mark("a");
+        q.request_resync(ResyncReason::SessionExpired);
+        assert!(q.take(10).is_none(), "neither the path nor a second resync while the first runs");
+        q.settle(None);
+        assert!(matches!(q.take(10), Some(Work::Resync(ResyncReason::SessionExpired))));
     }
 
     #[test]
