@@ -16,9 +16,10 @@
 //! applies the answer (see `worker::breaker`).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// Nodes a tree may shrink below its peak whatever the fraction: small
 /// routes can be cleaned up without an operator.

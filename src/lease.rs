@@ -16,9 +16,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
     Acls, CheckWriter, Client, CreateMode, Error, EventType, LockOptions, LockPrefix, OwnedLockClient,
@@ -385,6 +386,39 @@ mod tests {
         assert_eq!(balancer.held(), 1, "only the lease still held is counted");
         drop(kept);
         assert_eq!(balancer.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_surplus_lease_goes_back_only_once_the_instance_count_is_stable() {
+        let balancer = Balancer::new(true, 2);
+        let since = Instant::now();
+        let _first = balancer.count();
+        let second = balancer.count();
+        tokio::time::advance(BALANCE_DELAY).await;
+        assert!(
+            !second.should_release(since),
+            "alone, both pairs are this instance's share"
+        );
+        // A second instance arrives: the fair share drops to one, but the
+        // count must hold still for a while first (instances start in waves).
+        balancer.set_live("east", 2);
+        assert!(!second.should_release(since), "the count just changed");
+        tokio::time::advance(BALANCE_DELAY - Duration::from_millis(1)).await;
+        assert!(!second.should_release(since), "not stable for long enough yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(second.should_release(since), "two held, a fair share of one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_lead_is_not_handed_back_at_once() {
+        let balancer = Balancer::new(true, 1);
+        tokio::time::advance(BALANCE_DELAY).await;
+        let _first = balancer.count();
+        let second = balancer.count();
+        let since = Instant::now();
+        assert!(!second.should_release(since), "just taken");
+        tokio::time::advance(BALANCE_DELAY).await;
+        assert!(second.should_release(since));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use prometheus::IntGauge;
 use tokio::sync::Notify;
@@ -292,6 +292,9 @@ impl TargetQueue {
     pub fn set_leading(&self, leading: bool) {
         let mut st = self.state.lock().unwrap();
         st.standby = !leading;
+        // Work in progress ended with the lead that took it (dropped, not
+        // settled).
+        st.resync_active = false;
         st.in_flight.clear();
         st.held.clear();
         st.reshaping.clear();
@@ -587,9 +590,38 @@ mod tests {
         assert!(matches!(q.take(10), Some(Work::Resync(_))));
         q.mark("a");
         q.request_resync(ResyncReason::SessionExpired);
-        assert!(q.take(10).is_none(), "neither the path nor a second resync while the first runs");
+        assert!(
+            q.take(10).is_none(),
+            "neither the path nor a second resync while the first runs"
+        );
         q.settle(None);
         assert!(matches!(q.take(10), Some(Work::Resync(ResyncReason::SessionExpired))));
+        // The lead ends mid-resync (the lease is lost): the next lead
+        // starts with a resync of its own.
+        q.set_leading(false);
+        q.set_leading(true);
+        assert!(matches!(q.take(10), Some(Work::Resync(ResyncReason::Startup))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_path_comes_back_when_its_time_is_up() {
+        let q = queue(10);
+        q.mark("a");
+        let Some(Work::Paths(unit, p)) = q.take(10) else {
+            panic!()
+        };
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        q.park("a".into(), p[0].1, until);
+        q.settle(Some(unit));
+        assert!(q.is_pending("a"), "a parked path is still pending");
+        assert_eq!(q.next_parked_due(), Some(until));
+        tokio::time::advance(std::time::Duration::from_secs(29)).await;
+        assert!(q.take(10).is_none(), "not before its time");
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let Some(Work::Paths(_, p)) = q.take(10) else {
+            panic!("due after 30 s")
+        };
+        assert_eq!(p[0].0, "a");
     }
 
     #[test]

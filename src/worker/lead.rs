@@ -371,7 +371,9 @@ impl<'a> Lead<'a> {
         // A due parked path is taken with new work: not while paused or
         // full, or waking for it would spin.
         let parked = queue.next_parked_due().filter(|_| room);
-        let rearm = self.arm_after.filter(|_| self.target_watch.is_none() && self.arming.is_none());
+        let rearm = self
+            .arm_after
+            .filter(|_| self.target_watch.is_none() && self.arming.is_none());
         let paused_until = self.paused_until.filter(|_| paused);
         tokio::select! {
             Some(done) = self.running.next(), if !self.running.is_empty() => Event::Finished(done),
@@ -486,7 +488,7 @@ impl<'a> Lead<'a> {
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

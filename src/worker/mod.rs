@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{
     Acl, Acls, CheckWriteError, Client, CreateMode, CreateOptions, Error, EventType, MultiWriteResult,
