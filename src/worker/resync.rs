@@ -11,219 +11,32 @@ impl Worker {
     pub(super) async fn resync(&self, lease: &Lease, reason: ResyncReason) -> Result<(), Interrupted> {
         let started = Instant::now();
         let (src, tgt) = self.clients(lease).await;
-        let route = &self.route;
-        let meta = &self.identity.meta_path;
-        let source_id = ensemble_id(&src, meta, &self.source_zk.acl)
-            .await
-            .map_err(|source| Interrupted {
-                side: Side::Source,
-                source,
-            })?;
-        ensemble_id(&tgt, meta, &self.target_zk.acl)
-            .await
-            .map_err(|source| Interrupted {
-                side: Side::Target,
-                source,
-            })?;
-        *self.source_id.lock().unwrap() = Some(source_id.clone());
-        let (stored, stored_target_zxid) = match tgt
-            .get_data(&checkpoint_path(meta, route.name(), &self.target.ensemble))
-            .await
-        {
-            // A damaged checkpoint means a full resync, never a guess.
-            Ok((data, stat)) => (serde_json::from_slice::<Checkpoint>(&data).ok(), stat.mzxid),
-            Err(Error::NoNode) => (None, -1),
-            Err(source) => {
-                return Err(Interrupted {
-                    side: Side::Target,
-                    source,
-                })
-            }
-        };
-        let resume_from = match (&stored, reason) {
-            (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => None,
-            (Some(c), _) if c.source_ensemble_id == source_id => Some(c.source_zxid),
-            (Some(c), _) => {
-                warn!(
-                    checkpoint_source = %c.source_ensemble_id,
-                    current_source = %source_id,
-                    "checkpoint belongs to another source ensemble (rebuilt or re-pointed): full resync"
-                );
-                None
-            }
-            (None, _) => None,
-        };
-        let mismatch = stored.as_ref().is_some_and(|c| c.source_ensemble_id != source_id);
-        self.metrics.resync(if mismatch {
-            ResyncReason::CheckpointMismatch
-        } else {
-            reason
-        });
-        if mismatch || stored.is_none() {
-            // A rebuilt source restarts zxids low: a checkpoint remembered
-            // from the old one must not hold the new ones back.
-            self.status.update(|s| s.checkpoint = None);
-        }
-        if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
-            // Another instance may have led since this one last did.
-            self.status.update(|s| {
-                if s.checkpoint.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
-                    self.metrics.checkpoint_zxid.set(c.source_zxid);
-                    s.checkpoint = Some(c.clone());
-                }
-            });
-        }
-
+        let start = self.resync_start(&src, &tgt, reason).await?;
         let scan_started = Instant::now();
-        let scan_target = || async {
-            tree::scan(&tgt, &self.target.path, self.limits.max_in_flight, |rel| {
-                !route.filter.excluded(rel)
-            })
-            .await
-            .map_err(|source| Interrupted {
-                side: Side::Target,
-                source,
-            })
-        };
-        // A full copy into an empty target writes while it reads (see
-        // `stream_copy`); the plan would be "create everything" anyway.
-        let full_target = match resume_from {
-            None => Some(scan_target().await?),
-            Some(_) => None,
-        };
-        let streaming = full_target.as_ref().is_some_and(|t| t.is_empty()) && route.config.include == ["**"];
-        let (source, streamed) = if streaming {
-            self.ensure_target_parent(&tgt).await?;
-            self.stream_copy(lease, &src).await?
-        } else {
-            let source = tree::scan(&src, &route.source.path, self.limits.max_in_flight, |rel| {
-                !route.filter.excluded(rel)
-            })
-            .await
-            .map_err(|source| Interrupted {
-                side: Side::Source,
-                source,
-            })?;
-            (source, 0)
-        };
-        for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
-            self.report_unreadable(rel);
-        }
-        // Managed nodes in the target, when it was scanned.
-        let mut in_target = 0;
-        let ops = match resume_from {
-            Some(c) if !source.is_empty() => self.resume_plan(&tgt, &source, c).await?,
-            _ if streaming => Vec::new(),
-            _ => {
-                let target = match full_target {
-                    Some(t) => t,
-                    None => scan_target().await?,
-                };
-                in_target = target.keys().filter(|rel| route.filter.managed(rel)).count();
-                plan::plan(route, &source, &target)
-            }
-        };
-        let mirrored_in_source = source
-            .iter()
-            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
-            .count();
-        // The breaker judges a (re)scan like live changes: its deletes, net
-        // of its creates, against what the target mirrored before it — the
-        // scan's count, or for a resume (which reads the target only where
-        // the source changed) the source's count with the plan undone.
-        let creates = ops.iter().filter(|o| matches!(o, Op::Create { .. })).count();
-        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
-        let target_before = match resume_from {
-            _ if streaming => streamed,
-            Some(_) => (mirrored_in_source + deletes).saturating_sub(creates),
-            None => in_target,
-        };
-        self.breaker.lock().unwrap().set_count(target_before, Instant::now());
-        let mut ops = self
-            .hold_mass_deletes(lease, &src, ops, &BTreeMap::new(), source.is_empty())
-            .await?;
-        // Target versions kept by policy stay, unless the source changed
-        // the node since (which ends the keep).
-        let mut ended = Vec::new();
-        ops.retain(|op| {
-            let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
-            match self.status.keeps(op.rel(), source_mzxid) {
-                Some(true) => false,
-                Some(false) => {
-                    ended.push(op.rel().to_string());
-                    true
-                }
-                None => true,
-            }
-        });
-        let kept_dir = crate::znodes::kept_dir(meta, route.name(), &self.target.ensemble);
-        for rel in ended {
-            let _ = conflict::unpersist_kept(&tgt, &kept_dir, &rel).await;
-        }
-        if ops
-            .first()
-            .is_some_and(|o| matches!(o, Op::Create { rel, .. } if rel.is_empty()))
-        {
-            self.ensure_target_parent(&tgt).await?;
-        }
-        let planned = ops.len() + streamed;
+        let (scanned, ops) = self.scan_and_plan(lease, &src, &tgt, start.resume_from).await?;
+        let ops = self.guard_plan(lease, &src, &tgt, &scanned, ops).await?;
+        let planned = ops.len() + scanned.streamed;
         self.status.update(|s| {
-            s.scanned = source.len() as u64;
+            s.scanned = scanned.source.len() as u64;
             s.planned = planned as u64;
         });
         if !self.status.get().initial_sync_done {
-            // From T on, every write to the target is accounted for: ours
-            // since the resumed checkpoint, or — for a full copy, which runs
-            // before the target watch is armed — ours since this instance
-            // took the lead (its lease node's creation), so that a local
-            // change made during the copy is judged as one.
-            let reference = match resume_from {
-                Some(_) => Some(stored_target_zxid).filter(|z| *z > 0),
-                None => match tgt.check_stat(lease.path()).await {
-                    Ok(Some(stat)) => Some(stat.czxid),
-                    _ => None,
-                },
-            };
-            self.status.update(|s| s.reference_target_zxid = reference);
+            self.note_reference_zxid(lease, &tgt, &start).await;
         }
-        if resume_from.is_some() {
+        if start.resume_from.is_some() {
             self.metrics.resume_writes.inc_by(planned as u64);
         }
         let since = Instant::now();
         let scan_ms = (since - scan_started).as_millis() as u64;
-        let dirty = BTreeMap::new();
         let checkpoint = self.ride_along_checkpoint(None);
-        self.write(lease, ops, &dirty, since, checkpoint).await?;
+        self.write(lease, ops, &BTreeMap::new(), since, checkpoint).await?;
         let write_ms = since.elapsed().as_millis() as u64;
-        if route.config.acls == AclMode::Copy {
-            // A resume looks at nodes changed since C; an ACL-only change
-            // leaves no trace there and is found by the anti-entropy pass
-            // that follows a resume.
-            let acl_rels = source
-                .iter()
-                .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
-                .filter(|(rel, _)| !self.status.is_kept(rel))
-                .map(|(rel, _)| rel.clone())
-                .collect();
-            self.sync_acls(lease, &src, acl_rels).await?;
-        }
-        let sequential_parents: Vec<String> = source
-            .iter()
-            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| path::is_sequential_name(c)))
-            .map(|(rel, _)| rel.clone())
-            .collect();
-        self.align_sequence_counters(lease, &src, sequential_parents).await?;
-        // A first checkpoint has no node to ride along on, and a streamed
-        // copy leaves no batch to carry one: it is written before the sync
-        // counts as done, so that the changes that follow are written blind
-        // (see `reconcile`) instead of a target read later.
-        if let Some(checkpoint) = self.checkpoint_for(self.queue.barrier_completed_by(None)) {
-            self.write_checkpoint(lease, checkpoint).await;
-        }
-        let mirrored = mirrored_in_source;
+        self.finish_resync(lease, &src, &scanned.source, start.resume_from)
+            .await?;
+        let mirrored = scanned.mirrored;
         self.metrics.mirrored.set(mirrored as i64);
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let how = if resume_from.is_some() {
+        let how = if start.resume_from.is_some() {
             "resumed from checkpoint"
         } else {
             "full"
@@ -252,6 +65,247 @@ impl Worker {
                 how,
                 "resync done"
             );
+        }
+        Ok(())
+    }
+
+    /// Learns both ensembles' ids and the stored checkpoint, and decides
+    /// where the resync starts (see [`resume_point`]).
+    async fn resync_start(&self, src: &Client, tgt: &Client, reason: ResyncReason) -> Result<ResyncStart, Interrupted> {
+        let meta = &self.identity.meta_path;
+        let on = |side| move |source| Interrupted { side, source };
+        let source_id = ensemble_id(src, meta, &self.source_zk.acl)
+            .await
+            .map_err(on(Side::Source))?;
+        ensemble_id(tgt, meta, &self.target_zk.acl)
+            .await
+            .map_err(on(Side::Target))?;
+        *self.source_id.lock().unwrap() = Some(source_id.clone());
+        let (stored, stored_target_zxid) = match tgt
+            .get_data(&checkpoint_path(meta, self.route.name(), &self.target.ensemble))
+            .await
+        {
+            // A damaged checkpoint means a full resync, never a guess.
+            Ok((data, stat)) => (serde_json::from_slice::<Checkpoint>(&data).ok(), stat.mzxid),
+            Err(Error::NoNode) => (None, -1),
+            Err(source) => return Err(on(Side::Target)(source)),
+        };
+        let point = resume_point(stored.as_ref(), reason, &source_id);
+        if let ResumePoint::OtherSource(c) = &point {
+            warn!(
+                checkpoint_source = %c.source_ensemble_id,
+                current_source = %source_id,
+                "checkpoint belongs to another source ensemble (rebuilt or re-pointed): full resync"
+            );
+        }
+        // Also when the reason asks for a full scan anyway: a checkpoint
+        // of another source is never taken as this one's.
+        let mismatch = stored.as_ref().is_some_and(|c| c.source_ensemble_id != source_id);
+        self.metrics.resync(if mismatch {
+            ResyncReason::CheckpointMismatch
+        } else {
+            reason
+        });
+        if mismatch || stored.is_none() {
+            // A rebuilt source restarts zxids low: a checkpoint remembered
+            // from the old one must not hold the new ones back.
+            self.status.update(|s| s.checkpoint = None);
+        }
+        if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
+            // Another instance may have led since this one last did.
+            self.status.update(|s| {
+                if s.checkpoint.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
+                    self.metrics.checkpoint_zxid.set(c.source_zxid);
+                    s.checkpoint = Some(c.clone());
+                }
+            });
+        }
+        let resume_from = match point {
+            ResumePoint::From(zxid) => Some(zxid),
+            _ => None,
+        };
+        Ok(ResyncStart {
+            resume_from,
+            stored_target_zxid,
+        })
+    }
+
+    /// Scans the source (and the target where needed) and plans the ops;
+    /// a full copy into an empty target is written while it reads (see
+    /// `stream_copy`), the plan being "create everything" anyway.
+    async fn scan_and_plan(
+        &self,
+        lease: &Lease,
+        src: &Client,
+        tgt: &Client,
+        resume_from: Option<i64>,
+    ) -> Result<(Scanned, Vec<Op>), Interrupted> {
+        let route = &self.route;
+        let scan_target = || async {
+            tree::scan(tgt, &self.target.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted {
+                side: Side::Target,
+                source,
+            })
+        };
+        let full_target = match resume_from {
+            None => Some(scan_target().await?),
+            Some(_) => None,
+        };
+        let streaming = full_target.as_ref().is_some_and(|t| t.is_empty()) && route.config.include == ["**"];
+        let (source, streamed) = if streaming {
+            self.ensure_target_parent(tgt).await?;
+            self.stream_copy(lease, src).await?
+        } else {
+            let source = tree::scan(src, &route.source.path, self.limits.max_in_flight, |rel| {
+                !route.filter.excluded(rel)
+            })
+            .await
+            .map_err(|source| Interrupted {
+                side: Side::Source,
+                source,
+            })?;
+            (source, 0)
+        };
+        for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
+            self.report_unreadable(rel);
+        }
+        // Managed nodes in the target, when it was scanned.
+        let mut in_target = 0;
+        let ops = match resume_from {
+            Some(c) if !source.is_empty() => self.resume_plan(tgt, &source, c).await?,
+            _ if streaming => Vec::new(),
+            _ => {
+                let target = match full_target {
+                    Some(t) => t,
+                    None => scan_target().await?,
+                };
+                in_target = target.keys().filter(|rel| route.filter.managed(rel)).count();
+                plan::plan(route, &source, &target)
+            }
+        };
+        let mirrored = source
+            .iter()
+            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
+            .count();
+        // What the target mirrored before this scan, for the breaker: the
+        // scan's count, or for a resume (which reads the target only where
+        // the source changed) the source's count with the plan undone.
+        let creates = ops.iter().filter(|o| matches!(o, Op::Create { .. })).count();
+        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count();
+        let target_before = match resume_from {
+            _ if streaming => streamed,
+            Some(_) => (mirrored + deletes).saturating_sub(creates),
+            None => in_target,
+        };
+        let scanned = Scanned {
+            source,
+            streamed,
+            mirrored,
+            target_before,
+        };
+        Ok((scanned, ops))
+    }
+
+    /// The planned ops less what the delete breaker holds and what policy
+    /// keeps: the breaker judges a (re)scan like live changes — its
+    /// deletes, net of its creates, against what the target mirrored
+    /// before it; target versions kept by policy stay, unless the source
+    /// changed the node since (which ends the keep).
+    async fn guard_plan(
+        &self,
+        lease: &Lease,
+        src: &Client,
+        tgt: &Client,
+        scanned: &Scanned,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Op>, Interrupted> {
+        let source = &scanned.source;
+        self.breaker
+            .lock()
+            .unwrap()
+            .set_count(scanned.target_before, Instant::now());
+        let mut ops = self
+            .hold_mass_deletes(lease, src, ops, &BTreeMap::new(), source.is_empty())
+            .await?;
+        let mut ended = Vec::new();
+        ops.retain(|op| {
+            let source_mzxid = source.get(op.rel()).map(|n| n.stat.mzxid).unwrap_or(-1);
+            match self.status.keeps(op.rel(), source_mzxid) {
+                Some(true) => false,
+                Some(false) => {
+                    ended.push(op.rel().to_string());
+                    true
+                }
+                None => true,
+            }
+        });
+        let kept_dir = crate::znodes::kept_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
+        for rel in ended {
+            let _ = conflict::unpersist_kept(tgt, &kept_dir, &rel).await;
+        }
+        if ops
+            .first()
+            .is_some_and(|o| matches!(o, Op::Create { rel, .. } if rel.is_empty()))
+        {
+            self.ensure_target_parent(tgt).await?;
+        }
+        Ok(ops)
+    }
+
+    /// From T on, every write to the target is accounted for: ours since
+    /// the resumed checkpoint, or — for a full copy, which runs before the
+    /// target watch is armed — ours since this instance took the lead (its
+    /// lease node's creation), so that a local change made during the copy
+    /// is judged as one.
+    async fn note_reference_zxid(&self, lease: &Lease, tgt: &Client, start: &ResyncStart) {
+        let reference = match start.resume_from {
+            Some(_) => Some(start.stored_target_zxid).filter(|z| *z > 0),
+            None => match tgt.check_stat(lease.path()).await {
+                Ok(Some(stat)) => Some(stat.czxid),
+                _ => None,
+            },
+        };
+        self.status.update(|s| s.reference_target_zxid = reference);
+    }
+
+    /// What follows the writes of a resync: ACLs, sequence counters, and a
+    /// checkpoint where none rode along.
+    async fn finish_resync(
+        &self,
+        lease: &Lease,
+        src: &Client,
+        source: &BTreeMap<String, NodeState>,
+        resume_from: Option<i64>,
+    ) -> Result<(), Interrupted> {
+        let route = &self.route;
+        if route.config.acls == AclMode::Copy {
+            // A resume looks at nodes changed since C; an ACL-only change
+            // leaves no trace there and is found by the anti-entropy pass
+            // that follows a resume.
+            let acl_rels = source
+                .iter()
+                .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
+                .filter(|(rel, _)| !self.status.is_kept(rel))
+                .map(|(rel, _)| rel.clone())
+                .collect();
+            self.sync_acls(lease, src, acl_rels).await?;
+        }
+        let sequential_parents: Vec<String> = source
+            .iter()
+            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| path::is_sequential_name(c)))
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        self.align_sequence_counters(lease, src, sequential_parents).await?;
+        // A first checkpoint has no node to ride along on, and a streamed
+        // copy leaves no batch to carry one: it is written before the sync
+        // counts as done, so that the changes that follow are written blind
+        // (see `reconcile`) instead of a target read later.
+        if let Some(checkpoint) = self.checkpoint_for(self.queue.barrier_completed_by(None)) {
+            self.write_checkpoint(lease, checkpoint).await;
         }
         Ok(())
     }
@@ -434,6 +488,87 @@ impl Worker {
                 side: Side::Target,
                 source,
             }),
+        }
+    }
+}
+
+/// Where a resync starts, and the target zxid of the stored checkpoint.
+struct ResyncStart {
+    /// The checkpoint's source zxid when the resync resumes from it.
+    resume_from: Option<i64>,
+    stored_target_zxid: i64,
+}
+
+/// What a resync's scan found.
+struct Scanned {
+    source: BTreeMap<String, NodeState>,
+    /// Nodes a streaming copy wrote already.
+    streamed: usize,
+    /// Mirrored nodes in the source.
+    mirrored: usize,
+    /// Mirrored nodes in the target before the scan (for the breaker).
+    target_before: usize,
+}
+
+/// Where a resync may start from.
+#[derive(Debug, PartialEq)]
+enum ResumePoint<'a> {
+    /// After this source zxid: the checkpoint is this source's.
+    From(i64),
+    /// From scratch: no checkpoint, or the reason asks for a full scan.
+    Scratch,
+    /// From scratch: the checkpoint is another source ensemble's (rebuilt
+    /// or re-pointed).
+    OtherSource(&'a Checkpoint),
+}
+
+/// Decides where a resync starts. An overflow (changes were dropped) or a
+/// re-created source root (anything may differ) needs a full compare; a
+/// checkpoint counts only for the ensemble that wrote it.
+fn resume_point<'a>(stored: Option<&'a Checkpoint>, reason: ResyncReason, source_id: &str) -> ResumePoint<'a> {
+    match (stored, reason) {
+        (_, ResyncReason::Overflow | ResyncReason::SourceRoot) => ResumePoint::Scratch,
+        (Some(c), _) if c.source_ensemble_id == source_id => ResumePoint::From(c.source_zxid),
+        (Some(c), _) => ResumePoint::OtherSource(c),
+        (None, _) => ResumePoint::Scratch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(source: &str, zxid: i64) -> Checkpoint {
+        Checkpoint {
+            version: 1,
+            source_ensemble_id: source.into(),
+            source_zxid: zxid,
+            heartbeat_ts_ms: 0,
+            bridge: "b".into(),
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_resync_resumes_only_from_its_own_sources_checkpoint() {
+        let own = checkpoint("src-1", 42);
+        let other = checkpoint("src-0", 99);
+        assert_eq!(
+            resume_point(Some(&own), ResyncReason::Startup, "src-1"),
+            ResumePoint::From(42)
+        );
+        assert_eq!(
+            resume_point(Some(&own), ResyncReason::SessionExpired, "src-1"),
+            ResumePoint::From(42)
+        );
+        assert_eq!(
+            resume_point(Some(&other), ResyncReason::Startup, "src-1"),
+            ResumePoint::OtherSource(&other)
+        );
+        assert_eq!(resume_point(None, ResyncReason::Startup, "src-1"), ResumePoint::Scratch);
+        // Changes were dropped, or the root was re-created: compare everything.
+        for reason in [ResyncReason::Overflow, ResyncReason::SourceRoot] {
+            assert_eq!(resume_point(Some(&own), reason, "src-1"), ResumePoint::Scratch);
         }
     }
 }

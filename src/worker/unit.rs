@@ -18,11 +18,8 @@ impl Worker {
             .map_err(|e| fail(Side::Source, e, &paths))?;
 
         // Source changes to nodes the checkpoint proves are in the target
-        // (created at or before C) are written blind, without reading the
-        // target first: a round trip saved, which is most of the lag to a
-        // distant region. Nodes created after C are created blind. A blind
-        // write that finds the target otherwise (NoNode, NodeExists) comes
-        // back as "seen changed in the target" and is reconciled with reads.
+        // are written blind (see `blind_write`); the others are checked
+        // against the target's current state.
         let checkpoint_c = self.status.get().checkpoint.as_ref().map(|c| c.source_zxid);
         let mut upserts = Vec::new();
         let mut checked: Vec<(&String, &Dirty, Option<NodeState>)> = Vec::new();
@@ -32,30 +29,19 @@ impl Worker {
                 stat,
                 children: Vec::new(),
             });
-            let blind = match (&s, checkpoint_c) {
-                (Some(node), Some(c))
-                    if dirty.seen == Seen::InSource
-                        && dirty.target_read == TargetRead::MayWriteBlind
-                        && dirty.need == Need::Mirror
-                        && plan::is_mirrored(&self.route, rel, node)
-                        && !self.status.is_kept(rel) =>
-                {
-                    Some(c)
-                }
-                _ => None,
-            };
+            let kept = self.status.is_kept(rel);
+            let blind = s
+                .as_ref()
+                .and_then(|node| blind_write(&self.route, rel, dirty, node, checkpoint_c, kept));
             match (blind, s) {
-                (Some(c), Some(node)) => upserts.push(if node.stat.czxid > c {
-                    Op::Create {
-                        rel: rel.clone(),
-                        kind: NodeKind::of(&self.route, &node),
-                        data: node.data,
-                    }
-                } else {
-                    Op::Set {
-                        rel: rel.clone(),
-                        data: node.data,
-                    }
+                (Some(Blind::Create), Some(node)) => upserts.push(Op::Create {
+                    rel: rel.clone(),
+                    kind: NodeKind::of(&self.route, &node),
+                    data: node.data,
+                }),
+                (Some(Blind::Set), Some(node)) => upserts.push(Op::Set {
+                    rel: rel.clone(),
+                    data: node.data,
                 }),
                 (_, s) => checked.push((rel, dirty, s)),
             }
@@ -65,6 +51,27 @@ impl Worker {
             .await
             .map_err(|e| fail(Side::Target, e, &paths))?;
 
+        let Some(mut decided) = self.decide_checked(lease, &tgt, checked, target_nodes).await else {
+            // Stopped by a conflict: nothing more is applied; the unit
+            // waits for the resume.
+            self.queue.requeue(paths);
+            return Ok(());
+        };
+        decided.upserts.extend(upserts);
+        self.commit_unit(lease, unit, &src, &tgt, paths, decided).await
+    }
+
+    /// The ops for paths checked against the target's current state, with
+    /// the conflict policy applied to local changes; `None` when a conflict
+    /// stopped the route.
+    async fn decide_checked(
+        &self,
+        lease: &Lease,
+        tgt: &Client,
+        checked: Vec<(&String, &Dirty, Option<NodeState>)>,
+        target_nodes: Vec<Option<(Vec<u8>, zookeeper_client::Stat)>>,
+    ) -> Option<Decided> {
+        let mut upserts = Vec::new();
         let mut delete_roots = Vec::new();
         let mut root_vanished = false;
         for ((rel, dirty, s), t) in checked.into_iter().zip(target_nodes) {
@@ -91,9 +98,7 @@ impl Worker {
                 if dirty.seen == Seen::InTargetOnly {
                     if !self.on_conflict(lease, rel, s.as_ref(), t.as_ref()).await {
                         if self.status.get().stopped.is_some() {
-                            // Nothing more is applied; the unit waits for the resume.
-                            self.queue.requeue(paths.clone());
-                            return Ok(());
+                            return None;
                         }
                         continue;
                     }
@@ -106,7 +111,7 @@ impl Worker {
                                 self.route.name(),
                                 &self.target.ensemble,
                             );
-                            let _ = conflict::unpersist_kept(&tgt, &dir, rel).await;
+                            let _ = conflict::unpersist_kept(tgt, &dir, rel).await;
                         }
                         None => {}
                     }
@@ -122,26 +127,55 @@ impl Worker {
             }
         }
 
+        Some(Decided {
+            upserts,
+            delete_roots,
+            root_vanished,
+        })
+    }
+
+    /// Writes a unit's ops — deletes expanded to the target subtree, the
+    /// breaker's holds taken out — then its ACLs and sequence counters.
+    async fn commit_unit(
+        &self,
+        lease: &Lease,
+        unit: u64,
+        src: &Client,
+        tgt: &Client,
+        paths: Vec<(String, Dirty)>,
+        decided: Decided,
+    ) -> Result<(), (Interrupted, Vec<(String, Dirty)>)> {
+        let Decided {
+            mut upserts,
+            delete_roots,
+            root_vanished,
+        } = decided;
+        let fail = |side, source, paths: &Vec<(String, Dirty)>| (Interrupted { side, source }, paths.clone());
         let deletes = self
-            .subtree_deletes(&tgt, delete_roots)
+            .subtree_deletes(tgt, delete_roots)
             .await
             .map_err(|e| fail(Side::Target, e, &paths))?;
         if upserts.first().is_some_and(|o| o.rel().is_empty()) {
-            self.ensure_target_parent(&tgt).await.map_err(|e| (e, paths.clone()))?;
+            self.ensure_target_parent(tgt).await.map_err(|e| (e, paths.clone()))?;
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
         upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
         let ops: Vec<Op> = deletes.into_iter().chain(upserts).collect();
         let ops = self
-            .hold_mass_deletes(lease, &src, ops, &dirty, root_vanished)
+            .hold_mass_deletes(lease, src, ops, &dirty, root_vanished)
             .await
             .map_err(|e| (e, paths.clone()))?;
         let checkpoint = self.ride_along_checkpoint(Some(unit));
         self.write(lease, ops, &dirty, Instant::now(), checkpoint)
             .await
             .map_err(|e| (e, paths.clone()))?;
-        let acl_rels = rels.into_iter().filter(|rel| !self.status.is_kept(rel)).collect();
-        self.sync_acls(lease, &src, acl_rels)
+        let acl_rels = paths
+            .iter()
+            .map(|(rel, _)| rel)
+            .filter(|rel| !self.status.is_kept(rel))
+            .cloned()
+            .collect();
+        self.sync_acls(lease, src, acl_rels)
             .await
             .map_err(|e| (e, paths.clone()))?;
         let parents: std::collections::BTreeSet<String> = paths
@@ -149,8 +183,119 @@ impl Worker {
             .filter(|(rel, _)| path::is_sequential_name(rel))
             .filter_map(|(rel, _)| parent(rel).map(str::to_string))
             .collect();
-        self.align_sequence_counters(lease, &src, parents.into_iter().collect())
+        self.align_sequence_counters(lease, src, parents.into_iter().collect())
             .await
             .map_err(|e| (e, paths))
+    }
+}
+
+/// What `decide_checked` found to write.
+struct Decided {
+    upserts: Vec<Op>,
+    /// Paths whose target subtree is deleted.
+    delete_roots: Vec<String>,
+    /// The route root is gone from the source.
+    root_vanished: bool,
+}
+
+/// How a source change is written without reading the target first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blind {
+    Create,
+    Set,
+}
+
+/// Whether a source change is written without reading the target first,
+/// and how: the checkpoint C proves what the target holds — a node created
+/// at or before C is there (a set), one created after C is not (a create).
+/// A round trip saved, which is most of the lag to a distant region. Not
+/// for a change seen in the target, a path whose blind write already
+/// failed (see `Refusal`), scaffolding, a node the route does not mirror,
+/// or a target version kept by policy: those are read first.
+fn blind_write(
+    route: &Route,
+    rel: &str,
+    dirty: &Dirty,
+    node: &NodeState,
+    checkpoint_c: Option<i64>,
+    kept: bool,
+) -> Option<Blind> {
+    let c = checkpoint_c?;
+    let blind = dirty.seen == Seen::InSource
+        && dirty.target_read == TargetRead::MayWriteBlind
+        && dirty.need == Need::Mirror
+        && plan::is_mirrored(route, rel, node)
+        && !kept;
+    match (blind, node.stat.czxid > c) {
+        (false, _) => None,
+        (true, true) => Some(Blind::Create),
+        (true, false) => Some(Blind::Set),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node created at `czxid`.
+    fn node(czxid: i64, owner: i64) -> NodeState {
+        crate::tree::test_node("data", (czxid, czxid, 1), owner)
+    }
+
+    #[test]
+    fn the_checkpoint_decides_what_is_written_blind() {
+        let route = crate::config::test_route("exclude = [\"tmp\"]");
+        let marked = Dirty::unmarked(Instant::now());
+        let c = Some(100);
+        assert_eq!(
+            blind_write(&route, "a", &marked, &node(50, 0), c, false),
+            Some(Blind::Set)
+        );
+        assert_eq!(
+            blind_write(&route, "a", &marked, &node(150, 0), c, false),
+            Some(Blind::Create),
+            "created after the checkpoint: not in the target yet"
+        );
+        assert_eq!(
+            blind_write(&route, "a", &marked, &node(50, 0), None, false),
+            None,
+            "no checkpoint"
+        );
+        assert_eq!(
+            blind_write(&route, "a", &marked, &node(50, 0), c, true),
+            None,
+            "kept by policy"
+        );
+        assert_eq!(
+            blind_write(&route, "tmp", &marked, &node(50, 0), c, false),
+            None,
+            "excluded"
+        );
+        assert_eq!(
+            blind_write(&route, "e", &marked, &node(50, 7), c, false),
+            None,
+            "ephemeral, skipped"
+        );
+        let read_first = [
+            Dirty {
+                seen: Seen::InTargetOnly,
+                ..marked
+            },
+            Dirty {
+                target_read: TargetRead::ReadFirst,
+                ..marked
+            },
+            Dirty {
+                need: Need::Exist,
+                ..marked
+            },
+        ];
+        for dirty in read_first {
+            assert_eq!(
+                blind_write(&route, "a", &dirty, &node(50, 0), c, false),
+                None,
+                "{dirty:?}"
+            );
+        }
     }
 }
