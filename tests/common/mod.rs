@@ -876,25 +876,164 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
     }
 }
 
-/// Waits until `zkbridge diff` finds nothing for the bridge's config.
+/// Waits until every target of every route in `config` mirrors its source,
+/// judged with plain reads (see [`RouteRule`]), never with zkbridge's own
+/// `plan` or `diff`. Connects with the ensembles' digest credentials; for
+/// TLS or SASL ensembles a test compares with its own clients
+/// ([`await_mirror`]).
 pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    loop {
-        match zkbridge::diff::diff(config, None)
-            .await
-            .map(|d| d.into_iter().filter(|d| d.is_drift()).collect::<Vec<_>>())
-        {
-            Ok(d) if d.is_empty() => return,
-            Ok(d) if Instant::now() > deadline => {
-                panic!(
-                    "not in sync after {timeout:?}: {} difference(s), first: {:?}",
-                    d.len(),
-                    &d[..d.len().min(5)]
-                )
+    for route in &config.routes {
+        let rule = RouteRule::of(route);
+        let src = plain_client(config, &route.source.ensemble).await;
+        for target in &route.targets {
+            let dst = plain_client(config, &target.ensemble).await;
+            loop {
+                let Some(difference) = rule.difference(&src, &route.source.path, &dst, &target.path).await else {
+                    break;
+                };
+                assert!(
+                    Instant::now() < deadline,
+                    "route {} not in sync into {} after {timeout:?}: {difference}",
+                    route.name(),
+                    target.ensemble
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) if Instant::now() > deadline => panic!("diff failed: {e:#}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// A client of a configured ensemble, with its digest credentials if any.
+async fn plain_client(config: &zkbridge::config::Resolved, ensemble: &str) -> Client {
+    let e = config.ensemble(ensemble);
+    assert!(
+        e.tls.is_none() && e.sasl.is_none(),
+        "ensemble {ensemble} uses TLS or SASL: compare with the test's own clients (await_mirror)"
+    );
+    let digest = match (&e.digest, &e.digest_file) {
+        (Some(secret), _) => Some(secret.expose().to_string()),
+        (None, Some(file)) => Some(std::fs::read_to_string(file).unwrap().trim().to_string()),
+        (None, None) => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut connector = Client::connector().with_session_timeout(Duration::from_secs(10));
+        if let Some(digest) = &digest {
+            connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        match connector.connect(&e.connect).await {
+            Ok(c) => return c,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("test client: connect to {ensemble} failed ({err}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("cannot connect to {ensemble}: {err}"),
+        }
+    }
+}
+
+/// What a route promises, as the documentation states it, rebuilt here
+/// from the route's settings — globs, ephemerals, deletes, ACLs — without
+/// zkbridge's code: a node is mirrored when it matches an include glob and
+/// neither it nor an ancestor matches an exclude glob; an ancestor of a
+/// mirrored node exists in the target; with `deletes = "propagate"` nothing
+/// else that the route manages is in the target.
+pub struct RouteRule {
+    include: globset::GlobSet,
+    exclude: globset::GlobSet,
+    ephemerals: zkbridge::config::EphemeralMode,
+    keep_deletes: bool,
+    acls: bool,
+}
+
+impl RouteRule {
+    pub fn of(route: &zkbridge::config::Route) -> RouteRule {
+        let set = |globs: &[String]| {
+            let mut set = globset::GlobSetBuilder::new();
+            for g in globs {
+                set.add(globset::GlobBuilder::new(g).literal_separator(true).build().unwrap());
+            }
+            set.build().unwrap()
+        };
+        RouteRule {
+            include: set(&route.config.include),
+            exclude: set(&route.config.exclude),
+            ephemerals: route.config.ephemerals,
+            keep_deletes: route.config.deletes == zkbridge::config::DeleteMode::Keep,
+            acls: route.config.acls == zkbridge::config::AclMode::Copy,
+        }
+    }
+
+    fn excluded(&self, rel: &str) -> bool {
+        let mut prefix = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if self.exclude.is_match(&prefix) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn managed(&self, rel: &str) -> bool {
+        rel.is_empty() || (self.include.is_match(rel) && !self.excluded(rel))
+    }
+
+    /// The first way the target under `dst_root` fails the route's promise
+    /// for the source under `src_root`, or `None`.
+    pub async fn difference(&self, src: &Client, src_root: &str, dst: &Client, dst_root: &str) -> Option<String> {
+        use zkbridge::config::EphemeralMode;
+        let source = read_subtree(src, src_root, false).await;
+        let target = read_subtree(dst, dst_root, false).await;
+        let mut mirrored = std::collections::BTreeSet::new();
+        for (rel, node) in &source {
+            if !self.managed(rel) || (node.ephemeral && self.ephemerals == EphemeralMode::Skip) {
+                continue;
+            }
+            mirrored.insert(rel.as_str());
+            let Some(twin) = target.get(rel) else {
+                return Some(format!("{rel:?} missing in the target"));
+            };
+            if twin.data != node.data {
+                return Some(format!("{rel:?} has other data in the target"));
+            }
+            if self.acls && twin.acl != node.acl {
+                return Some(format!(
+                    "{rel:?} has another ACL in the target: {} vs {}",
+                    twin.acl, node.acl
+                ));
+            }
+            let ephemeral_wanted = node.ephemeral && self.ephemerals == EphemeralMode::Ephemeral;
+            if !rel.is_empty() && twin.ephemeral != ephemeral_wanted {
+                return Some(format!("{rel:?} is ephemeral in only one of the two"));
+            }
+        }
+        // Scaffolding: the ancestors of mirrored nodes.
+        let mut scaffold = std::collections::BTreeSet::new();
+        for rel in &mirrored {
+            let mut up = *rel;
+            while let Some((parent, _)) = up.rsplit_once('/') {
+                scaffold.insert(parent);
+                up = parent;
+            }
+            if !rel.is_empty() {
+                scaffold.insert("");
+            }
+        }
+        if let Some(rel) = scaffold.iter().find(|rel| !target.contains_key(**rel)) {
+            return Some(format!("{rel:?} (an ancestor of mirrored nodes) missing in the target"));
+        }
+        if self.keep_deletes {
+            return None;
+        }
+        target
+            .keys()
+            .find(|rel| self.managed(rel) && !mirrored.contains(rel.as_str()) && !scaffold.contains(rel.as_str()))
+            .map(|rel| format!("{rel:?} is in the target only"))
     }
 }
 
@@ -958,12 +1097,15 @@ pub async fn mirror_difference(
 ) -> Option<String> {
     let source = read_subtree(src, src_root, compare.skip_ephemerals).await;
     let target = read_subtree(dst, dst_root, false).await;
-    for (rel, (data, acl)) in &source {
+    for (rel, node) in &source {
         match target.get(rel) {
             None => return Some(format!("{rel:?} missing in the target")),
-            Some((d, _)) if d != data => return Some(format!("{rel:?} has other data in the target")),
-            Some((_, a)) if compare.acls && a != acl => {
-                return Some(format!("{rel:?} has another ACL in the target: {a} vs {acl}"))
+            Some(t) if t.data != node.data => return Some(format!("{rel:?} has other data in the target")),
+            Some(t) if compare.acls && t.acl != node.acl => {
+                return Some(format!(
+                    "{rel:?} has another ACL in the target: {} vs {}",
+                    t.acl, node.acl
+                ))
             }
             _ => {}
         }
@@ -996,13 +1138,18 @@ pub async fn await_mirror(
     }
 }
 
-/// Relative path → (data, ACL as text) of every node under `root`, read one
-/// by one. Nodes deleted during the walk are left out.
-async fn read_subtree(
-    c: &Client,
-    root: &str,
-    skip_ephemerals: bool,
-) -> std::collections::BTreeMap<String, (Vec<u8>, String)> {
+/// A node as plain reads see it.
+pub struct PlainNode {
+    pub data: Vec<u8>,
+    /// The ACL, as text.
+    pub acl: String,
+    pub ephemeral: bool,
+}
+
+/// Relative path → node, for every node under `root`, read one by one.
+/// Nodes deleted during the walk are left out; so is zkbridge's own
+/// `/zkbridge` and ZooKeeper's `/zookeeper`, which are part of no mirror.
+async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::collections::BTreeMap<String, PlainNode> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
@@ -1040,7 +1187,8 @@ async fn read_subtree(
             Err(zookeeper_client::Error::NoNode) => continue,
             Err(e) => panic!("list {path}: {e}"),
         }
-        out.insert(rel, (data, acl));
+        let ephemeral = stat.ephemeral_owner != 0;
+        out.insert(rel, PlainNode { data, acl, ephemeral });
     }
     out
 }
