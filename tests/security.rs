@@ -89,10 +89,12 @@ async fn mirrors_into_a_mutual_tls_ensemble_and_refuses_what_does_not_match() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let bridge = Bridge::start(&good);
-    await_in_sync(&bridge.config(), CONVERGE).await;
+    let _bridge = Bridge::start(&good);
+    // Judged through the server's plaintext port, as any reader would.
+    let t = dst.client().await;
+    await_mirror(&s, "/app", &t, "/app", Compare::default(), CONVERGE).await;
     create(&s, "/app/after", b"over tls").await;
-    await_in_sync(&bridge.config(), CONVERGE).await;
+    await_mirror(&s, "/app", &t, "/app", Compare::default(), CONVERGE).await;
 
     // A server certificate from a CA we do not trust.
     let (code, _, err) = zkbridge(

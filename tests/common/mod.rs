@@ -878,8 +878,8 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
 
 /// Waits until every target of every route in `config` mirrors its source,
 /// judged with plain reads (see [`RouteRule`]), never with zkbridge's own
-/// `plan` or `diff`. Connects with the ensembles' digest credentials; for
-/// TLS or SASL ensembles a test compares with its own clients
+/// `plan` or `diff`. Connects with the ensembles' digest or SASL
+/// credentials; for a TLS ensemble a test compares with its own clients
 /// ([`await_mirror`]).
 pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -904,13 +904,21 @@ pub async fn await_in_sync(config: &zkbridge::config::Resolved, timeout: Duratio
     }
 }
 
-/// A client of a configured ensemble, with its digest credentials if any.
+/// A client of a configured ensemble, with its digest or SASL credentials.
 async fn plain_client(config: &zkbridge::config::Resolved, ensemble: &str) -> Client {
     let e = config.ensemble(ensemble);
     assert!(
-        e.tls.is_none() && e.sasl.is_none(),
-        "ensemble {ensemble} uses TLS or SASL: compare with the test's own clients (await_mirror)"
+        e.tls.is_none(),
+        "ensemble {ensemble} uses TLS: compare with the test's own clients (await_mirror)"
     );
+    let sasl = e.sasl.as_ref().map(|sasl| {
+        let password = match (&sasl.password, &sasl.password_file) {
+            (Some(p), _) => p.expose().to_string(),
+            (None, Some(file)) => std::fs::read_to_string(file).unwrap().trim().to_string(),
+            (None, None) => panic!("ensemble {ensemble}: SASL without a password"),
+        };
+        (sasl.username.clone(), password)
+    });
     let digest = match (&e.digest, &e.digest_file) {
         (Some(secret), _) => Some(secret.expose().to_string()),
         (None, Some(file)) => Some(std::fs::read_to_string(file).unwrap().trim().to_string()),
@@ -921,6 +929,9 @@ async fn plain_client(config: &zkbridge::config::Resolved, ensemble: &str) -> Cl
         let mut connector = Client::connector().with_session_timeout(Duration::from_secs(10));
         if let Some(digest) = &digest {
             connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        if let Some((user, password)) = &sasl {
+            connector = connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(user.clone(), password.clone()));
         }
         match connector.connect(&e.connect).await {
             Ok(c) => return c,
