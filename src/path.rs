@@ -17,6 +17,14 @@ pub fn join(base: &str, relative: &str) -> String {
     }
 }
 
+/// Relative path of the child `name` of the relative path `parent`.
+pub fn child(parent: &str, name: &str) -> String {
+    match parent {
+        "" => name.to_string(),
+        p => format!("{p}/{name}"),
+    }
+}
+
 /// Path of `absolute` relative to `base`, or `None` when it is outside.
 pub fn relative<'a>(base: &str, absolute: &'a str) -> Option<&'a str> {
     if absolute == base {

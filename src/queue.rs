@@ -377,7 +377,9 @@ impl TargetQueue {
     /// A resync is handed out once no unit is in flight, and nothing else
     /// until it settles (its scan covers every change marked before it
     /// started); paths that are in a unit still in flight wait for it to
-    /// settle.
+    /// settle. One function on purpose: every step reads and changes the
+    /// same state under one lock, and split up it would take the lock per
+    /// step and see the state move in between.
     pub fn take(&self, max: usize) -> Option<Work> {
         let mut st = self.state.lock().unwrap();
         if st.resync_active {

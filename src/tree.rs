@@ -185,11 +185,7 @@ async fn scan_inner(
                 (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { mut children })) => {
                     children.sort_unstable();
                     for child in &children {
-                        let child_rel = if rel.is_empty() {
-                            child.clone()
-                        } else {
-                            format!("{rel}/{child}")
-                        };
+                        let child_rel = crate::path::child(&rel, child);
                         if descend(&child_rel) {
                             frontier.push_back(child_rel);
                         } else {

@@ -19,6 +19,16 @@ pub struct Checkpoint {
     pub updated_ms: i64,
 }
 
+impl Checkpoint {
+    /// Whether this checkpoint moves the known position on. Units commit
+    /// out of order: an older checkpoint committed after a newer one must
+    /// not move it back. One of another source ensemble (a rebuilt or
+    /// re-pointed source restarts zxids low) replaces it whatever its zxid.
+    pub fn supersedes(&self, known: Option<&Checkpoint>) -> bool {
+        known.is_none_or(|k| k.source_ensemble_id != self.source_ensemble_id || k.source_zxid < self.source_zxid)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub bridge: String,
@@ -208,4 +218,33 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(source: &str, zxid: i64) -> Checkpoint {
+        Checkpoint {
+            version: 1,
+            source_ensemble_id: source.into(),
+            source_zxid: zxid,
+            heartbeat_ts_ms: 0,
+            bridge: "b".into(),
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_known_checkpoint_only_moves_forward_within_one_source() {
+        let known = checkpoint("a", 100);
+        assert!(checkpoint("a", 1).supersedes(None));
+        assert!(checkpoint("a", 101).supersedes(Some(&known)));
+        assert!(!checkpoint("a", 100).supersedes(Some(&known)), "the same position");
+        assert!(!checkpoint("a", 99).supersedes(Some(&known)), "committed late, older");
+        assert!(
+            checkpoint("b", 5).supersedes(Some(&known)),
+            "a rebuilt source starts low"
+        );
+    }
 }

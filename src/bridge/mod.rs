@@ -175,7 +175,8 @@ impl crate::http::Served for Bridge {
 }
 
 /// Starts every session, capture and worker. Returns the shared state and
-/// the tasks to await on shutdown.
+/// the tasks to await on shutdown. Long but straight: the wiring of every
+/// part, in the order the parts need each other.
 pub fn start(
     config: &Resolved,
     metrics: Arc<Metrics>,

@@ -190,16 +190,34 @@ impl Switchover<'_> {
 
     async fn run(&self) -> ExitCode {
         let route = &self.members.route;
-        let old = self.current.primary.clone();
-        let old_client = self.members.client(&old);
-        let old_path = route.member(&old).expect("a member").path.clone();
         println!(
-            "switchover of {}: {old} -> {} (epoch {} -> {})",
+            "switchover of {}: {} -> {} (epoch {} -> {})",
             route.name(),
+            self.current.primary,
             self.to,
             self.current.epoch,
             self.current.epoch + 1
         );
+        let (originals, window) = match self.freeze_primary().await {
+            Ok(frozen) => frozen,
+            Err(code) => return code,
+        };
+        let flipped = match self.drain_verify_flip(&originals).await {
+            Ok(flipped) => flipped,
+            Err(abort) => return self.abort(abort).await,
+        };
+        let step = Step::start("translate positions");
+        let translated = self.translate(&flipped).await;
+        step.done(&translated);
+        self.unfreeze(&flipped, &originals, window).await
+    }
+
+    /// Makes the primary's mirrored nodes read-only, recording their ACLs
+    /// first; returns them and when the write freeze began.
+    async fn freeze_primary(&self) -> Result<(freeze::AclRecord, std::time::Instant), ExitCode> {
+        let route = &self.members.route;
+        let old = &self.current.primary;
+        let old_path = &route.member(old).expect("a member").path;
         let step = Step::start("freeze");
         let record = FrozenRecord {
             epoch: self.current.epoch,
@@ -208,18 +226,21 @@ impl Switchover<'_> {
             by: self.resolved.config.bridge.id.clone(),
             ts_ms: now_ms(),
         };
-        let meta_acl = store::acl(&self.resolved.ensemble(&old).acl());
+        let meta_acl = store::acl(&self.resolved.ensemble(old).acl());
         let frozen = freeze::freeze(
-            old_client,
+            self.members.client(old),
             (self.meta(), route.name()),
-            &old_path,
+            old_path,
             &record,
             &route.config.freeze_acl(),
             (&meta_acl, self.in_flight()),
         )
         .await;
-        let (originals, window) = match frozen {
-            Ok(found) => found,
+        match frozen {
+            Ok((originals, window)) => {
+                step.done(&format!("{} nodes read-only in {old}", originals.len()));
+                Ok((originals, window))
+            }
             Err(e)
                 if e.error == zookeeper_client::Error::NodeExists
                     && e.path == frozen_path(self.meta(), route.name()) =>
@@ -229,42 +250,30 @@ impl Switchover<'_> {
                     old,
                     frozen_path(self.meta(), route.name())
                 );
-                return ExitCode::from(2);
+                Err(ExitCode::from(2))
             }
-            Err(e) => return self.abort(Abort(format!("freeze: {e}"))).await,
-        };
-        step.done(&format!("{} nodes read-only in {old}", originals.len()));
+            Err(e) => Err(self.abort(Abort(format!("freeze: {e}"))).await),
+        }
+    }
 
-        let result = self.drain_verify_flip(&originals).await;
-        let flipped = match result {
-            Ok(flipped) => flipped,
-            Err(abort) => return self.abort(abort).await,
-        };
-
-        let step = Step::start("translate positions");
-        let translated = self.translate(&flipped).await;
-        step.done(&translated);
-
+    /// After the flip: the new primary gets its original ACLs back, the old
+    /// one becomes a mirror, and the write-unavailable window is recorded.
+    async fn unfreeze(&self, flipped: &Flipped, originals: &freeze::AclRecord, window: std::time::Instant) -> ExitCode {
+        let route = &self.members.route;
+        let old = &self.current.primary;
+        let old_client = self.members.client(old);
+        let old_path = &route.member(old).expect("a member").path;
         let step = Step::start("unfreeze");
-        let to_path = route.member(&self.to).expect("a member").path.clone();
+        let to_path = &route.member(&self.to).expect("a member").path;
         let to_client = self.members.client(&self.to);
-        if let Err(e) = freeze::restore(to_client, &to_path, &originals, (Restore::Always, self.in_flight())).await {
+        if let Err(e) = freeze::restore(to_client, to_path, originals, (Restore::Always, self.in_flight())).await {
             eprintln!("zkbridge switchover: restoring the original ACLs in {}: {e}; run the switchover's unfreeze again with `zkbridge switchover` after fixing it", self.to);
             return ExitCode::from(2);
         }
         let window = window.elapsed();
-        let mirror_acl = mirror_acl(self.resolved, route, &old);
-        let demoted = match &mirror_acl {
-            Some(acl) => freeze::set_all(old_client, &old_path, originals.keys(), acl, self.in_flight()).await,
-            None => {
-                freeze::restore(
-                    old_client,
-                    &old_path,
-                    &originals,
-                    (Restore::IfChanged, self.in_flight()),
-                )
-                .await
-            }
+        let demoted = match mirror_acl(self.resolved, route, old) {
+            Some(acl) => freeze::set_all(old_client, old_path, originals.keys(), &acl, self.in_flight()).await,
+            None => freeze::restore(old_client, old_path, originals, (Restore::IfChanged, self.in_flight())).await,
         };
         if let Err(e) = demoted {
             eprintln!("zkbridge switchover: setting the mirror ACLs in {old}: {e} (the new primary is writable)");

@@ -70,19 +70,36 @@ impl Worker {
             }
             (admission.allowed, Some(admission.verdict))
         };
-        // Deletes come children first: the ones that go are whole subtrees
-        // or their lower parts, never a parent whose child is held.
-        let mut allowed_left = allowed;
-        let (held, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| {
-            if !matches!(o, Op::Delete { .. }) {
-                return false;
-            }
-            if allowed_left > 0 {
-                allowed_left -= 1;
-                return false;
-            }
-            true
-        });
+        let (held, rest) = split_held(ops, allowed);
+        let holding = Holding {
+            verdict,
+            root_vanished,
+            tripped,
+            allowed,
+            deletes,
+        };
+        self.park_held(lease, held, dirty, now, holding).await;
+        Ok(rest)
+    }
+
+    /// Parks the held deletes (pending until released or no longer
+    /// needed), says why, and records the trip when it is a new one.
+    async fn park_held(
+        &self,
+        lease: &Lease,
+        held: Vec<Op>,
+        dirty: &BTreeMap<String, Dirty>,
+        now: Instant,
+        holding: Holding,
+    ) {
+        let config = &self.route.config;
+        let Holding {
+            verdict,
+            root_vanished,
+            tripped,
+            allowed,
+            deletes,
+        } = holding;
         let why = match &verdict {
             _ if root_vanished => "the source root vanished (allow_root_delete = false)".to_string(),
             Some(v) => format!(
@@ -118,8 +135,8 @@ impl Worker {
             held_paths.insert(rel);
         }
         // Units run concurrently: several may have found the breaker
-        // untripped above; every one adds to the held set, and only the
-        // first records the trip.
+        // untripped; every one adds to the held set, and only the first
+        // records the trip.
         let first_trip = {
             let mut hold = self.hold.lock().unwrap();
             let first = hold.trip.is_none();
@@ -143,7 +160,6 @@ impl Worker {
             self.status.update(|s| s.breaker = Some(record));
             self.record_trip(lease).await;
         }
-        Ok(rest)
     }
 
     /// Writes the trip's stop record, where `zkbridge resume` finds it.
@@ -238,6 +254,36 @@ impl Worker {
             Some(event) => event.event_type == EventType::NodeDeleted,
         }
     }
+}
+
+/// Why deletes are held, for the log and the stop record.
+struct Holding {
+    verdict: Option<crate::breaker::Verdict>,
+    root_vanished: bool,
+    /// The breaker had tripped before these ops.
+    tripped: bool,
+    /// Deletes let through.
+    allowed: usize,
+    /// Deletes judged.
+    deletes: usize,
+}
+
+/// Splits `ops` into the deletes held and the rest, letting the first
+/// `allowed` deletes through. Deletes come children first: the ones that go
+/// are whole subtrees or their lower parts, never a parent whose child is
+/// held.
+fn split_held(ops: Vec<Op>, allowed: usize) -> (Vec<Op>, Vec<Op>) {
+    let mut allowed_left = allowed;
+    ops.into_iter().partition(|o| {
+        if !matches!(o, Op::Delete { .. }) {
+            return false;
+        }
+        if allowed_left > 0 {
+            allowed_left -= 1;
+            return false;
+        }
+        true
+    })
 }
 
 /// Deletes the breaker keeps back, and those an operator let go.

@@ -69,15 +69,11 @@ impl Worker {
             source_zxid: checkpoint.source_zxid,
             ts_ms: checkpoint.heartbeat_ts_ms,
         };
-        // Units commit out of order: an older checkpoint committed after a
-        // newer one must not move the known position back.
         let zxid = checkpoint.source_zxid;
         let mut newer = false;
         self.status.update(|s| {
             s.reference_target_zxid.get_or_insert(target_zxid);
-            newer = s.checkpoint.as_ref().is_none_or(|k| {
-                k.source_ensemble_id != checkpoint.source_ensemble_id || k.source_zxid < checkpoint.source_zxid
-            });
+            newer = checkpoint.supersedes(s.checkpoint.as_ref());
             if newer {
                 s.checkpoint = Some(checkpoint);
             }

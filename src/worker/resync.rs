@@ -114,7 +114,7 @@ impl Worker {
         if let Some(c) = stored.as_ref().filter(|_| !mismatch) {
             // Another instance may have led since this one last did.
             self.status.update(|s| {
-                if s.checkpoint.as_ref().is_none_or(|k| k.source_zxid < c.source_zxid) {
+                if c.supersedes(s.checkpoint.as_ref()) {
                     self.metrics.checkpoint_zxid.set(c.source_zxid);
                     s.checkpoint = Some(c.clone());
                 }
@@ -390,18 +390,7 @@ impl Worker {
             .into_iter()
             .map(|rel| {
                 let n = &source[&rel];
-                if n.stat.czxid > c {
-                    Op::Create {
-                        kind: NodeKind::of(route, n),
-                        data: n.data.clone(),
-                        rel,
-                    }
-                } else {
-                    Op::Set {
-                        data: n.data.clone(),
-                        rel,
-                    }
-                }
+                super::unit::Blind::of(n, c).op(route, rel, n, n.data.clone())
             })
             .collect();
         self.metrics.resume_scanned.inc_by(source.len() as u64);
@@ -435,29 +424,7 @@ impl Worker {
                 upserts.push(op);
             }
         }
-        let mut delete_roots = Vec::new();
-        for parent_rel in &reparented {
-            let Some(listed) = target_lists.get(parent_rel) else {
-                continue;
-            };
-            for child in &listed.children {
-                let rel = if parent_rel.is_empty() {
-                    child.clone()
-                } else {
-                    format!("{parent_rel}/{child}")
-                };
-                let present = NodeState {
-                    data: Vec::new(),
-                    stat: listed.stat,
-                    children: Vec::new(),
-                };
-                if let Some(Op::Delete { rel }) =
-                    plan::decide(route, &rel, source.get(&rel), Some(&present), Need::Mirror)
-                {
-                    delete_roots.push(rel);
-                }
-            }
-        }
+        let delete_roots = deletes_under(route, source, &reparented, &target_lists);
         let mut ops = self.subtree_deletes(tgt, delete_roots).await.map_err(fail)?;
         self.metrics.resume_reads.inc_by(ops.len() as u64);
         upserts.sort_by(|a, b| a.rel().cmp(b.rel()));
@@ -490,6 +457,30 @@ impl Worker {
             }),
         }
     }
+}
+
+/// The target children of `reparented` nodes that the source no longer
+/// has (or no longer mirrors): the roots of the subtrees to delete.
+fn deletes_under(route: &Route, source: &tree::Tree, reparented: &[String], target_lists: &tree::Tree) -> Vec<String> {
+    let mut roots = Vec::new();
+    for parent_rel in reparented {
+        let Some(listed) = target_lists.get(parent_rel) else {
+            continue;
+        };
+        for child in &listed.children {
+            let rel = path::child(parent_rel, child);
+            let present = NodeState {
+                data: Vec::new(),
+                stat: listed.stat,
+                children: Vec::new(),
+            };
+            if let Some(Op::Delete { rel }) = plan::decide(route, &rel, source.get(&rel), Some(&present), Need::Mirror)
+            {
+                roots.push(rel);
+            }
+        }
+    }
+    roots
 }
 
 /// Where a resync starts, and the target zxid of the stored checkpoint.

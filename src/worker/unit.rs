@@ -34,15 +34,10 @@ impl Worker {
                 .as_ref()
                 .and_then(|node| blind_write(&self.route, rel, dirty, node, checkpoint_c, kept));
             match (blind, s) {
-                (Some(Blind::Create), Some(node)) => upserts.push(Op::Create {
-                    rel: rel.clone(),
-                    kind: NodeKind::of(&self.route, &node),
-                    data: node.data,
-                }),
-                (Some(Blind::Set), Some(node)) => upserts.push(Op::Set {
-                    rel: rel.clone(),
-                    data: node.data,
-                }),
+                (Some(blind), Some(mut node)) => {
+                    let data = std::mem::take(&mut node.data);
+                    upserts.push(blind.op(&self.route, rel.clone(), &node, data));
+                }
                 (_, s) => checked.push((rel, dirty, s)),
             }
         }
@@ -200,18 +195,40 @@ struct Decided {
 
 /// How a source change is written without reading the target first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Blind {
+pub(super) enum Blind {
     Create,
     Set,
 }
 
+impl Blind {
+    /// The checkpoint C proves what the target holds: a node created at or
+    /// before C is there (a set), one created after C is not (a create).
+    pub(super) fn of(node: &NodeState, checkpoint_c: i64) -> Blind {
+        if node.stat.czxid > checkpoint_c {
+            Blind::Create
+        } else {
+            Blind::Set
+        }
+    }
+
+    pub(super) fn op(self, route: &Route, rel: String, node: &NodeState, data: Vec<u8>) -> Op {
+        match self {
+            Blind::Create => Op::Create {
+                kind: NodeKind::of(route, node),
+                data,
+                rel,
+            },
+            Blind::Set => Op::Set { data, rel },
+        }
+    }
+}
+
 /// Whether a source change is written without reading the target first,
-/// and how: the checkpoint C proves what the target holds — a node created
-/// at or before C is there (a set), one created after C is not (a create).
-/// A round trip saved, which is most of the lag to a distant region. Not
-/// for a change seen in the target, a path whose blind write already
-/// failed (see `Refusal`), scaffolding, a node the route does not mirror,
-/// or a target version kept by policy: those are read first.
+/// and how (see [`Blind::of`]): a round trip saved, which is most of the
+/// lag to a distant region. Not for a change seen in the target, a path
+/// whose blind write already failed (see `Refusal`), scaffolding, a node
+/// the route does not mirror, or a target version kept by policy: those
+/// are read first.
 fn blind_write(
     route: &Route,
     rel: &str,
@@ -226,11 +243,7 @@ fn blind_write(
         && dirty.need == Need::Mirror
         && plan::is_mirrored(route, rel, node)
         && !kept;
-    match (blind, node.stat.czxid > c) {
-        (false, _) => None,
-        (true, true) => Some(Blind::Create),
-        (true, false) => Some(Blind::Set),
-    }
+    blind.then(|| Blind::of(node, c))
 }
 
 #[cfg(test)]

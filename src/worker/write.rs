@@ -14,7 +14,9 @@ impl Worker {
     /// batch, sent once every earlier batch is known to have committed, so
     /// the checkpoint commits atomically with the last writes it covers.
     /// When that cannot be (a refused op, nothing to write), it is left to
-    /// `write_checkpoint`.
+    /// `write_checkpoint`. The pipelining loop stays in one function: the
+    /// batches in flight, the held-back last batch and the refused ops are
+    /// state of the one loop.
     pub(super) async fn write(
         &self,
         lease: &Lease,
@@ -25,29 +27,14 @@ impl Worker {
     ) -> Result<(), Interrupted> {
         let base = self.target.path.as_str();
         let acls = self.acl_plan(lease, &ops).await?;
-        // A request over the target's jute.maxbuffer makes the server drop
-        // the connection, every time: such a node would stall the route as
-        // a "network" error. It is held back and kept pending instead.
-        let limit = self.target_zk.max_request_bytes;
-        let (ops, oversized): (Vec<Op>, Vec<Op>) = ops
-            .into_iter()
-            .partition(|op| op.wire_size(base.len()) + REQUEST_OVERHEAD <= limit);
-        for op in oversized {
-            let rel = op.rel().to_string();
-            let path = join(base, &rel);
-            let bytes = op.wire_size(base.len());
-            warn!(%path, bytes, max_request_bytes = limit, "node too large for the target ensemble (its jute.maxbuffer); it stays pending until it shrinks or the limit is raised");
-            self.park_refused(
-                rel.clone(),
-                dirty_or_unmarked(dirty, &rel, since),
-                "too_large",
-                format!("{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"),
-            );
+        let (ops, any_oversized) = self.hold_oversized(ops, dirty, since);
+        if any_oversized {
             // The checkpoint was chosen on the premise that this unit
             // commits in full; it waits for the parked path instead.
             checkpoint = None;
         }
         // A whole batch must fit the target's request limit too.
+        let limit = self.target_zk.max_request_bytes;
         let limits = Limits {
             batch_max_bytes: self
                 .limits
@@ -124,6 +111,32 @@ impl Worker {
             self.write_one(lease, op, dirty, since, &acls).await?;
         }
         Ok(())
+    }
+
+    /// Takes out the ops too large for the target. A request over the
+    /// target's jute.maxbuffer makes the server drop the connection, every
+    /// time: such a node would stall the route as a "network" error. It is
+    /// held back and kept pending instead. `true` when any was.
+    fn hold_oversized(&self, ops: Vec<Op>, dirty: &BTreeMap<String, Dirty>, since: Instant) -> (Vec<Op>, bool) {
+        let base = self.target.path.as_str();
+        let limit = self.target_zk.max_request_bytes;
+        let (ops, oversized): (Vec<Op>, Vec<Op>) = ops
+            .into_iter()
+            .partition(|op| op.wire_size(base.len()) + REQUEST_OVERHEAD <= limit);
+        let any = !oversized.is_empty();
+        for op in oversized {
+            let rel = op.rel().to_string();
+            let path = join(base, &rel);
+            let bytes = op.wire_size(base.len());
+            warn!(%path, bytes, max_request_bytes = limit, "node too large for the target ensemble (its jute.maxbuffer); it stays pending until it shrinks or the limit is raised");
+            self.park_refused(
+                rel.clone(),
+                dirty_or_unmarked(dirty, &rel, since),
+                "too_large",
+                format!("{path}: {bytes} bytes is over the target's max_request_bytes ({limit})"),
+            );
+        }
+        (ops, any)
     }
 
     /// Applies one op alone and sorts out why it failed: races resolve by

@@ -931,7 +931,10 @@ async fn plain_client(config: &zkbridge::config::Resolved, ensemble: &str) -> Cl
             connector = connector.with_auth("digest", digest.as_bytes());
         }
         if let Some((user, password)) = &sasl {
-            connector = connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(user.clone(), password.clone()));
+            connector = connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(
+                user.clone(),
+                password.clone(),
+            ));
         }
         match connector.connect(&e.connect).await {
             Ok(c) => return c,
