@@ -153,6 +153,20 @@ async fn assert_clean(bridge: &Bridge) -> bool {
     }
 }
 
+/// Requests the target server has received from the bridge's target
+/// session so far: that session's `cons` line, found by the owner of the
+/// bridge's lease node. Counts every request the bridge sends — writes,
+/// reads, pings — as the server saw them.
+async fn bridge_requests(dst: &Zk, d: &Client) -> Option<u64> {
+    let leases = "/zkbridge/routes/bench/dst/leases";
+    let lease = d.list_children(leases).await.ok()?.into_iter().next()?;
+    let (_, stat) = d.get_data(&format!("{leases}/{lease}")).await.ok()?;
+    let sid = format!("sid=0x{:x}", stat.ephemeral_owner);
+    let cons = four_letter(dst.servers[0].port, "cons")?;
+    let line = cons.lines().find(|l| l.contains(&sid))?;
+    line.split("recved=").nth(1)?.split(',').next()?.parse().ok()
+}
+
 /// Steady-state lag: sets data on random source nodes at `rate` for
 /// `seconds`; a separate client watching the target reads each changed
 /// node and matches its value to the source write's reply time.
@@ -443,6 +457,16 @@ async fn main() {
         ),
     );
     row(
+        "target requests per source write (steady / 40 ms)",
+        format!(
+            "{} / {}",
+            range("lag_target_requests_per_write", "", 2),
+            range("wan_target_requests_per_write", "", 2)
+        ),
+        "every request the target server received from the bridge's session (its `cons` count): writes, reads, pings"
+            .to_string(),
+    );
+    row(
         "with 40 ms each way: lag p50 / p99 / max",
         format!(
             "{} / {} / {}",
@@ -678,7 +702,14 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
 
     eprintln!("  steady-state lag");
     let d = dst.client().await;
+    let before = bridge_requests(&dst, &d).await;
     let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
+        m.add(
+            "lag_target_requests_per_write",
+            (after - before) as f64 / lag.writes.max(1) as f64,
+        );
+    }
     clean &= assert_clean(&bridge).await;
     m.add("lag_p50_ms", lag.p50_ms);
     m.add("lag_p99_ms", lag.p99_ms);
@@ -711,7 +742,14 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
         nodes.len() as f64 / started.elapsed().as_secs_f64(),
     );
     let d = dst.client().await;
+    let before = bridge_requests(&dst, &d).await;
     let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
+        m.add(
+            "wan_target_requests_per_write",
+            (after - before) as f64 / lag.writes.max(1) as f64,
+        );
+    }
     clean &= assert_clean(&bridge).await;
     m.add("wan_lag_p50_ms", lag.p50_ms);
     m.add("wan_lag_p99_ms", lag.p99_ms);

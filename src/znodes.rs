@@ -220,20 +220,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A checkpoint of `source` at `zxid`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_checkpoint(source: &str, zxid: i64) -> Checkpoint {
+    Checkpoint {
+        version: 1,
+        source_ensemble_id: source.into(),
+        source_zxid: zxid,
+        heartbeat_ts_ms: 0,
+        bridge: "b".into(),
+        updated_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn checkpoint(source: &str, zxid: i64) -> Checkpoint {
-        Checkpoint {
-            version: 1,
-            source_ensemble_id: source.into(),
-            source_zxid: zxid,
-            heartbeat_ts_ms: 0,
-            bridge: "b".into(),
-            updated_ms: 0,
-        }
-    }
+    use super::test_checkpoint as checkpoint;
 
     #[test]
     fn the_known_checkpoint_only_moves_forward_within_one_source() {

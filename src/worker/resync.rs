@@ -528,17 +528,7 @@ fn resume_point<'a>(stored: Option<&'a Checkpoint>, reason: ResyncReason, source
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn checkpoint(source: &str, zxid: i64) -> Checkpoint {
-        Checkpoint {
-            version: 1,
-            source_ensemble_id: source.into(),
-            source_zxid: zxid,
-            heartbeat_ts_ms: 0,
-            bridge: "b".into(),
-            updated_ms: 0,
-        }
-    }
+    use crate::znodes::test_checkpoint as checkpoint;
 
     #[test]
     fn a_resync_resumes_only_from_its_own_sources_checkpoint() {

@@ -1160,49 +1160,59 @@ pub struct PlainNode {
     pub ephemeral: bool,
 }
 
-/// Relative path → node, for every node under `root`, read one by one.
-/// Nodes deleted during the walk are left out; so is zkbridge's own
+/// Relative path → node, for every node under `root`, read with plain
+/// `getData`, `getACL` and `getChildren` calls (many in flight, level by
+/// level). Nodes deleted during the walk are left out; so is zkbridge's own
 /// `/zkbridge` and ZooKeeper's `/zookeeper`, which are part of no mirror.
 async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::collections::BTreeMap<String, PlainNode> {
+    use futures::stream::StreamExt;
     let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let path = match (root, rel.as_str()) {
-            (r, "") => r.to_string(),
-            ("/", r) => format!("/{r}"),
-            (b, r) => format!("{b}/{r}"),
-        };
-        if path == "/zookeeper" || path == "/zkbridge" || path.starts_with("/zkbridge/") {
-            continue;
-        }
-        let (data, stat) = match c.get_data(&path).await {
-            Ok(found) => found,
-            Err(zookeeper_client::Error::NoNode) => continue,
-            Err(e) => panic!("get {path}: {e}"),
-        };
-        if skip_ephemerals && stat.ephemeral_owner != 0 {
-            continue;
-        }
-        let acl = match c.get_acl(&path).await {
-            Ok((acl, _)) => format!("{acl:?}"),
-            Err(zookeeper_client::Error::NoNode) => continue,
-            Err(e) => panic!("get ACL {path}: {e}"),
-        };
-        match c.list_children(&path).await {
-            Ok(children) => {
-                for child in children {
-                    stack.push(if rel.is_empty() {
-                        child
-                    } else {
-                        format!("{rel}/{child}")
-                    });
-                }
+    let mut level = vec![String::new()];
+    while !level.is_empty() {
+        let read = futures::stream::iter(level.drain(..).map(|rel| async move {
+            let path = match (root, rel.as_str()) {
+                (r, "") => r.to_string(),
+                ("/", r) => format!("/{r}"),
+                (b, r) => format!("{b}/{r}"),
+            };
+            if path == "/zookeeper" || path == "/zkbridge" || path.starts_with("/zkbridge/") {
+                return None;
             }
-            Err(zookeeper_client::Error::NoNode) => continue,
-            Err(e) => panic!("list {path}: {e}"),
+            let (data, acl, children) = futures::join!(c.get_data(&path), c.get_acl(&path), c.list_children(&path));
+            let gone = |e: &zookeeper_client::Error| *e == zookeeper_client::Error::NoNode;
+            let (data, stat) = match data {
+                Ok(found) => found,
+                Err(e) if gone(&e) => return None,
+                Err(e) => panic!("get {path}: {e}"),
+            };
+            let acl = match acl {
+                Ok((acl, _)) => format!("{acl:?}"),
+                Err(e) if gone(&e) => return None,
+                Err(e) => panic!("get ACL {path}: {e}"),
+            };
+            let children = match children {
+                Ok(children) => children,
+                Err(e) if gone(&e) => return None,
+                Err(e) => panic!("list {path}: {e}"),
+            };
+            let ephemeral = stat.ephemeral_owner != 0;
+            Some((rel, PlainNode { data, acl, ephemeral }, children))
+        }))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+        for (rel, node, children) in read.into_iter().flatten() {
+            for child in children {
+                level.push(if rel.is_empty() {
+                    child
+                } else {
+                    format!("{rel}/{child}")
+                });
+            }
+            if !(skip_ephemerals && node.ephemeral) {
+                out.insert(rel, node);
+            }
         }
-        let ephemeral = stat.ephemeral_owner != 0;
-        out.insert(rel, PlainNode { data, acl, ephemeral });
     }
     out
 }
