@@ -1002,10 +1002,11 @@ impl RouteRule {
     pub async fn difference(&self, src: &Client, src_root: &str, dst: &Client, dst_root: &str) -> Option<String> {
         use zkbridge::config::EphemeralMode;
         let source = read_subtree(src, src_root, false).await;
-        let target = read_subtree(dst, dst_root, false).await;
+        let mut target = read_subtree(dst, dst_root, false).await;
+        drop_unreadable(&source, &mut target);
         let mut mirrored = std::collections::BTreeSet::new();
         for (rel, node) in &source {
-            if !self.managed(rel) || (node.ephemeral && self.ephemerals == EphemeralMode::Skip) {
+            if !node.readable || !self.managed(rel) || (node.ephemeral && self.ephemerals == EphemeralMode::Skip) {
                 continue;
             }
             mirrored.insert(rel.as_str());
@@ -1109,8 +1110,10 @@ pub async fn mirror_difference(
     dst_root: &str,
     compare: Compare,
 ) -> Option<String> {
-    let source = read_subtree(src, src_root, compare.skip_ephemerals).await;
-    let target = read_subtree(dst, dst_root, false).await;
+    let mut source = read_subtree(src, src_root, compare.skip_ephemerals).await;
+    let mut target = read_subtree(dst, dst_root, false).await;
+    drop_unreadable(&source, &mut target);
+    source.retain(|_, node| node.readable);
     for (rel, node) in &source {
         match target.get(rel) {
             None => return Some(format!("{rel:?} missing in the target")),
@@ -1152,12 +1155,30 @@ pub async fn await_mirror(
     }
 }
 
+/// Leaves out of `target` what lies at or under a source node these
+/// credentials may not read: zkbridge skips it, and its target copy (if
+/// any) stays as it is.
+fn drop_unreadable(
+    source: &std::collections::BTreeMap<String, PlainNode>,
+    target: &mut std::collections::BTreeMap<String, PlainNode>,
+) {
+    let unreadable: Vec<&String> = source.iter().filter(|(_, n)| !n.readable).map(|(rel, _)| rel).collect();
+    target.retain(|rel, _| {
+        !unreadable
+            .iter()
+            .any(|u| rel == *u || u.is_empty() || rel.starts_with(&format!("{u}/")))
+    });
+}
+
 /// A node as plain reads see it.
 pub struct PlainNode {
     pub data: Vec<u8>,
     /// The ACL, as text.
     pub acl: String,
     pub ephemeral: bool,
+    /// `false` when these credentials may not read it (NoAuth): zkbridge
+    /// skips such a node and leaves its target copy as it is.
+    pub readable: bool,
 }
 
 /// Relative path → node, for every node under `root`, read with plain
@@ -1183,6 +1204,16 @@ async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::col
             let (data, stat) = match data {
                 Ok(found) => found,
                 Err(e) if gone(&e) => return None,
+                // Not readable with these credentials: known to exist, no more.
+                Err(zookeeper_client::Error::NoAuth) => {
+                    let node = PlainNode {
+                        data: Vec::new(),
+                        acl: String::new(),
+                        ephemeral: false,
+                        readable: false,
+                    };
+                    return Some((rel, node, Vec::new()));
+                }
                 Err(e) => panic!("get {path}: {e}"),
             };
             let acl = match acl {
@@ -1196,7 +1227,13 @@ async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::col
                 Err(e) => panic!("list {path}: {e}"),
             };
             let ephemeral = stat.ephemeral_owner != 0;
-            Some((rel, PlainNode { data, acl, ephemeral }, children))
+            let node = PlainNode {
+                data,
+                acl,
+                ephemeral,
+                readable: true,
+            };
+            Some((rel, node, children))
         }))
         .buffer_unordered(64)
         .collect::<Vec<_>>()
