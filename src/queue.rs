@@ -129,6 +129,45 @@ impl Dirty {
     }
 }
 
+/// A path set aside: retried at `until`, pending meanwhile.
+#[derive(Debug, Clone)]
+struct Parked {
+    dirty: Dirty,
+    until: Instant,
+    why: Parking,
+}
+
+/// Why a path is set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parking {
+    /// The target refused it for a reason that will not clear by itself
+    /// soon (no permission, too large): the error, as shown to operators.
+    Refused(String),
+    /// Its delete is held by the delete circuit breaker.
+    HeldByBreaker,
+}
+
+/// What the queue holds for one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathState {
+    /// This instance does not lead the route/target: it tracks nothing.
+    NotLeading,
+    /// Nothing waits for it.
+    Idle,
+    /// Marked dirty, first seen at `since`.
+    Dirty { since: Instant },
+    /// In a unit being written now.
+    InFlight,
+    /// Set aside since `since`, retried at `until`.
+    Parked {
+        since: Instant,
+        until: Instant,
+        why: Parking,
+    },
+    /// A full resync is pending or running: it covers every path.
+    Resyncing,
+}
+
 /// A point in the source's event stream: every event received before the
 /// heartbeat reply with zxid `zxid` was marked before this barrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +189,7 @@ struct State {
     /// Paths that failed for a reason that will not clear by itself soon
     /// (no permission, data too large): retried at the given instant, and
     /// still counted as pending meanwhile.
-    parked: BTreeMap<String, (Dirty, Instant)>,
+    parked: BTreeMap<String, Parked>,
     resync: Option<ResyncReason>,
     /// A resync taken by the worker and not yet finished.
     resync_active: bool,
@@ -190,7 +229,7 @@ impl State {
         self.dirty
             .values()
             .map(|d| d.seq)
-            .chain(self.parked.values().map(|(d, _)| d.seq))
+            .chain(self.parked.values().map(|p| p.dirty.seq))
             .chain(
                 self.in_flight
                     .iter()
@@ -307,11 +346,12 @@ impl TargetQueue {
         self.notify.notify_one();
     }
 
-    /// Sets a path aside until `until`; it stays pending meanwhile.
-    pub fn park(&self, rel: String, dirty: Dirty, until: Instant) {
+    /// Sets a path aside until `until`, for `why`; it stays pending
+    /// meanwhile.
+    pub fn park(&self, rel: String, dirty: Dirty, until: Instant, why: Parking) {
         let mut st = self.state.lock().unwrap();
         if st.resync.is_none() {
-            st.parked.insert(rel, (dirty, until));
+            st.parked.insert(rel, Parked { dirty, until, why });
         }
         self.pending_gauge.set(st.pending());
     }
@@ -327,12 +367,37 @@ impl TargetQueue {
         self.state.lock().unwrap().parked.contains_key(rel)
     }
 
+    /// What the queue holds for `rel` now (for `zkbridge explain`).
+    pub fn path_state(&self, rel: &str) -> PathState {
+        let st = self.state.lock().unwrap();
+        if st.standby {
+            return PathState::NotLeading;
+        }
+        if let Some(p) = st.parked.get(rel) {
+            return PathState::Parked {
+                since: p.dirty.since,
+                until: p.until,
+                why: p.why.clone(),
+            };
+        }
+        if st.held.contains(rel) {
+            return PathState::InFlight;
+        }
+        if let Some(d) = st.dirty.get(rel) {
+            return PathState::Dirty { since: d.since };
+        }
+        if st.resync.is_some() || st.resync_active {
+            return PathState::Resyncing;
+        }
+        PathState::Idle
+    }
+
     /// Makes every parked path due now (an operator released them).
     pub fn unpark_all(&self) {
         let mut st = self.state.lock().unwrap();
         let now = Instant::now();
-        for (_, until) in st.parked.values_mut() {
-            *until = now;
+        for parked in st.parked.values_mut() {
+            parked.until = now;
         }
         drop(st);
         self.notify.notify_one();
@@ -340,7 +405,7 @@ impl TargetQueue {
 
     /// When the earliest parked path is due, if any.
     pub fn next_parked_due(&self) -> Option<Instant> {
-        self.state.lock().unwrap().parked.values().map(|(_, t)| *t).min()
+        self.state.lock().unwrap().parked.values().map(|p| p.until).min()
     }
 
     /// Puts paths back after a failed attempt, keeping their first-seen time.
@@ -402,12 +467,12 @@ impl TargetQueue {
         let due: Vec<String> = st
             .parked
             .iter()
-            .filter(|(_, (_, t))| *t <= now)
+            .filter(|(_, p)| p.until <= now)
             .map(|(r, _)| r.clone())
             .collect();
         for rel in due {
-            if let Some((d, _)) = st.parked.remove(&rel) {
-                st.dirty.entry(rel).or_insert(d);
+            if let Some(parked) = st.parked.remove(&rel) {
+                st.dirty.entry(rel).or_insert(parked.dirty);
             }
         }
         if st.dirty.is_empty() {
@@ -613,7 +678,8 @@ mod tests {
             panic!()
         };
         let until = Instant::now() + std::time::Duration::from_secs(30);
-        q.park("a".into(), p[0].1, until);
+        q.park("a".into(), p[0].1, until, Parking::Refused("no_auth".into()));
+        assert!(matches!(q.path_state("a"), PathState::Parked { .. }));
         q.settle(Some(unit));
         assert!(q.is_pending("a"), "a parked path is still pending");
         assert_eq!(q.next_parked_due(), Some(until));

@@ -131,7 +131,7 @@ impl Worker {
         for op in held {
             let rel = op.rel().to_string();
             let d = dirty_or_unmarked(dirty, &rel, now);
-            self.queue.park(rel.clone(), d, now + PARK_FOR);
+            self.queue.park(rel.clone(), d, now + PARK_FOR, Parking::HeldByBreaker);
             held_paths.insert(rel);
         }
         // Units run concurrently: several may have found the breaker

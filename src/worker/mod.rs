@@ -27,7 +27,7 @@ use crate::lease::{Balancer, Lease};
 use crate::metrics::Metrics;
 use crate::path::{self, join, parent};
 use crate::plan::{self, Need, NodeKind, Op};
-use crate::queue::{Dirty, ResyncReason, Seen, TargetQueue, TargetRead, Work};
+use crate::queue::{Dirty, Parking, ResyncReason, Seen, TargetQueue, TargetRead, Work};
 use crate::tree::{self, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
 use crate::znodes::{
@@ -318,8 +318,9 @@ impl Worker {
     /// in `status` (`error`), retried in `PARK_FOR`, pending meanwhile.
     fn park_refused(&self, rel: String, dirty: Dirty, kind: &str, error: String) {
         self.metrics.error(kind);
-        self.status.set_error(Some(error));
-        self.queue.park(rel, dirty, Instant::now() + PARK_FOR);
+        self.status.set_error(Some(error.clone()));
+        self.queue
+            .park(rel, dirty, Instant::now() + PARK_FOR, Parking::Refused(error));
     }
 }
 

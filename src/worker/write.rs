@@ -170,7 +170,8 @@ impl Worker {
                 // permission): then the child waits with it rather than spin.
                 let p = parent(&rel).unwrap_or("").to_string();
                 if self.queue.is_parked(&p) {
-                    self.queue.park(rel, d.reshaping(), Instant::now() + PARK_FOR);
+                    let why = Parking::Refused(format!("waits for its parent {p:?}, which is set aside"));
+                    self.queue.park(rel, d.reshaping(), Instant::now() + PARK_FOR, why);
                 } else {
                     let d = d.reshaping();
                     let scaffold = Dirty { need: Need::Exist, ..d };
