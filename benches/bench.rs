@@ -537,10 +537,14 @@ async fn main() {
             .unwrap_or_default()
     );
     println!(
-        "\nzkbridge bench — {} nodes, {} run(s), {} ZooKeeper, {machine}, {:.1} min\n\n| measure | median (min–max) | note |\n|---|---|---|\n{table}\nfinal diff after every phase: {}",
+        "\nzkbridge bench — {} nodes, {} run(s), {} ZooKeeper {}, {machine}, {:.1} min\n\n| measure | median (min–max) | note |\n|---|---|---|\n{table}\nfinal diff after every phase: {}",
         args.nodes,
         args.runs,
         if args.ensemble { "3-node" } else { "standalone" },
+        match ZkVersion::from_env() {
+            ZkVersion::V38 => "3.8",
+            ZkVersion::V39 => "3.9",
+        },
         bench_started.elapsed().as_secs_f64() / 60.0,
         if clean { "clean" } else { "NOT CLEAN" }
     );

@@ -1,0 +1,310 @@
+//! The decision for one path between two members of an active-active route
+//! (design §7), without IO: what member X holds, what member Y holds, and
+//! what the worker carrying X's changes into Y must do.
+//!
+//! Every member's state at a path reduces to a [`Version`]: present or
+//! deleted, with the [`Stamp`] of the change that put it there. The stamp
+//! is the origin's (mtime, member name); the greatest stamp wins in every
+//! member (last-writer-wins). A worker only ever writes a stamp into Y that
+//! is greater than Y's own, so a change carried from X to Y has in Y the
+//! stamp it has in X and is never carried back: the two compare equal.
+
+use std::cmp::Ordering;
+
+/// A change under last-writer-wins: ordered by the origin's mtime, then by
+/// the origin member's name (so two members that wrote in the same
+/// millisecond still agree on a winner).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub mtime_ms: i64,
+    pub origin: String,
+}
+
+/// zkbridge's origin record at a path in a member: the stamp of what it
+/// last wrote there, and the zxid of that write (the record is written in
+/// the same `multi` as the data, so it shares the node's `mzxid` until the
+/// node is changed again locally).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub stamp: Stamp,
+    /// The write was a delete: the record is a tombstone.
+    pub tombstone: bool,
+    /// The zxid of the `multi` that wrote the record.
+    pub written_zxid: i64,
+}
+
+/// The node as read in a member: what the server says about its last change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub mzxid: i64,
+    pub mtime_ms: i64,
+}
+
+/// What a member holds at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// The node exists, put there by the change with this stamp.
+    Present(Stamp),
+    /// The node was deleted by the change with this stamp (a tombstone).
+    Deleted(Stamp),
+    /// The node is gone, and the record shows zkbridge had written it: a
+    /// delete in this member that has no stamp yet (ZooKeeper records no
+    /// time for a delete; the stamp is the tombstone's own server time).
+    DeletedUnstamped,
+    /// Neither node nor record: this member never had it, or not yet.
+    Absent,
+}
+
+impl Version {
+    fn stamp(&self) -> Option<&Stamp> {
+        match self {
+            Version::Present(s) | Version::Deleted(s) => Some(s),
+            Version::DeletedUnstamped | Version::Absent => None,
+        }
+    }
+}
+
+/// The version of `member` at a path from its node and origin record. The
+/// record speaks for the node only while the node is unchanged since the
+/// record's write; after a local change the node is the member's own, at
+/// its own mtime.
+pub fn version(member: &str, node: Option<&Node>, record: Option<&Origin>) -> Version {
+    match (node, record) {
+        (Some(n), Some(r)) if !r.tombstone && r.written_zxid == n.mzxid => Version::Present(r.stamp.clone()),
+        (Some(n), _) => Version::Present(Stamp {
+            mtime_ms: n.mtime_ms,
+            origin: member.to_string(),
+        }),
+        (None, Some(r)) if r.tombstone => Version::Deleted(r.stamp.clone()),
+        (None, Some(_)) => Version::DeletedUnstamped,
+        (None, None) => Version::Absent,
+    }
+}
+
+/// What the worker carrying member X's changes into member Y does at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Y already holds X's version, or a greater one (Y's own worker into
+    /// X carries that one).
+    Nothing,
+    /// Write X's node into Y (create or set) with X's stamp.
+    Carry(Stamp),
+    /// Delete the node in Y, leaving a tombstone with X's stamp.
+    Delete(Stamp),
+    /// Y has nothing to delete: leave the tombstone only, so that a member
+    /// still holding an older copy cannot bring the node back through Y.
+    Tombstone(Stamp),
+    /// X deleted the node and it has no stamp yet: write X's tombstone
+    /// first (its server time is the delete's time), then decide again.
+    StampDeleteInX,
+}
+
+/// The step, and the change the step overwrites in Y when that change lost
+/// to a concurrent one (it never reached X): counted and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub step: Step,
+    pub lost: Option<Stamp>,
+}
+
+/// Decides for one path between X (named `x_name`) and Y. `x_prior` is the
+/// stamp of X's origin record when that record no longer speaks for X's
+/// node (X changed it locally since): the last change zkbridge carried
+/// into X, which X had seen before its own.
+pub fn decide(x_name: &str, x: &Version, x_prior: Option<&Stamp>, y: &Version) -> Decision {
+    let nothing = Decision {
+        step: Step::Nothing,
+        lost: None,
+    };
+    let step = match (x, y) {
+        (Version::DeletedUnstamped, _) => Step::StampDeleteInX,
+        // X deleted a node it had created itself: X keeps no record of its
+        // own changes, so only Y's record (X's stamp, still current in Y)
+        // shows that X had it.
+        (Version::Absent, Version::Present(sy)) if sy.origin == x_name => Step::StampDeleteInX,
+        (Version::Absent, _) => return nothing,
+        // Y's own delete is stamped by Y's worker into X first.
+        (_, Version::DeletedUnstamped) => return nothing,
+        (Version::Present(sx), Version::Absent) => Step::Carry(sx.clone()),
+        (Version::Deleted(sx), Version::Absent) => Step::Tombstone(sx.clone()),
+        (Version::Present(sx) | Version::Deleted(sx), Version::Present(sy) | Version::Deleted(sy)) => {
+            if sx <= sy {
+                return nothing;
+            }
+            match (x, y) {
+                (Version::Present(_), _) => Step::Carry(sx.clone()),
+                (Version::Deleted(_), Version::Present(_)) => Step::Delete(sx.clone()),
+                _ => Step::Tombstone(sx.clone()),
+            }
+        }
+    };
+    let lost = match &step {
+        Step::Carry(_) | Step::Delete(_) => y.stamp().filter(|sy| never_reached(x_name, x_prior, sy)).cloned(),
+        _ => None,
+    };
+    Decision { step, lost }
+}
+
+/// Whether Y's change `sy`, about to be overwritten by X's greater one,
+/// never reached X: then the two were concurrent and `sy` lost. It reached
+/// X when it came from X, or when X's last carried change was it; a change
+/// older than X's last carried one had lost already, where that one
+/// overwrote it.
+fn never_reached(x_name: &str, x_prior: Option<&Stamp>, sy: &Stamp) -> bool {
+    if sy.origin == x_name {
+        return false;
+    }
+    match x_prior {
+        None => true,
+        Some(prior) => prior.cmp(sy) == Ordering::Less,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(mtime_ms: i64, origin: &str) -> Stamp {
+        Stamp {
+            mtime_ms,
+            origin: origin.into(),
+        }
+    }
+
+    fn carried(s: Stamp, zxid: i64) -> Origin {
+        Origin {
+            stamp: s,
+            tombstone: false,
+            written_zxid: zxid,
+        }
+    }
+
+    fn tombstone(s: Stamp) -> Origin {
+        Origin {
+            stamp: s,
+            tombstone: true,
+            written_zxid: 1,
+        }
+    }
+
+    fn node(mzxid: i64, mtime_ms: i64) -> Node {
+        Node { mzxid, mtime_ms }
+    }
+
+    #[test]
+    fn a_version_is_the_records_while_the_node_is_unchanged_and_local_after() {
+        let record = carried(stamp(100, "east"), 7);
+        assert_eq!(
+            version("west", Some(&node(7, 150)), Some(&record)),
+            Version::Present(stamp(100, "east")),
+            "carried: the origin's stamp, not the local write's time"
+        );
+        assert_eq!(
+            version("west", Some(&node(9, 200)), Some(&record)),
+            Version::Present(stamp(200, "west")),
+            "changed locally since"
+        );
+        assert_eq!(version("west", Some(&node(3, 50)), None), Version::Present(stamp(50, "west")));
+        assert_eq!(version("west", None, Some(&record)), Version::DeletedUnstamped);
+        assert_eq!(
+            version("west", None, Some(&tombstone(stamp(300, "east")))),
+            Version::Deleted(stamp(300, "east"))
+        );
+        assert_eq!(version("west", None, None), Version::Absent);
+        assert_eq!(
+            version("west", Some(&node(12, 400)), Some(&tombstone(stamp(300, "east")))),
+            Version::Present(stamp(400, "west")),
+            "re-created after a delete"
+        );
+    }
+
+    #[test]
+    fn a_change_is_carried_once_and_never_back() {
+        let local = Version::Present(stamp(100, "east"));
+        assert_eq!(decide("east", &local, None, &Version::Absent).step, Step::Carry(stamp(100, "east")));
+        // West now holds it with east's stamp: nothing goes back.
+        let in_west = Version::Present(stamp(100, "east"));
+        assert_eq!(decide("west", &in_west, None, &local).step, Step::Nothing);
+        assert_eq!(decide("east", &local, None, &in_west).step, Step::Nothing);
+    }
+
+    #[test]
+    fn concurrent_writes_end_with_the_greatest_stamp_and_the_loser_is_reported() {
+        let east = Version::Present(stamp(100, "east"));
+        let west = Version::Present(stamp(105, "west"));
+        let d = decide("west", &west, None, &east);
+        assert_eq!(d.step, Step::Carry(stamp(105, "west")));
+        assert_eq!(d.lost, Some(stamp(100, "east")), "east's write never reached west");
+        assert_eq!(decide("east", &east, None, &west).step, Step::Nothing);
+        // The same millisecond: the member name decides, the same way everywhere.
+        let tie_east = Version::Present(stamp(100, "east"));
+        let tie_west = Version::Present(stamp(100, "west"));
+        assert!(matches!(decide("west", &tie_west, None, &tie_east).step, Step::Carry(_)));
+        assert_eq!(decide("east", &tie_east, None, &tie_west).step, Step::Nothing);
+    }
+
+    #[test]
+    fn a_later_write_over_a_carried_one_is_no_conflict() {
+        // West had east's value (its record says so), then changed it.
+        let west = Version::Present(stamp(200, "west"));
+        let east = Version::Present(stamp(100, "east"));
+        let d = decide("west", &west, Some(&stamp(100, "east")), &east);
+        assert_eq!(d.step, Step::Carry(stamp(200, "west")));
+        assert_eq!(d.lost, None);
+        // An older change than what west last received had lost already.
+        let d = decide("west", &west, Some(&stamp(150, "north")), &Version::Present(stamp(120, "east")));
+        assert_eq!(d.lost, None);
+        // Something west never saw, newer than what it last received: lost.
+        let d = decide("west", &west, Some(&stamp(100, "east")), &Version::Present(stamp(150, "north")));
+        assert_eq!(d.lost, Some(stamp(150, "north")));
+    }
+
+    #[test]
+    fn deletes_are_stamped_where_they_happen_then_carried_as_tombstones() {
+        assert_eq!(
+            decide("east", &Version::DeletedUnstamped, None, &Version::Present(stamp(100, "west"))).step,
+            Step::StampDeleteInX
+        );
+        // East deleted a node it had created itself (no record in east).
+        assert_eq!(
+            decide("east", &Version::Absent, None, &Version::Present(stamp(100, "east"))).step,
+            Step::StampDeleteInX
+        );
+        // East never had west's node yet: nothing to say.
+        assert_eq!(
+            decide("east", &Version::Absent, None, &Version::Present(stamp(100, "west"))).step,
+            Step::Nothing
+        );
+        let deleted = Version::Deleted(stamp(300, "east"));
+        assert_eq!(
+            decide("east", &deleted, None, &Version::Present(stamp(100, "east"))).step,
+            Step::Delete(stamp(300, "east"))
+        );
+        assert_eq!(decide("east", &deleted, None, &Version::Absent).step, Step::Tombstone(stamp(300, "east")));
+        assert_eq!(
+            decide("east", &deleted, None, &Version::Deleted(stamp(200, "north"))).step,
+            Step::Tombstone(stamp(300, "east")),
+            "the greater tombstone is kept everywhere"
+        );
+    }
+
+    #[test]
+    fn no_resurrection_and_a_later_create_beats_an_earlier_delete() {
+        let deleted = Version::Deleted(stamp(300, "east"));
+        // A lagging member's older copy does not come back.
+        assert_eq!(
+            decide("west", &Version::Present(stamp(250, "west")), None, &deleted).step,
+            Step::Nothing
+        );
+        // A create after the delete wins, and the delete is reported lost
+        // when west never saw it.
+        let d = decide("west", &Version::Present(stamp(400, "west")), None, &deleted);
+        assert_eq!(d.step, Step::Carry(stamp(400, "west")));
+        assert_eq!(d.lost, Some(stamp(300, "east")));
+        // Y's own unstamped delete is Y's worker's to stamp.
+        assert_eq!(
+            decide("west", &Version::Present(stamp(400, "west")), None, &Version::DeletedUnstamped).step,
+            Step::Nothing
+        );
+    }
+}
