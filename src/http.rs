@@ -1,9 +1,11 @@
-//! `/metrics`, `/healthz`, `/readyz`, `/status` (design §4). Read-only: no
-//! endpoint changes state, so exposing them is safe.
+//! `/metrics`, `/healthz`, `/readyz`, `/status` (design §4), and
+//! `/explain/ROUTE/PATH` (what this instance's queues hold for one path,
+//! for `zkbridge explain`). Read-only: no endpoint changes state, so
+//! exposing them is safe.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +14,7 @@ use tokio::sync::watch;
 
 use futures::future::BoxFuture;
 
+use crate::explain::QueueReport;
 use crate::status::Status;
 
 /// What the endpoints read. The running bridge implements it; the HTTP
@@ -23,6 +26,9 @@ pub trait Served: Send + Sync + 'static {
     fn not_ready(&self) -> Option<String>;
     /// The same status `zkbridge status --json` prints.
     fn status(&self) -> BoxFuture<'_, Status>;
+    /// What this instance's queues hold for `relative` in `route`'s
+    /// members; `None` for a route it does not run.
+    fn explain(&self, route: &str, relative: &str) -> Option<Vec<QueueReport>>;
 }
 
 type Shared = Arc<dyn Served>;
@@ -33,6 +39,8 @@ pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdo
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/explain/:route", get(explain_root))
+        .route("/explain/:route/*path", get(explain))
         .with_state(bridge);
     let stop = async move {
         while !*shutdown.borrow() {
@@ -63,4 +71,19 @@ async fn readyz(State(bridge): State<Shared>) -> Response {
 
 async fn status(State(bridge): State<Shared>) -> Response {
     Json(bridge.status().await).into_response()
+}
+
+async fn explain_root(State(bridge): State<Shared>, Path(route): Path<String>) -> Response {
+    explained(&bridge, &route, "")
+}
+
+async fn explain(State(bridge): State<Shared>, Path((route, path)): Path<(String, String)>) -> Response {
+    explained(&bridge, &route, path.trim_matches('/'))
+}
+
+fn explained(bridge: &Shared, route: &str, relative: &str) -> Response {
+    match bridge.explain(route, relative) {
+        Some(reports) => Json(reports).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no route {route:?} here\n")).into_response(),
+    }
 }

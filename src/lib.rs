@@ -29,6 +29,7 @@ pub(crate) mod breaker;
 pub(crate) mod capture;
 pub(crate) mod checkpoint;
 pub(crate) mod conflict;
+pub(crate) mod explain;
 pub(crate) mod http;
 pub(crate) mod lease;
 pub(crate) mod metrics;

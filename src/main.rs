@@ -136,6 +136,18 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Why one path is or is not in sync in each target: in sync, pending, parked, held, kept, excluded, stopped or conflict, and the reason (exit 0).
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Absolute in the source, or relative to the route.
+        path: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the divergent tails archived when old primaries were demoted.
     Divergent {
         #[arg(short, long)]
@@ -203,6 +215,12 @@ fn main() -> ExitCode {
                 epoch,
                 json,
             } => ops::divergent::divergent(&config, &route, epoch, json).await,
+            Command::Explain {
+                config,
+                route,
+                path,
+                json,
+            } => ops::explain::explain(&config, &route, &path, json).await,
         }
     })
 }

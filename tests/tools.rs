@@ -208,3 +208,129 @@ async fn one_shot_commands_are_quiet_unless_asked() {
     })
     .await;
 }
+
+/// Polls `check` until it says yes or `timeout` passes; its last answer.
+async fn eventually_or_last<T>(timeout: Duration, mut check: impl AsyncFnMut() -> (bool, T)) -> (bool, T) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (done, last) = check().await;
+        if done || std::time::Instant::now() > deadline {
+            return (done, last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `zkbridge explain --route r PATH`'s text (exit 0).
+fn explain(bridge: &Bridge, path: &str) -> String {
+    let out = zkbridge(&["explain", "--route", "r", path], bridge);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The target line of `zkbridge explain`'s text: the one naming `target`
+/// at the start of a line (after its state words).
+fn target_line(out: &str, target: &str) -> String {
+    out.lines()
+        .find(|l| !l.starts_with(' ') && l.contains(&format!(" {target}:")))
+        .unwrap_or_else(|| panic!("no line for {target} in:\n{out}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_why_a_path_is_or_is_not_in_sync() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/w/many").await;
+    create(&s, "/w/a", b"1").await;
+    create(&s, "/w/tmp", b"scratch").await;
+    create(&s, "/w/big", &vec![7u8; 100_000]).await;
+    for i in 0..20 {
+        create(&s, &format!("/w/many/n{i}"), b"x").await;
+    }
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{}\"\nsession_timeout_ms = 4000\n\
+         [ensembles.dst]\nconnect = \"{}\"\nsession_timeout_ms = 4000\nmax_request_bytes = 65536\n\
+         [[routes]]\nname = \"r\"\nsource = \"src:/w\"\ntargets = [\"dst:/m\"]\nexclude = [\"tmp\"]\n",
+        src.connect_string(),
+        dst.connect_string()
+    );
+    let mut bridge = Bridge::start(&toml);
+    let t = dst.client().await;
+    eventually("the copy arrives", CONVERGE, async || {
+        get(&t, "/m/many/n19").await.is_some()
+    })
+    .await;
+
+    // In sync, the path given absolute in the source or relative.
+    for path in ["/w/a", "a"] {
+        let out = explain(&bridge, path);
+        assert!(target_line(&out, "dst").starts_with("in sync dst:/m/a"), "{out}");
+        assert!(
+            out.contains("source /w/a: 1 bytes, md5 c4ca4238a0b923820dcc509a6f75849b"),
+            "{out}"
+        );
+    }
+    // Excluded, naming the glob.
+    let out = explain(&bridge, "tmp");
+    let line = target_line(&out, "dst");
+    assert!(
+        line.starts_with("excluded dst:/m/tmp") && line.contains("\"tmp\""),
+        "{out}"
+    );
+    // Too large for the target: set aside, with the reason and the retry.
+    eventually("the big node is set aside", CONVERGE, async || {
+        target_line(&explain(&bridge, "big"), "dst").starts_with("parked dst:/m/big")
+    })
+    .await;
+    let line = target_line(&explain(&bridge, "big"), "dst");
+    assert!(
+        line.contains("max_request_bytes") && line.contains("retried in"),
+        "{line}"
+    );
+    // A mass delete: its deletes are held by the breaker.
+    for i in 0..20 {
+        s.delete(&format!("/w/many/n{i}"), None).await.unwrap();
+    }
+    eventually("the breaker trips", CONVERGE, async || {
+        bridge.metric("zkbridge_deletes_blocked_total", &[]) > 0.0
+    })
+    .await;
+    // Whichever deletes came after the line are held; the others went.
+    let left = t.list_children("/m/many").await.unwrap();
+    assert!(!left.is_empty() && left.len() < 20, "{left:?}");
+    let rel = format!("many/{}", left[0]);
+    let held = eventually_or_last(CONVERGE, async || {
+        let out = explain(&bridge, &rel);
+        (target_line(&out, "dst").starts_with(&format!("held dst:/m/{rel}")), out)
+    })
+    .await;
+    assert!(held.0, "the breaker holds the delete: {}", held.1);
+    let gone = (0..20).map(|i| format!("n{i}")).find(|n| !left.contains(n)).unwrap();
+    let out = explain(&bridge, &format!("many/{gone}"));
+    assert!(
+        target_line(&out, "dst").starts_with("in sync"),
+        "a delete that went is in sync, breaker or not: {out}"
+    );
+    // The same, machine-readable.
+    let out = zkbridge(&["explain", "--route", "r", "a", "--json"], &bridge);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["targets"][0]["state"], "in_sync", "{json}");
+    assert_eq!(json["instance_answered"], true, "{json}");
+
+    // No instance running: what the nodes show, and that the queue is unknown.
+    bridge.stop();
+    s.set_data("/w/a", b"2", None).await.unwrap();
+    let out = explain(&bridge, "a");
+    let line = target_line(&out, "dst");
+    assert!(line.starts_with("pending dst:/m/a"), "{out}");
+    assert!(
+        line.contains("the data differs") && line.contains("no running instance answered"),
+        "{out}"
+    );
+    // A path outside the route is an error that says so.
+    let out = zkbridge(&["explain", "--route", "r", "/elsewhere"], &bridge);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not under the route's source path"));
+}

@@ -160,6 +160,57 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// What each of `route`'s workers on this instance holds for
+    /// `relative` (for `zkbridge explain`); `None` for a route it does not
+    /// run.
+    pub fn explain(&self, route: &str, relative: &str) -> Option<Vec<crate::explain::QueueReport>> {
+        use crate::explain::{QueueReport, QueueState};
+        use crate::queue::{Parking, PathState};
+        self.routes.iter().find(|r| r.name == route)?;
+        let now = tokio::time::Instant::now();
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        let reports = self
+            .workers
+            .iter()
+            .filter(|w| w.route == route)
+            .map(|w| {
+                let queue = match w.queue.path_state(relative) {
+                    PathState::NotLeading => QueueState::NotLeading,
+                    PathState::Idle => QueueState::Idle,
+                    PathState::Dirty { since } => QueueState::Dirty {
+                        since_s: secs(now - since),
+                    },
+                    PathState::InFlight => QueueState::InFlight,
+                    PathState::Parked {
+                        since,
+                        why: Parking::HeldByBreaker,
+                        ..
+                    } => QueueState::Held {
+                        since_s: secs(now - since),
+                    },
+                    PathState::Parked {
+                        since,
+                        until,
+                        why: Parking::Refused(error),
+                    } => QueueState::Parked {
+                        since_s: secs(now - since),
+                        retry_in_s: secs(until.saturating_duration_since(now)),
+                        error,
+                    },
+                    PathState::Resyncing => QueueState::Resyncing,
+                };
+                QueueReport {
+                    target: w.target.clone(),
+                    leading: w.status.borrow().leading(),
+                    queue,
+                }
+            })
+            .collect();
+        Some(reports)
+    }
+}
+
 impl crate::http::Served for Bridge {
     fn metrics_text(&self) -> String {
         self.metrics.render()
@@ -171,6 +222,10 @@ impl crate::http::Served for Bridge {
 
     fn status(&self) -> futures::future::BoxFuture<'_, Status> {
         Box::pin(Bridge::status(self))
+    }
+
+    fn explain(&self, route: &str, relative: &str) -> Option<Vec<crate::explain::QueueReport>> {
+        Bridge::explain(self, route, relative)
     }
 }
 

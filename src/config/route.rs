@@ -75,6 +75,9 @@ impl Route {
 pub struct PathFilter {
     include: GlobSet,
     exclude: GlobSet,
+    /// The globs as configured, to name the one that decided.
+    include_globs: Vec<String>,
+    exclude_globs: Vec<String>,
     /// `meta_path` relative to the source, when the source contains it:
     /// zkbridge's own znodes are never mirrored.
     pub(super) meta: Option<String>,
@@ -99,6 +102,8 @@ impl PathFilter {
         Ok(PathFilter {
             include: build(include, "include")?,
             exclude: build(exclude, "exclude")?,
+            include_globs: include.to_vec(),
+            exclude_globs: exclude.to_vec(),
             meta: None,
         })
     }
@@ -109,6 +114,31 @@ impl PathFilter {
     /// always managed: it is the anchor every other node hangs from.
     pub fn managed(&self, relative: &str) -> bool {
         relative.is_empty() || (self.include.is_match(relative) && !self.excluded(relative))
+    }
+
+    /// Why the route does not manage `relative`, in an operator's words
+    /// (`None` when it does): which exclude glob matched it or an
+    /// ancestor, that no include glob matches it, or that it is zkbridge's
+    /// own.
+    pub fn why_unmanaged(&self, relative: &str) -> Option<String> {
+        if self.managed(relative) {
+            return None;
+        }
+        if let Some(meta) = &self.meta {
+            if is_within(relative, meta) {
+                return Some("zkbridge's own znodes (meta_path) are never mirrored".to_string());
+            }
+        }
+        for prefix in path::self_and_ancestors(relative).filter(|p| !p.is_empty()) {
+            if let Some(i) = self.exclude.matches(prefix).first() {
+                let glob = &self.exclude_globs[*i];
+                return Some(match prefix == relative {
+                    true => format!("matches exclude glob {glob:?}"),
+                    false => format!("under {prefix:?}, which matches exclude glob {glob:?}"),
+                });
+            }
+        }
+        Some(format!("matches no include glob (include = {:?})", self.include_globs))
     }
 
     /// Whether `relative` or one of its ancestors is excluded; scans do not

@@ -10,6 +10,7 @@ use crate::config;
 pub mod admin;
 pub mod diff;
 pub mod divergent;
+pub mod explain;
 pub mod failover;
 pub(crate) mod roles;
 pub mod status;
