@@ -65,9 +65,15 @@ enum Command {
     Status {
         #[arg(short, long)]
         config: PathBuf,
-        /// Machine-readable output (the same JSON as `GET /status`).
+        /// Machine-readable output (the same JSON as `GET /status`; one document per line with --watch).
         #[arg(long)]
         json: bool,
+        /// Refresh until Ctrl-C: redrawn in place on a terminal, one block after another when piped.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes, e.g. 2s, 500ms.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, requires = "watch")]
+        interval: Duration,
     },
     /// Compare each source subtree with its targets (exit 0 in sync, 1 drift, 2 error).
     Diff {
@@ -178,7 +184,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::CheckConfig { config } => check_config(&config),
             Command::Run { config } => run(&config).await,
-            Command::Status { config, json } => ops::status::status(&config, json).await,
+            Command::Status {
+                config,
+                json,
+                watch,
+                interval,
+            } => {
+                let show = ops::status::Show {
+                    json,
+                    watch: watch.then_some(interval),
+                };
+                ops::status::status(&config, show).await
+            }
             Command::Wait {
                 config,
                 route,

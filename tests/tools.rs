@@ -334,3 +334,79 @@ async fn explain_says_why_a_path_is_or_is_not_in_sync() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not under the route's source path"));
 }
+
+/// Lines of a running command's stdout until `enough` says so, or the
+/// output ends (a command silent for 60 s is killed, so the test fails
+/// instead of hanging).
+fn read_until(child: &mut std::process::Child, mut enough: impl FnMut(&[String]) -> bool) -> Vec<String> {
+    use std::io::BufRead;
+    let (watchdog, done) = std::sync::mpsc::channel::<()>();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        // Dropping the sender (reading finished) disconnects: no kill.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(60)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let _stop_watchdog = watchdog;
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        lines.push(line.unwrap());
+        if enough(&lines) {
+            break;
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_refreshes_until_interrupted() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/w").await;
+    let toml = format!(
+        "heartbeat_interval_ms = 200\n{}[[routes]]\nname = \"r\"\nsource = \"src:/w\"\ntargets = [\"dst:/w\"]\n",
+        ensembles(&[("src", &src), ("dst", &dst)])
+    );
+    let bridge = Bridge::start(&toml);
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    for json in [false, true] {
+        let mut args = vec!["status", "--watch", "--interval", "300ms"];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(bin())
+            .args(&args)
+            .arg("-c")
+            .arg(&bridge.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Not a terminal: one block after another (one JSON document per
+        // line with --json), each with the route.
+        let lines = read_until(&mut child, |lines| {
+            let blocks = match json {
+                true => lines.len(),
+                false => lines.iter().filter(|l| l.starts_with("ROUTE")).count(),
+            };
+            blocks >= 3
+        });
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "stops cleanly on Ctrl-C");
+        if json {
+            for line in &lines[..3] {
+                let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(doc["routes"][0]["route"], "r", "{line}");
+            }
+        } else {
+            assert!(lines.iter().any(|l| l.starts_with("r ")), "{lines:#?}");
+            assert!(!lines.concat().contains('\x1b'), "no terminal control codes when piped");
+        }
+    }
+    let out = zkbridge(&["status", "--watch", "--interval", "10ms"], &bridge);
+    assert_eq!(out.status.code(), Some(2), "an interval that would spin is refused");
+}

@@ -1,17 +1,83 @@
-//! `zkbridge status`.
+//! `zkbridge status` and `zkbridge status --watch`.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::load;
+use crate::config::Resolved;
+use crate::status::Sessions;
 
-pub async fn status(path: &std::path::Path, json: bool) -> ExitCode {
+/// How the status is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    pub json: bool,
+    /// Refresh at this interval until interrupted (`--watch`).
+    pub watch: Option<Duration>,
+}
+
+pub async fn status(path: &std::path::Path, show: Show) -> ExitCode {
     let resolved = match load(path) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let mut sessions = crate::status::Sessions::new();
-    for (name, ensemble) in &resolved.config.ensembles {
+    let mut sessions = Sessions::new();
+    connect_missing(&resolved, &mut sessions).await;
+    if show.watch.is_some_and(|i| i < Duration::from_millis(100)) {
+        eprintln!("zkbridge status: --interval must be at least 100ms");
+        return ExitCode::from(2);
+    }
+    let Some(interval) = show.watch else {
+        let status = crate::status::collect(&resolved, &sessions).await;
+        print!("{}", render(&status, show.json));
+        return ExitCode::SUCCESS;
+    };
+    // Redrawn in place on a terminal, like `watch`; one block (or one JSON
+    // document per line) after another when piped.
+    let terminal = std::io::stdout().is_terminal();
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let status = crate::status::collect(&resolved, &sessions).await;
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let body = render(&status, show.json);
+        match (terminal, show.json) {
+            (true, false) => print!(
+                "\x1b[H\x1b[2J{at}  every {}  (Ctrl-C to stop)\n\n{body}",
+                humantime::format_duration(interval)
+            ),
+            (false, false) => print!("{at}\n{body}\n"),
+            (_, true) => println!("{}", serde_json::to_string(&status).expect("JSON")),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = &mut stop => return ExitCode::SUCCESS,
+        }
+        connect_missing(&resolved, &mut sessions).await;
+    }
+}
+
+fn render(status: &crate::status::Status, json: bool) -> String {
+    match json {
+        true => format!("{}\n", serde_json::to_string_pretty(status).expect("JSON")),
+        false => crate::status::render_text(status),
+    }
+}
+
+/// A session on every ensemble that has none that works (not yet made,
+/// failed, or ended), each within its session timeout.
+async fn connect_missing(resolved: &Resolved, sessions: &mut Sessions) {
+    let missing: BTreeMap<_, _> = resolved
+        .config
+        .ensembles
+        .iter()
+        .filter(|(name, _)| {
+            !sessions
+                .get(*name)
+                .is_some_and(|s| s.as_ref().is_ok_and(|c| !c.state().is_terminated()))
+        })
+        .collect();
+    for (name, ensemble) in missing {
         let timeout = Duration::from_millis(ensemble.session_timeout_ms).max(crate::status::READ_TIMEOUT);
         let session = match tokio::time::timeout(timeout, crate::zk::connect(ensemble)).await {
             Ok(Ok(client)) => Ok(client),
@@ -20,11 +86,4 @@ pub async fn status(path: &std::path::Path, json: bool) -> ExitCode {
         };
         sessions.insert(name.clone(), session);
     }
-    let status = crate::status::collect(&resolved, &sessions).await;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("JSON"));
-    } else {
-        print!("{}", crate::status::render_text(&status));
-    }
-    ExitCode::SUCCESS
 }
