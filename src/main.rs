@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use zkbridge::{config, ops};
@@ -154,6 +154,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g. to /usr/share/bash-completion/completions/zkbridge.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), or with --dir write one page per command there (zkbridge.1, zkbridge-explain.1, …).
+    Man {
+        /// Write every page into this directory, e.g. /usr/share/man/man1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// List the divergent tails archived when old primaries were demoted.
     Divergent {
         #[arg(short, long)]
@@ -171,6 +179,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the definitions above: nothing to connect to.
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "zkbridge", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            let written = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            };
+            return match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zkbridge man: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let service = matches!(cli.command, Command::Run { .. });
     init_logging(cli.log_format, log_level(service, cli.verbose));
     // A panic in a route's task restarts that task; anywhere else it ends
@@ -238,6 +267,7 @@ fn main() -> ExitCode {
                 path,
                 json,
             } => ops::explain::explain(&config, &route, &path, json).await,
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("answered before the runtime starts"),
         }
     })
 }

@@ -178,3 +178,49 @@ fn a_listen_port_in_use_is_a_clear_start_up_error() {
         "{stderr}"
     );
 }
+
+/// Every command of the binary, from its own help.
+fn commands() -> Vec<String> {
+    let out = Command::new(bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn man_pages_and_completions_cover_every_command() {
+    let commands = commands();
+    assert!(
+        commands.iter().any(|c| c == "explain") && commands.len() > 10,
+        "{commands:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let main = std::fs::read_to_string(dir.path().join("zkbridge.1")).unwrap();
+    assert!(main.contains(".TH zkbridge 1"), "{main}");
+    for c in &commands {
+        let page = std::fs::read_to_string(dir.path().join(format!("zkbridge-{c}.1")))
+            .unwrap_or_else(|e| panic!("no page for {c}: {e}"));
+        assert!(page.contains(&format!(".TH zkbridge-{c} 1")), "{page}");
+    }
+    let out = Command::new(bin()).args(["completions", "bash"]).output().unwrap();
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    for c in &commands {
+        assert!(script.contains(c.as_str()), "bash completion lacks {c}");
+    }
+    // The script is valid bash.
+    let file = dir.path().join("zkbridge.bash");
+    std::fs::write(&file, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
