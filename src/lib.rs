@@ -24,6 +24,7 @@ pub mod wait;
 pub mod zk;
 pub mod zxid;
 
+pub(crate) mod active;
 pub(crate) mod backoff;
 pub(crate) mod breaker;
 pub(crate) mod capture;
