@@ -6,7 +6,8 @@
 #   zookeeper and jute jars, in $ZK39_HOME (default
 #   /opt/zkbridge/zookeeper-3.9), run on bookworm's dependency jars;
 # - promtool (Debian's `prometheus`) and systemd-analyze (`systemd`), which
-#   the deploy tests use to check the alert rules and the unit file.
+#   the deploy tests use to check the alert rules and the unit file;
+# - chromium, headless, for the test of the status page at `/`.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -53,6 +54,10 @@ done
 if ! command -v promtool >/dev/null 2>&1; then
   echo "promtool not found: installing Debian's prometheus package for it" >&2
   apt_install prometheus
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium not found: installing Debian's chromium (the status page is tested in a headless browser)" >&2
+  apt_install chromium
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "systemd-analyze not found: installing Debian's systemd package for it" >&2

@@ -625,6 +625,13 @@ impl TargetQueue {
         self.notify.notified().await
     }
 
+    /// Paths waiting: dirty, parked, or in a unit in flight (what the
+    /// `zkbridge_pending_paths` gauge shows).
+    pub fn pending_paths(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.pending() as usize + st.in_flight_paths()
+    }
+
     pub fn parked_count(&self) -> usize {
         self.state.lock().unwrap().parked.len()
     }

@@ -135,3 +135,70 @@ async fn readyz_follows_initial_sync_and_target_loss() {
     await_in_sync(&bridge.config(), CONVERGE).await;
     assert_eq!(bridge.http_get("/healthz").map(|(c, _)| c), Some(200));
 }
+
+/// The row of the status page's rendered DOM for a route/target.
+fn page_row(dom: &str, route: &str, target: &str) -> String {
+    let marker = format!("data-route=\"{route}\" data-target=\"{target}\"");
+    let at = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no row for {route}/{target} in:\n{dom}"));
+    let start = dom[..at].rfind("<tr").unwrap();
+    let end = at + dom[at..].find("</tr>").unwrap();
+    dom[start..end].to_string()
+}
+
+/// The built-in status page, rendered by a real browser: each route's row
+/// with its lag and lag history, and red once a conflict stops a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_routes_and_turns_red_when_a_conflict_stops_one() {
+    let src = Zk::standalone();
+    let dst = Zk::standalone();
+    let s = src.client().await;
+    mkdirs(&s, "/m").await;
+    mkdirs(&s, "/c").await;
+    create(&s, "/c/a", b"source").await;
+    let toml = format!(
+        "{}[[routes]]\nname = \"c\"\nsource = \"src:/c\"\ntargets = [\"dst:/c\"]\nconflict = \"fail\"\n",
+        config(&src, &dst)
+    );
+    let bridge = Bridge::start(&toml);
+    await_in_sync(&bridge.config(), CONVERGE).await;
+    let url = format!("http://{}/", bridge.listen);
+    let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    eventually("both routes are shown with a lag", CONVERGE, async || {
+        let dom = browser_dom(&url, None);
+        ["m", "c"].iter().all(|r| {
+            let row = page_row(&dom, r, "dst");
+            row.contains("class=\"ok\"") && row.contains(" s</td>") && row.contains("lag-history")
+        })
+    })
+    .await;
+    let dom = browser_dom(&url, Some(&artefacts.join("running.png")));
+    assert!(
+        dom.contains("<svg class=\"lag-history\""),
+        "the lag history is drawn inline"
+    );
+    assert!(
+        !dom.contains("src=\"http") && !dom.contains("href=\"http"),
+        "no external asset"
+    );
+
+    // A local change in the target stops route c (conflict = "fail").
+    let t = dst.client().await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    eventually("the stopped route's row turns red", CONVERGE, async || {
+        let row = page_row(&browser_dom(&url, None), "c", "dst");
+        row.contains("class=\"stopped\"") && row.contains("STOPPED (conflict) at /c/a")
+    })
+    .await;
+    let dom = browser_dom(&url, Some(&artefacts.join("stopped.png")));
+    assert!(
+        page_row(&dom, "m", "dst").contains("class=\"ok\""),
+        "the other route is unaffected"
+    );
+    assert!(
+        artefacts.join("stopped.png").metadata().unwrap().len() > 1000,
+        "a screenshot is kept"
+    );
+    eprintln!("screenshots in {}", artefacts.display());
+}

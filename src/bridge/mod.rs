@@ -43,7 +43,14 @@ pub struct Bridge {
     pub workers: Vec<WorkerHandle>,
     pub routes: Vec<RouteHandle>,
     ensembles: BTreeMap<String, Ensemble>,
+    /// Recent lag samples per worker (same order as `workers`), for the
+    /// status page; written only by `track_lag`.
+    history: std::sync::Mutex<Vec<std::collections::VecDeque<crate::http::LagSample>>>,
 }
+
+/// Lag samples kept per route/target: ten minutes at one every five seconds.
+const HISTORY_SAMPLES: usize = 120;
+const HISTORY_EVERY: Duration = Duration::from_secs(5);
 
 /// A route's role as its runner sees it.
 pub struct RouteHandle {
@@ -227,6 +234,21 @@ impl crate::http::Served for Bridge {
     fn explain(&self, route: &str, relative: &str) -> Option<Vec<crate::explain::QueueReport>> {
         Bridge::explain(self, route, relative)
     }
+
+    fn history(&self) -> Vec<crate::http::LagSeries> {
+        let history = self.history.lock().unwrap();
+        self.workers
+            .iter()
+            .zip(history.iter())
+            .filter(|(w, _)| !self.is_primary(w))
+            .map(|(w, samples)| crate::http::LagSeries {
+                route: w.route.clone(),
+                target: w.target.clone(),
+                pending: w.queue.pending_paths(),
+                samples: samples.iter().copied().collect(),
+            })
+            .collect()
+    }
 }
 
 /// Starts every session, capture and worker. Returns the shared state and
@@ -311,6 +333,7 @@ pub fn start(
             shutdown.clone(),
         )));
     }
+    let history = std::sync::Mutex::new(vec![Default::default(); workers.len()]);
     let bridge = Arc::new(Bridge {
         id: config.config.bridge.id.clone(),
         config: config.clone(),
@@ -318,6 +341,7 @@ pub fn start(
         workers,
         routes,
         ensembles,
+        history,
     });
     tasks.push(tokio::spawn(track_lag(bridge.clone(), shutdown.clone())));
     (bridge, tasks)
@@ -327,12 +351,17 @@ pub fn start(
 /// so it cannot wait for the next checkpoint to be updated.
 async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {},
             _ = shutdown.changed() => return,
         }
-        for w in &bridge.workers {
+        let sample = sampled.is_none_or(|at| at.elapsed() >= HISTORY_EVERY);
+        if sample {
+            sampled = Some(tokio::time::Instant::now());
+        }
+        for (i, w) in bridge.workers.iter().enumerate() {
             let labels = [w.route.as_str(), w.target.as_str()];
             let lag = if bridge.is_primary(w) {
                 None
@@ -347,6 +376,17 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
                 None => {
                     let _ = bridge.metrics.lag_seconds.remove_label_values(&labels);
                 }
+            }
+            if sample {
+                let mut history = bridge.history.lock().unwrap();
+                let series = &mut history[i];
+                if series.len() == HISTORY_SAMPLES {
+                    series.pop_front();
+                }
+                series.push_back(crate::http::LagSample {
+                    ts_ms: crate::znodes::now_ms(),
+                    lag_s: lag,
+                });
             }
         }
     }

@@ -1254,6 +1254,42 @@ async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::col
     out
 }
 
+/// The DOM of `url` as headless Chromium renders it, scripts run (up to
+/// 5 s of virtual time); with `screenshot`, a PNG of the page kept there.
+/// Chromium is required: `scripts/install-deps.sh` installs it.
+pub fn browser_dom(url: &str, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--window-size=1280,480",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("chromium cannot run ({e}): scripts/install-deps.sh installs it"));
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    if let Some(path) = screenshot {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        run(&[format!("--screenshot={}", path.display())]);
+    }
+    run(&["--dump-dom".to_string()])
+}
+
 /// The tests' randomness: xorshift*, replayable from its seed.
 pub struct Rng(u64);
 

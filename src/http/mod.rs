@@ -1,7 +1,8 @@
-//! `/metrics`, `/healthz`, `/readyz`, `/status` (design §4), and
+//! `/metrics`, `/healthz`, `/readyz`, `/status` (design §4);
 //! `/explain/ROUTE/PATH` (what this instance's queues hold for one path,
-//! for `zkbridge explain`). Read-only: no endpoint changes state, so
-//! exposing them is safe.
+//! for `zkbridge explain`); the status page at `/` and the lag history it
+//! draws (`/history`). Read-only: no endpoint changes state, so exposing
+//! them is safe.
 
 use std::sync::Arc;
 
@@ -29,12 +30,35 @@ pub trait Served: Send + Sync + 'static {
     /// What this instance's queues hold for `relative` in `route`'s
     /// members; `None` for a route it does not run.
     fn explain(&self, route: &str, relative: &str) -> Option<Vec<QueueReport>>;
+    /// Recent lag samples and the pending count of every route/target this
+    /// instance runs a worker for (for the status page).
+    fn history(&self) -> Vec<LagSeries>;
+}
+
+/// One route/target's recent lag, as the status page draws it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LagSeries {
+    pub route: String,
+    pub target: String,
+    /// Paths waiting in this instance's queue now.
+    pub pending: usize,
+    /// Oldest first.
+    pub samples: Vec<LagSample>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LagSample {
+    pub ts_ms: i64,
+    /// `None` while this instance does not lead the route/target.
+    pub lag_s: Option<f64>,
 }
 
 type Shared = Arc<dyn Served>;
 
 pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdown: watch::Receiver<bool>) {
     let app = Router::new()
+        .route("/", get(page))
+        .route("/history", get(history))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -86,4 +110,17 @@ fn explained(bridge: &Shared, route: &str, relative: &str) -> Response {
         Some(reports) => Json(reports).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no route {route:?} here\n")).into_response(),
     }
+}
+
+/// The status page: one self-contained document.
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+        .into_response()
+}
+
+async fn history(State(bridge): State<Shared>) -> Response {
+    Json(bridge.history()).into_response()
 }
