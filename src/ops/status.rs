@@ -1,7 +1,7 @@
 //! `zkbridge status` and `zkbridge status --watch`.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,14 +41,20 @@ pub async fn status(path: &std::path::Path, show: Show) -> ExitCode {
         let status = crate::status::collect(&resolved, &sessions).await;
         let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let body = render(&status, show.json);
-        match (terminal, show.json) {
-            (true, false) => print!(
+        let frame = match (terminal, show.json) {
+            (true, false) => format!(
                 "\x1b[H\x1b[2J{at}  every {}  (Ctrl-C to stop)\n\n{body}",
                 humantime::format_duration(interval)
             ),
-            (false, false) => print!("{at}\n{body}\n"),
-            (_, true) => println!("{}", serde_json::to_string(&status).expect("JSON")),
+            (false, false) => format!("{at}\n{body}\n"),
+            (_, true) => format!("{}\n", serde_json::to_string(&status).expect("JSON")),
+        };
+        // Whoever reads it has gone (`| head`, a closed pager): done.
+        let mut out = std::io::stdout().lock();
+        if out.write_all(frame.as_bytes()).and_then(|()| out.flush()).is_err() {
+            return ExitCode::SUCCESS;
         }
+        drop(out);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {},
             _ = &mut stop => return ExitCode::SUCCESS,
