@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use prometheus::IntCounter;
-use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 use zookeeper_client::{EventType, SessionState};
 
@@ -19,6 +18,7 @@ use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::path::relative;
 use crate::queue::{ResyncReason, TargetQueue};
+use crate::shutdown::Shutdown;
 use crate::zk::{watch_subtree, Ensemble};
 use crate::znodes::{heartbeat_path, now_ms, Heartbeat};
 
@@ -41,7 +41,7 @@ enum Flow {
 }
 
 impl Capture {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         let span = tracing::info_span!("capture", route = %self.route.name(), source = %self.route.source);
         async move {
             let kinds = ["created", "changed", "deleted"]
@@ -51,7 +51,7 @@ impl Capture {
             loop {
                 let session = tokio::select! {
                     s = self.source.session_after(generation) => s,
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.requested() => break,
                 };
                 generation = session.generation;
                 let mut watcher = match watch_subtree(&session.client, &self.route.source.path).await {
@@ -62,7 +62,7 @@ impl Capture {
                         generation = generation.saturating_sub(1);
                         tokio::select! {
                             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {},
-                            _ = shutdown.changed() => break,
+                            _ = shutdown.requested() => break,
                         }
                         continue;
                     }
@@ -78,7 +78,7 @@ impl Capture {
                         _ = heartbeat.tick() => {
                             self.heartbeat(&session.client, &mut watcher, &kinds, &mut disconnected).await
                         }
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.requested() => return,
                     };
                     match flow {
                         Flow::Continue => {}

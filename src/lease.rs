@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
@@ -26,6 +25,7 @@ use zookeeper_client::{
 };
 
 use crate::checkpoint::persistent;
+use crate::shutdown::Shutdown;
 use crate::zk::Ensemble;
 use crate::znodes::{instances_dir, LeaseRecord};
 
@@ -314,7 +314,7 @@ impl Balancer {
         ensemble: Ensemble,
         meta: String,
         record: LeaseRecord,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let dir = instances_dir(&meta);
         let node = format!("{dir}/{}-{}", record.instance, record.pid);
@@ -324,7 +324,7 @@ impl Balancer {
         loop {
             let session = tokio::select! {
                 s = ensemble.session_after(generation) => s,
-                _ = shutdown.changed() => return,
+                _ = shutdown.requested() => return,
             };
             generation = session.generation;
             let client = session.client;
@@ -351,14 +351,14 @@ impl Balancer {
                     Err(_) => {
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                            _ = shutdown.changed() => return,
+                            _ = shutdown.requested() => return,
                         }
                     }
                 };
                 self.set_live(&ensemble.name, children.len());
                 let event = tokio::select! {
                     e = watcher.changed() => e,
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.requested() => return,
                 };
                 if event.session_state.is_terminated() {
                     break;

@@ -18,6 +18,7 @@ pub mod diff;
 pub mod ops;
 pub mod path;
 pub mod role_watch;
+pub mod shutdown;
 pub mod supervise;
 pub mod tree;
 pub mod wait;

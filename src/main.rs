@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use tokio::sync::watch;
 
 use zkbridge::{config, ops};
 
@@ -318,8 +317,8 @@ fn toml_string(config: &config::Config) -> Result<String, String> {
     toml::to_string(config).map_err(|e| e.to_string())
 }
 
-fn shutdown_on_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+fn shutdown_on_signal() -> zkbridge::shutdown::Shutdown {
+    let (trigger, shutdown) = zkbridge::shutdown::channel();
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -328,9 +327,9 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
             _ = term.recv() => {},
         }
         tracing::info!("signal received");
-        let _ = tx.send(true);
+        trigger.fire();
     });
-    rx
+    shutdown
 }
 
 async fn run(path: &std::path::Path) -> ExitCode {

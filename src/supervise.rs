@@ -19,10 +19,10 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::watch;
 use tracing::error;
 
 use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
 
 tokio::task_local! {
     /// Set while a supervised task runs: its panics are its own.
@@ -48,11 +48,8 @@ pub fn install_panic_hook() {
 
 /// Runs the task `start` makes until it returns, restarting it after each
 /// panic (with `on_panic(message, retry_in)` called first) until `shutdown`.
-pub async fn supervise<Task, Fut>(
-    mut start: Task,
-    mut on_panic: impl FnMut(&str, Duration),
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub async fn supervise<Task, Fut>(mut start: Task, mut on_panic: impl FnMut(&str, Duration), mut shutdown: Shutdown)
+where
     Task: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
@@ -72,9 +69,9 @@ pub async fn supervise<Task, Fut>(
         on_panic(&message, retry_in);
         tokio::select! {
             _ = tokio::time::sleep(retry_in) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.requested() => return,
         }
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             return;
         }
     }
@@ -98,7 +95,7 @@ mod tests {
     async fn a_panicking_task_is_restarted_with_a_growing_backoff() {
         let runs = Arc::new(AtomicU32::new(0));
         let delays = Arc::new(Mutex::new(Vec::new()));
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = crate::shutdown::channel();
         let counted = runs.clone();
         let seen = delays.clone();
         supervise(
@@ -125,10 +122,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_the_wait_between_restarts() {
-        let (stop, shutdown) = watch::channel(false);
+        let (stop, shutdown) = crate::shutdown::channel();
         let handle = tokio::spawn(supervise(|| async { panic!("always") }, |_, _| {}, shutdown));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        stop.send(true).unwrap();
+        stop.fire();
         tokio::time::timeout(Duration::from_secs(1), handle)
             .await
             .expect("supervisor stopped")

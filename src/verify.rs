@@ -51,15 +51,23 @@ pub struct Findings {
     pub expired_copies: Vec<String>,
 }
 
+/// The two positions a pass judges by.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions {
+    /// Source zxid of the current checkpoint: a source change after it may
+    /// still be on its way.
+    pub checkpoint: i64,
+    /// Target zxid after which every target change not made by this
+    /// leader is a local one.
+    pub reference: i64,
+}
+
 /// Sorts the differences between two scans (see the module docs).
-/// `c`: source zxid of the current checkpoint; `t`: the reference target zxid.
-pub fn classify(
-    route: &Route,
-    source: &Tree,
-    target: &Tree,
-    (c, t): (i64, i64),
-    kept: impl Fn(&str) -> bool,
-) -> Findings {
+pub fn classify(route: &Route, source: &Tree, target: &Tree, at: Positions, kept: impl Fn(&str) -> bool) -> Findings {
+    let Positions {
+        checkpoint: c,
+        reference: t,
+    } = at;
     let mut found = Findings::default();
     for op in plan::plan(route, source, target) {
         let rel = op.rel();
@@ -196,7 +204,16 @@ impl Verifier {
         .await?;
         let mut source = source;
         let kept = |rel: &str| self.status.is_kept(rel);
-        let mut found = classify(route, &source, &target, (c, t), kept);
+        let mut found = classify(
+            route,
+            &source,
+            &target,
+            Positions {
+                checkpoint: c,
+                reference: t,
+            },
+            kept,
+        );
         if !found.local.is_empty() || !found.drift.is_empty() {
             // The source was read before the target: a change the bridge
             // applied between the two scans would look local (the target
@@ -220,7 +237,16 @@ impl Verifier {
                     .filter_map(|rel| tree.get(rel).map(|n| (rel.to_string(), n.clone())))
                     .collect()
             };
-            let again = classify(route, &subset(&source), &subset(&target), (c, t), kept);
+            let again = classify(
+                route,
+                &subset(&source),
+                &subset(&target),
+                Positions {
+                    checkpoint: c,
+                    reference: t,
+                },
+                kept,
+            );
             let wanted: std::collections::HashSet<&String> = candidates.iter().collect();
             let local: Vec<String> = again.local.into_iter().filter(|r| wanted.contains(r)).collect();
             let drift: Vec<String> = again.drift.into_iter().filter(|r| wanted.contains(r)).collect();
@@ -334,6 +360,10 @@ mod tests {
 
     const C: i64 = 100;
     const T: i64 = 1000;
+    const AT: Positions = Positions {
+        checkpoint: C,
+        reference: T,
+    };
 
     #[test]
     fn source_changes_after_the_checkpoint_are_pending() {
@@ -347,7 +377,7 @@ mod tests {
             ("a", node("old", (900, 900, 900), 0)),
             ("gone", node("g", (900, 900, 900), 0)),
         ]);
-        let found = classify(&route(""), &source, &target, (C, T), |_| false);
+        let found = classify(&route(""), &source, &target, AT, |_| false);
         assert_eq!(found.pending, 3, "{found:?}");
         assert!(found.local.is_empty() && found.drift.is_empty());
     }
@@ -365,10 +395,10 @@ mod tests {
             ("set-drift", node("other", (900, 900, 900), 0)),
             ("created-locally", node("x", (1500, 1500, 1500), 0)),
         ]);
-        let found = classify(&route(""), &source, &target, (C, T), |_| false);
+        let found = classify(&route(""), &source, &target, AT, |_| false);
         assert_eq!(found.local, ["created-locally", "set-local"]);
         assert_eq!(found.drift, ["set-drift"]);
-        let kept = classify(&route(""), &source, &target, (C, T), |rel| rel == "set-local");
+        let kept = classify(&route(""), &source, &target, AT, |rel| rel == "set-local");
         assert_eq!(
             kept.local,
             ["created-locally"],
@@ -382,9 +412,7 @@ mod tests {
         // The copy went with the old leader's session: the parent's child
         // list changed after T.
         let target = tree(vec![("", node("", (900, 900, 1500), 0))]);
-        let found = classify(&route("ephemerals = \"ephemeral\""), &source, &target, (C, T), |_| {
-            false
-        });
+        let found = classify(&route("ephemerals = \"ephemeral\""), &source, &target, AT, |_| false);
         assert_eq!(found.expired_copies, ["e"]);
         assert!(found.local.is_empty() && found.drift.is_empty(), "{found:?}");
     }

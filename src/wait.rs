@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use zookeeper_client::{Client, Error, EventType};
 
 use crate::config::{Resolved, Route};
-use crate::znodes::{progress_path, Progress};
+use crate::znodes::{progress_path, Progress, RouteKey};
 
 /// Why waiting could not even start.
 #[derive(Debug, thiserror::Error)]
@@ -69,25 +69,30 @@ pub async fn pending_targets(
 ) -> Result<Vec<String>, WaitError> {
     let (route, members) = mirrors(config, source, route).await?;
     let meta = &config.config.bridge.meta_path;
-    pending_among(source, (meta, route.name()), &members, zxid)
-        .await
-        .map_err(source_error(route))
+    pending_among(
+        source,
+        RouteKey {
+            meta,
+            route: route.name(),
+        },
+        &members,
+        zxid,
+    )
+    .await
+    .map_err(source_error(route))
 }
 
 /// Those of `members` whose progress (in the primary, behind `source`) is
 /// below `zxid`.
 async fn pending_among(
     source: &Client,
-    (meta, route): (&str, &str),
+    key: RouteKey<'_>,
     members: &[String],
     zxid: i64,
 ) -> Result<Vec<String>, Error> {
     let mut pending = Vec::new();
     for m in members {
-        if applied_position(source, (meta, route), m)
-            .await?
-            .is_none_or(|z| z < zxid)
-        {
+        if applied_position(source, key, m).await?.is_none_or(|z| z < zxid) {
             pending.push(m.clone());
         }
     }
@@ -96,12 +101,8 @@ async fn pending_among(
 
 /// How far `member` has applied `route`, as its leader last reported to
 /// the source (`source`: a session on the route's current primary).
-pub(crate) async fn applied_position(
-    source: &Client,
-    (meta, route): (&str, &str),
-    member: &str,
-) -> Result<Option<i64>, Error> {
-    match source.get_data(&progress_path(meta, route, member)).await {
+pub(crate) async fn applied_position(source: &Client, key: RouteKey<'_>, member: &str) -> Result<Option<i64>, Error> {
+    match source.get_data(&progress_path(key.meta, key.route, member)).await {
         Ok((data, _)) => Ok(serde_json::from_slice::<Progress>(&data).ok().map(|p| p.source_zxid)),
         Err(Error::NoNode) => Ok(None),
         Err(e) => Err(e),
@@ -126,9 +127,18 @@ pub async fn until_applied(
     };
     let (route, members) = found?;
     let meta = &config.config.bridge.meta_path;
-    until_members_applied(source, (meta, route.name()), &members, zxid, deadline - Instant::now())
-        .await
-        .map_err(source_error(route))
+    until_members_applied(
+        source,
+        RouteKey {
+            meta,
+            route: route.name(),
+        },
+        &members,
+        zxid,
+        deadline - Instant::now(),
+    )
+    .await
+    .map_err(source_error(route))
 }
 
 /// Blocks until every one of `members` has applied source zxid `zxid`
@@ -136,7 +146,7 @@ pub async fn until_applied(
 /// the route's current primary.
 pub(crate) async fn until_members_applied(
     source: &Client,
-    (meta, route): (&str, &str),
+    key: RouteKey<'_>,
     members: &[String],
     zxid: i64,
     timeout: Duration,
@@ -144,13 +154,15 @@ pub(crate) async fn until_members_applied(
     let deadline = Instant::now() + timeout;
     let wait = async {
         loop {
-            let behind = pending_among(source, (meta, route), members, zxid).await?;
+            let behind = pending_among(source, key, members, zxid).await?;
             let Some(first) = behind.first() else { return Ok(true) };
             // Watch the first member still behind; when its progress
             // changes, look at all of them again.
-            let (_, watcher) = source.check_and_watch_stat(&progress_path(meta, route, first)).await?;
+            let (_, watcher) = source
+                .check_and_watch_stat(&progress_path(key.meta, key.route, first))
+                .await?;
             // The progress may have moved between the read and the watch.
-            if pending_among(source, (meta, route), members, zxid).await?.first() != Some(first) {
+            if pending_among(source, key, members, zxid).await?.first() != Some(first) {
                 continue;
             }
             let event = watcher.changed().await;

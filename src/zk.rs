@@ -18,6 +18,7 @@ use zookeeper_client::{SaslOptions, TlsOptions};
 
 use crate::config::{read_digest_file, read_secret_file, EnsembleConfig, TlsConfig};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// A live session, tagged with the generation it belongs to.
 #[derive(Clone)]
@@ -44,7 +45,7 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts the session supervisor. Returns at once; the first session is
     /// published as soon as the ensemble answers.
-    pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn start(name: &str, config: &EnsembleConfig, metrics: Arc<Metrics>, shutdown: Shutdown) -> Self {
         let (tx, rx) = watch::channel(None);
         let publish = Arc::new(tx);
         let (connected_tx, connected) = watch::channel(false);
@@ -123,18 +124,18 @@ impl Supervisor {
         self.connected.send_replace(connected);
     }
 
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, mut shutdown: Shutdown) {
         let state_gauge = self.metrics.session_state.with_label_values(&[&self.name]);
         let state_gauge = &state_gauge;
         let mut generation = 0u64;
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 break;
             }
             let client = tokio::select! {
                 c = connect(&self.config) => c,
-                _ = shutdown.changed() => break,
+                _ = shutdown.requested() => break,
             };
             let client = match client {
                 Ok(c) => c,
@@ -147,7 +148,7 @@ impl Supervisor {
                     warn!(ensemble = %self.name, reason, error = %e, "cannot establish ZooKeeper session; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {},
-                        _ = shutdown.changed() => break,
+                        _ = shutdown.requested() => break,
                     }
                     continue;
                 }
@@ -165,7 +166,7 @@ impl Supervisor {
             let terminal = loop {
                 let state = tokio::select! {
                     s = states.changed() => s,
-                    _ = shutdown.changed() => {
+                    _ = shutdown.requested() => {
                         // Workers finishing their unit still use the
                         // session; `Ensemble::close` drops it afterwards,
                         // and the client then closes it with the server.
@@ -200,7 +201,7 @@ impl Supervisor {
                 warn!(ensemble = %self.name, state = ?terminal, "ZooKeeper session ended; opening a new one");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {},
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.requested() => break,
                 }
             }
         }

@@ -4,6 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where one route's znodes live: under `meta` (the bridge's `meta_path`),
+/// for the route named `route`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteKey<'a> {
+    pub meta: &'a str,
+    pub route: &'a str,
+}
+
 /// `<meta>/ensemble-id` (every ensemble): a UUID created once.
 pub fn ensemble_id_path(meta: &str) -> String {
     format!("{meta}/ensemble-id")

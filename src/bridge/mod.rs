@@ -13,6 +13,7 @@ use crate::config::Resolved;
 use crate::lease::Balancer;
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
+use crate::shutdown::Shutdown;
 use crate::status::{Sessions, Status};
 use crate::worker::{Identity, Leadership, Limits, StatusTx, StatusView};
 
@@ -257,7 +258,7 @@ impl crate::http::Served for Bridge {
 pub fn start(
     config: &Resolved,
     metrics: Arc<Metrics>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> (Arc<Bridge>, Vec<tokio::task::JoinHandle<()>>) {
     let mut ensembles: BTreeMap<String, Ensemble> = BTreeMap::new();
     let mut ensemble = |name: &str| {
@@ -349,13 +350,13 @@ pub fn start(
 
 /// Keeps `zkbridge_lag_seconds` current: lag grows while a target is away,
 /// so it cannot wait for the next checkpoint to be updated.
-async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
+async fn track_lag(bridge: Arc<Bridge>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {},
-            _ = shutdown.changed() => return,
+            _ = shutdown.requested() => return,
         }
         let sample = sampled.is_none_or(|at| at.elapsed() >= HISTORY_EVERY);
         if sample {
@@ -394,7 +395,7 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: watch::Receiver<bool>) {
 
 /// Runs the bridge until `shutdown` turns true, then stops every task,
 /// giving in-flight batches a moment to finish.
-pub async fn run(config: Resolved, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(config: Resolved, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(&config.config.bridge.listen)
         .await
@@ -402,11 +403,7 @@ pub async fn run(config: Resolved, mut shutdown: watch::Receiver<bool>) -> anyho
     let (bridge, tasks) = start(&config, metrics, &shutdown);
     info!(listen = %config.config.bridge.listen, routes = config.routes.len(), workers = bridge.workers.len(), "zkbridge running");
     let http = tokio::spawn(crate::http::serve(listener, bridge.clone(), shutdown.clone()));
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
-    }
+    shutdown.requested().await;
     info!("shutting down");
     let all = futures::future::join_all(tasks);
     if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {

@@ -17,8 +17,9 @@ use crate::config::{Endpoint, Route};
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
 use crate::role::{self, store, Decision};
+use crate::shutdown::Shutdown;
 use crate::supervise::supervise;
-use crate::worker::{Identity, Limits, StatusTx, Worker};
+use crate::worker::{Identity, Limits, StatusTx, Wiring, Worker};
 use crate::zk::Ensemble;
 use crate::znodes::{frozen_path, now_ms, FrozenRecord, RoleRecord};
 
@@ -71,19 +72,19 @@ struct Seen {
 /// The capture and workers of one orientation.
 struct Running {
     role: RoleRecord,
-    stop: watch::Sender<bool>,
+    stop: crate::shutdown::Trigger,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.fire();
         futures::future::join_all(self.tasks).await;
     }
 }
 
 impl RouteRunner {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         let span = tracing::info_span!("route", route = %self.route.name());
         async move {
             let mut running: Option<Running> = None;
@@ -115,9 +116,9 @@ impl RouteRunner {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(REREAD) => {}
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.requested() => {}
                 }
-                if *shutdown.borrow() {
+                if shutdown.is_requested() {
                     break;
                 }
             }
@@ -210,15 +211,25 @@ impl RouteRunner {
             if old.primary == *member && d.current.primary != *member {
                 // A returning old primary: what it accepted after the new
                 // primary's last position is kept before it is overwritten.
+                let Some(Ok(primary_client)) = clients.get(&d.current.primary) else {
+                    warn!(member = %member, "cannot archive the old primary's divergent tail while the primary is unreachable; it is not demoted until it is");
+                    continue;
+                };
+                let old_member = role::divergent::Member {
+                    name: member,
+                    client,
+                    acl: &self.member(member).zk.acl,
+                };
+                let primary = role::divergent::Member {
+                    name: &d.current.primary,
+                    client: primary_client,
+                    acl: &self.member(&d.current.primary).zk.acl,
+                };
                 let archived = role::divergent::archive(
                     &self.route,
                     meta,
-                    (member, client),
-                    (
-                        &d.current.primary,
-                        clients.get(&d.current.primary),
-                        &self.member(&d.current.primary).zk.acl,
-                    ),
+                    old_member,
+                    primary,
                     old.epoch,
                     self.limits.max_in_flight,
                 )
@@ -317,7 +328,7 @@ impl RouteRunner {
 
     /// Starts the capture on the primary and a worker for every other member.
     fn start(&self, role: RoleRecord) -> Running {
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = crate::shutdown::channel();
         let mut tasks = Vec::new();
         let route = Arc::new(
             self.route
@@ -337,27 +348,20 @@ impl RouteRunner {
                 .with_label_values(&[route.name(), &target.ensemble])
                 .add(0);
             let make_worker = {
-                let (route, target, source, target_zk) =
-                    (route.clone(), target.clone(), source.clone(), member.zk.clone());
-                let (queue, status, identity, metrics) = (
-                    member.queue.clone(),
-                    member.status.clone(),
-                    self.identity.clone(),
-                    self.metrics.clone(),
-                );
-                let (limits, role, stopped) = (self.limits, role.clone(), stopped.clone());
-                move || {
-                    Worker::new(
-                        route.clone(),
-                        target.clone(),
-                        (source.clone(), target_zk.clone()),
-                        (queue.clone(), role.clone()),
-                        status.clone(),
-                        (limits, identity.clone()),
-                        metrics.clone(),
-                    )
-                    .run(stopped.clone())
-                }
+                let wiring = Wiring {
+                    route: route.clone(),
+                    target: target.clone(),
+                    source_zk: source.clone(),
+                    target_zk: member.zk.clone(),
+                    queue: member.queue.clone(),
+                    role: role.clone(),
+                    status: member.status.clone(),
+                    limits: self.limits,
+                    identity: self.identity.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                let stopped = stopped.clone();
+                move || Worker::new(wiring.clone()).run(stopped.clone())
             };
             let on_panic = {
                 let (status, metrics) = (member.status.clone(), self.metrics.clone());

@@ -11,11 +11,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tokio::sync::watch;
 
 use futures::future::BoxFuture;
 
 use crate::explain::QueueReport;
+use crate::shutdown::Shutdown;
 use crate::status::Status;
 
 /// What the endpoints read. The running bridge implements it; the HTTP
@@ -55,7 +55,7 @@ pub struct LagSample {
 
 type Shared = Arc<dyn Served>;
 
-pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdown: Shutdown) {
     let app = Router::new()
         .route("/", get(page))
         .route("/history", get(history))
@@ -67,11 +67,7 @@ pub async fn serve(listener: tokio::net::TcpListener, bridge: Shared, mut shutdo
         .route("/explain/:route/*path", get(explain))
         .with_state(bridge);
     let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        shutdown.requested().await;
     };
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::error!(error = %e, "HTTP server failed");

@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use super::target_session;
+use super::{target_session, RouteTarget};
 
 pub async fn resume(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
     let what = format!("this lets {route}/{target} apply again after a stop; resolve the conflicting path first");
-    let (resolved, client) = match target_session(path, "resume", (route, target, yes), &what).await {
+    let (resolved, client) = match target_session(path, "resume", RouteTarget { route, target }, yes, &what).await {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -40,7 +40,7 @@ pub async fn resume(path: &std::path::Path, route: &str, target: &str, yes: bool
 
 pub async fn reset(path: &std::path::Path, route: &str, target: &str, yes: bool) -> ExitCode {
     let what = format!("this deletes the checkpoint of {route}/{target}: its next leader copies the whole route again");
-    let (resolved, client) = match target_session(path, "reset", (route, target, yes), &what).await {
+    let (resolved, client) = match target_session(path, "reset", RouteTarget { route, target }, yes, &what).await {
         Ok(r) => r,
         Err(code) => return code,
     };

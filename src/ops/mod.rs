@@ -52,12 +52,20 @@ pub(crate) async fn connect_within(settings: &config::EnsembleConfig) -> Result<
     }
 }
 
+/// A route and one of its targets, as a command names them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteTarget<'a> {
+    pub route: &'a str,
+    pub target: &'a str,
+}
+
 /// Loads the config, checks that `route` has a target on `target`, asks
 /// for `--yes` on a terminal, and opens a session on the target ensemble.
 pub(crate) async fn target_session(
     path: &std::path::Path,
     command: &str,
-    (route, target, yes): (&str, &str, bool),
+    RouteTarget { route, target }: RouteTarget<'_>,
+    yes: bool,
     what: &str,
 ) -> Result<(config::Resolved, zookeeper_client::Client), ExitCode> {
     use std::io::IsTerminal;

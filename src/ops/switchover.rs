@@ -97,10 +97,10 @@ async fn recover(resolved: &Resolved, members: &Members, current: &RoleRecord) -
             );
             let to_path = &route.member(&record.to)?.path;
             let done = async {
-                freeze::restore(members.client(&record.to), to_path, &acls, (Restore::Always, in_flight)).await?;
+                freeze::restore(members.client(&record.to), to_path, &acls, Restore::Always, in_flight).await?;
                 match mirror_acl(resolved, route, &record.primary) {
                     Some(acl) => freeze::set_all(old_client, old_path, acls.keys(), &acl, in_flight).await?,
-                    None => freeze::restore(old_client, old_path, &acls, (Restore::IfChanged, in_flight)).await?,
+                    None => freeze::restore(old_client, old_path, &acls, Restore::IfChanged, in_flight).await?,
                 }
                 freeze::clear(client, meta, route.name()).await
             };
@@ -120,7 +120,7 @@ async fn recover(resolved: &Resolved, members: &Members, current: &RoleRecord) -
             record.to, record.primary
         );
         let restored = async {
-            freeze::restore(old_client, old_path, &acls, (Restore::IfChanged, in_flight)).await?;
+            freeze::restore(old_client, old_path, &acls, Restore::IfChanged, in_flight).await?;
             freeze::clear(client, meta, route.name()).await
         };
         return Some(match restored.await {
@@ -184,6 +184,14 @@ impl Switchover<'_> {
         &self.resolved.config.bridge.meta_path
     }
 
+    /// Where the route's znodes live.
+    fn key(&self) -> crate::znodes::RouteKey<'_> {
+        crate::znodes::RouteKey {
+            meta: self.meta(),
+            route: self.members.route.name(),
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.resolved.config.bridge.max_in_flight
     }
@@ -227,15 +235,17 @@ impl Switchover<'_> {
             ts_ms: now_ms(),
         };
         let meta_acl = store::acl(&self.resolved.ensemble(old).acl());
-        let frozen = freeze::freeze(
-            self.members.client(old),
-            (self.meta(), route.name()),
-            old_path,
-            &record,
-            &route.config.freeze_acl(),
-            (&meta_acl, self.in_flight()),
-        )
-        .await;
+        let freeze_acl = route.config.freeze_acl();
+        let how = freeze::Freeze {
+            meta: self.meta(),
+            route: route.name(),
+            base: old_path,
+            record: &record,
+            freeze_acl: &freeze_acl,
+            meta_acl: &meta_acl,
+            max_in_flight: self.in_flight(),
+        };
+        let frozen = freeze::freeze(self.members.client(old), &how).await;
         match frozen {
             Ok((originals, window)) => {
                 step.done(&format!("{} nodes read-only in {old}", originals.len()));
@@ -266,14 +276,14 @@ impl Switchover<'_> {
         let step = Step::start("unfreeze");
         let to_path = &route.member(&self.to).expect("a member").path;
         let to_client = self.members.client(&self.to);
-        if let Err(e) = freeze::restore(to_client, to_path, originals, (Restore::Always, self.in_flight())).await {
+        if let Err(e) = freeze::restore(to_client, to_path, originals, Restore::Always, self.in_flight()).await {
             eprintln!("zkbridge switchover: restoring the original ACLs in {}: {e}; run the switchover's unfreeze again with `zkbridge switchover` after fixing it", self.to);
             return ExitCode::from(2);
         }
         let window = window.elapsed();
         let demoted = match mirror_acl(self.resolved, route, old) {
             Some(acl) => freeze::set_all(old_client, old_path, originals.keys(), &acl, self.in_flight()).await,
-            None => freeze::restore(old_client, old_path, originals, (Restore::IfChanged, self.in_flight())).await,
+            None => freeze::restore(old_client, old_path, originals, Restore::IfChanged, self.in_flight()).await,
         };
         if let Err(e) = demoted {
             eprintln!("zkbridge switchover: setting the mirror ACLs in {old}: {e} (the new primary is writable)");
@@ -312,7 +322,7 @@ impl Switchover<'_> {
             .mzxid;
         let reached = crate::wait::until_members_applied(
             old_client,
-            (self.meta(), route.name()),
+            self.key(),
             std::slice::from_ref(&self.to),
             zxid,
             self.timeout,
@@ -448,9 +458,7 @@ impl Switchover<'_> {
         let mut full = Vec::new();
         for m in route.members().filter(|m| m.ensemble != self.to) {
             let in_step = m.ensemble == *old || {
-                let progress =
-                    crate::wait::applied_position(self.members.client(old), (self.meta(), route.name()), &m.ensemble)
-                        .await;
+                let progress = crate::wait::applied_position(self.members.client(old), self.key(), &m.ensemble).await;
                 progress.ok().flatten().is_some_and(|z| z >= flipped.freeze_zxid)
             };
             if !in_step {
@@ -488,7 +496,7 @@ impl Switchover<'_> {
         let base = &route.member(old).expect("a member").path;
         eprintln!("zkbridge switchover: aborted: {}", abort.0);
         let restored = match freeze::recorded(client, self.meta(), route.name()).await {
-            Ok(Some((_, acls))) => freeze::restore(client, base, &acls, (Restore::IfChanged, self.in_flight()))
+            Ok(Some((_, acls))) => freeze::restore(client, base, &acls, Restore::IfChanged, self.in_flight())
                 .await
                 .map_err(|e| e.to_string()),
             Ok(None) => Ok(()),

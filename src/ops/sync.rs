@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::load;
 use crate::config;
 use crate::diff::DifferenceKind;
@@ -26,9 +24,9 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
     }
     let started = std::time::Instant::now();
     let started_ms = crate::znodes::now_ms();
-    let (tx, rx) = watch::channel(false);
+    let (stop, shutdown) = crate::shutdown::channel();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let (bridge, tasks) = crate::bridge::start(&resolved, metrics, &rx);
+    let (bridge, tasks) = crate::bridge::start(&resolved, metrics, &shutdown);
     let mut progress = crate::progress::SyncProgress::new(&bridge);
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -63,7 +61,7 @@ pub async fn sync(path: &std::path::Path, route: Option<&str>, dry_run: bool) ->
         }
     };
     progress.finish();
-    let _ = tx.send(true);
+    stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
     bridge.close().await;
     print!("{}", progress.summary(&bridge, started));

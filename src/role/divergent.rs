@@ -28,7 +28,8 @@ const CHUNK_BYTES: usize = 512 * 1024;
 ///   it, and `old` no longer does, were deleted in `old` after `applied`.
 pub fn tail(
     route: &Route,
-    (old, old_base): (&Tree, &str),
+    old: &Tree,
+    old_base: &str,
     new: &Tree,
     applied: i64,
     promoted: i64,
@@ -72,20 +73,38 @@ pub fn tail(
     records
 }
 
+/// A route member with a session on it.
+#[derive(Clone, Copy)]
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub client: &'a Client,
+    /// The ACL of zkbridge's own znodes there.
+    pub acl: &'a [zookeeper_client::Acl],
+}
+
 /// Archives the divergent tail of member `old` against the current primary
-/// `new` and returns how many nodes it holds. Refused (to be retried) while
-/// the new primary is unreachable: the old primary is not demoted before.
+/// `new` and returns how many nodes it holds. The caller retries while the
+/// new primary is unreachable: the old primary is not demoted before.
 pub async fn archive(
     route: &Route,
     meta: &str,
-    (old, old_client): (&str, &Client),
-    (new, new_client, new_acl): (&str, Option<&Result<Client, String>>, &[zookeeper_client::Acl]),
+    old: Member<'_>,
+    new: Member<'_>,
     old_epoch: u64,
     max_in_flight: usize,
 ) -> Result<usize, Error> {
-    let Some(Ok(new_client)) = new_client else {
-        return Err(Error::ConnectionLoss);
-    };
+    let (
+        Member {
+            name: old,
+            client: old_client,
+            ..
+        },
+        Member {
+            name: new,
+            client: new_client,
+            acl: new_acl,
+        },
+    ) = (old, new);
     let (old_ep, new_ep) = (
         route.member(old).expect("a member"),
         route.member(new).expect("a member"),
@@ -108,7 +127,7 @@ pub async fn archive(
     let excluded = |rel: &str| !route.filter.excluded(rel);
     let old_tree = crate::tree::scan(old_client, &old_ep.path, max_in_flight, excluded).await?;
     let new_tree = crate::tree::scan(new_client, &new_ep.path, max_in_flight, excluded).await?;
-    let records = tail(route, (&old_tree, &old_ep.path), &new_tree, applied, promoted);
+    let records = tail(route, &old_tree, &old_ep.path, &new_tree, applied, promoted);
     let dir = divergent_dir(meta, route.name(), old_epoch);
     let acl = crate::role::store::acl(new_acl);
     for (n, part) in crate::role::chunks_by_json(&records, CHUNK_BYTES).iter().enumerate() {
@@ -176,7 +195,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let tail = tail(&route(), (&old, "/s"), &new, 10, 50);
+        let tail = tail(&route(), &old, "/s", &new, 10, 50);
         let got: Vec<(&str, DivergentOp)> = tail.iter().map(|r| (r.path.as_str(), r.op)).collect();
         assert_eq!(
             got,
@@ -195,6 +214,6 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        assert_eq!(tail(&route(), (&old, "/s"), &Tree::new(), -1, 0).len(), 2);
+        assert_eq!(tail(&route(), &old, "/s", &Tree::new(), -1, 0).len(), 2);
     }
 }

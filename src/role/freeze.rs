@@ -52,20 +52,38 @@ fn at(path: impl Into<String>) -> impl FnOnce(Error) -> NodeError {
     move |error| NodeError { path, error }
 }
 
+/// What a freeze needs to know.
+#[derive(Clone, Copy)]
+pub struct Freeze<'a> {
+    pub meta: &'a str,
+    pub route: &'a str,
+    /// The primary's path: every node beneath it is frozen.
+    pub base: &'a str,
+    /// The `frozen` znode's content (who is switching over to whom).
+    pub record: &'a FrozenRecord,
+    /// What every node gets while frozen (the route's `freeze_acl`).
+    pub freeze_acl: &'a [Acl],
+    /// The ACL of zkbridge's own znodes in the primary.
+    pub meta_acl: &'a [Acl],
+    pub max_in_flight: usize,
+}
+
 /// Freezes the subtree at `base`: records every node's ACL beneath the
 /// `frozen` znode (created with `record`; `NodeExists` means another
 /// switchover holds the route), then sets `freeze_acl` everywhere. Nodes
 /// created while the freeze runs are found by another pass; once every
 /// parent is frozen, none can be added. Returns the recorded ACLs and when
 /// the first node was frozen (writes are refused from then on).
-pub async fn freeze(
-    client: &Client,
-    (meta, route): (&str, &str),
-    base: &str,
-    record: &FrozenRecord,
-    freeze_acl: &[Acl],
-    (meta_acl, max_in_flight): (&[Acl], usize),
-) -> Result<(AclRecord, std::time::Instant), NodeError> {
+pub async fn freeze(client: &Client, freeze: &Freeze<'_>) -> Result<(AclRecord, std::time::Instant), NodeError> {
+    let Freeze {
+        meta,
+        route,
+        base,
+        record,
+        freeze_acl,
+        meta_acl,
+        max_in_flight,
+    } = *freeze;
     let frozen = frozen_path(meta, route);
     let data = serde_json::to_vec(record).expect("JSON of a plain struct");
     crate::checkpoint::create_with_parents(client, &frozen, &data, meta_acl)
@@ -184,7 +202,8 @@ pub async fn restore(
     client: &Client,
     base: &str,
     acls: &AclRecord,
-    (mode, max_in_flight): (Restore, usize),
+    mode: Restore,
+    max_in_flight: usize,
 ) -> Result<(), NodeError> {
     stream::iter(acls.iter().map(Ok))
         .try_for_each_concurrent(acl_requests(max_in_flight), |(rel, entries)| async move {

@@ -80,7 +80,7 @@ impl Worker {
     /// Mirrors while `lease` is held. Work in progress when the lease is
     /// lost or shutdown comes is dropped: every write is idempotent and
     /// fenced, and the checkpoint covers only what committed.
-    pub(super) async fn lead(&self, lease: &Lease, shutdown: &mut watch::Receiver<bool>) -> LeadEnd {
+    pub(super) async fn lead(&self, lease: &Lease, shutdown: &mut Shutdown) -> LeadEnd {
         let lost = lease.lost();
         tokio::pin!(lost);
         if let Some(end) = self.read_lead_state(lease, shutdown, &mut lost).await {
@@ -90,7 +90,7 @@ impl Worker {
         let _verifier = self.spawn_verifier();
         let mut lead = Lead::new(self, lease);
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 return LeadEnd::Shutdown;
             }
             lead.arm_target_watch();
@@ -107,7 +107,7 @@ impl Worker {
                             self.status.update(|s| s.stopped = None);
                             self.queue.request_resync(ResyncReason::Startup);
                         },
-                        _ = shutdown.changed() => {},
+                        _ = shutdown.requested() => {},
                         _ = &mut lost => return LeadEnd::LeaseLost,
                     }
                     continue;
@@ -132,7 +132,7 @@ impl Worker {
     async fn read_lead_state(
         &self,
         lease: &Lease,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
         lost: &mut (impl Future<Output = ()> + Unpin),
     ) -> Option<LeadEnd> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -143,7 +143,7 @@ impl Worker {
             warn!(error = %e, "cannot read the route's conflict state; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {},
-                _ = shutdown.changed() => return Some(LeadEnd::Shutdown),
+                _ = shutdown.requested() => return Some(LeadEnd::Shutdown),
                 _ = &mut *lost => return Some(LeadEnd::LeaseLost),
             }
         }
@@ -174,7 +174,8 @@ impl Worker {
             "panic",
         ]);
         let passes = async move {
-            let (_running, stopped) = watch::channel(false);
+            // Stopped by aborting this task (see `AbortOnDrop`), never by a trigger.
+            let (_running, stopped) = crate::shutdown::channel();
             crate::supervise::supervise(
                 move || verifier.clone().run(),
                 move |message, retry_in| {
@@ -360,11 +361,7 @@ impl<'a> Lead<'a> {
 
     /// The lead loop's one wait: for work to end, the watch, the lease, a
     /// timer, new work or shutdown.
-    async fn next_event(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-        lost: &mut (impl Future<Output = ()> + Unpin),
-    ) -> Event {
+    async fn next_event(&mut self, shutdown: &mut Shutdown, lost: &mut (impl Future<Output = ()> + Unpin)) -> Event {
         let queue = &self.worker.queue;
         let paused = self.is_paused();
         let room = !paused && !self.resyncing && self.running.len() < UNITS_IN_FLIGHT;
@@ -394,7 +391,7 @@ impl<'a> Lead<'a> {
             _ = sleep_until(paused_until) => Event::Wake,
             _ = sleep_until(rearm) => Event::Wake,
             _ = tokio::time::sleep(Duration::from_secs(1)) => Event::Wake,
-            _ = shutdown.changed() => Event::Wake,
+            _ = shutdown.requested() => Event::Wake,
             _ = &mut *lost => Event::LeaseLost,
         }
     }

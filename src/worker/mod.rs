@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use prometheus::{Histogram, IntCounter, IntGauge};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client::{
@@ -28,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::path::{self, join, parent};
 use crate::plan::{self, Need, NodeKind, Op};
 use crate::queue::{Dirty, Parking, ResyncReason, Seen, TargetQueue, TargetRead, Work};
+use crate::shutdown::Shutdown;
 use crate::tree::{self, NodeState};
 use crate::zk::{error_kind, is_transient, Ensemble};
 use crate::znodes::{
@@ -154,16 +154,37 @@ impl Interrupted {
     }
 }
 
+/// What a worker is made of: the route (oriented to its primary), the
+/// member it mirrors into, the sessions and queue it uses, the role it
+/// writes for. Cloned for each (re)start of the worker.
+#[derive(Clone)]
+pub struct Wiring {
+    pub route: Arc<Route>,
+    pub target: Endpoint,
+    pub source_zk: Ensemble,
+    pub target_zk: Ensemble,
+    pub queue: Arc<TargetQueue>,
+    pub role: crate::znodes::RoleRecord,
+    pub status: StatusTx,
+    pub limits: Limits,
+    pub identity: Identity,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Worker {
-    pub fn new(
-        route: Arc<Route>,
-        target: Endpoint,
-        (source_zk, target_zk): (Ensemble, Ensemble),
-        (queue, role): (Arc<TargetQueue>, crate::znodes::RoleRecord),
-        status: StatusTx,
-        (limits, identity): (Limits, Identity),
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(wiring: Wiring) -> Self {
+        let Wiring {
+            route,
+            target,
+            source_zk,
+            target_zk,
+            queue,
+            role,
+            status,
+            limits,
+            identity,
+            metrics,
+        } = wiring;
         let metrics = TargetMetrics::new(metrics, route.name(), &target.ensemble);
         let source_id = Mutex::new(None);
         let breaker = Mutex::new(crate::breaker::DeleteBreaker::new(
@@ -195,7 +216,7 @@ impl Worker {
     /// while it holds it, stands by otherwise. On shutdown the lease is
     /// released at once so a standby takes over without waiting for the
     /// session timeout.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         let span = tracing::info_span!(
             "worker",
             route = %self.route.name(),
@@ -205,12 +226,12 @@ impl Worker {
         async move {
             let dir = leases_dir(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
             loop {
-                if *shutdown.borrow() {
+                if shutdown.is_requested() {
                     break;
                 }
                 let fence = tokio::select! {
                     fence = self.await_role() => fence,
-                    _ = shutdown.changed() => continue,
+                    _ = shutdown.requested() => continue,
                 };
                 let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record, fence);
                 tokio::pin!(acquire);
@@ -219,7 +240,7 @@ impl Worker {
                     tokio::select! {
                         lease = &mut acquire => break Some(lease),
                         _ = look.tick() => self.note_other_leader(&dir).await,
-                        _ = shutdown.changed() => break None,
+                        _ = shutdown.requested() => break None,
                     }
                 };
                 let Some(lease) = lease else { continue };
