@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use prometheus::IntCounter;
 use tracing::{info, warn, Instrument};
-use zookeeper_client::{EventType, SessionState};
+use zookeeper_client::EventType;
 
 use crate::checkpoint::put_json;
 use crate::config::Route;
@@ -69,14 +69,14 @@ impl Capture {
                 };
                 info!(session = %session.client.session_id(), "source watch armed");
                 self.resync_all(reason);
-                let mut disconnected = false;
+                let mut session_events = crate::zk::SessionTracker::default();
                 let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
                 heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let flow = tokio::select! {
-                        e = watcher.changed() => self.handle(e, &kinds, &mut disconnected),
+                        e = watcher.changed() => self.handle(e, &kinds, &mut session_events),
                         _ = heartbeat.tick() => {
-                            self.heartbeat(&session.client, &mut watcher, &kinds, &mut disconnected).await
+                            self.heartbeat(&session.client, &mut watcher, &kinds, &mut session_events).await
                         }
                         _ = shutdown.requested() => return,
                     };
@@ -117,7 +117,7 @@ impl Capture {
         client: &zookeeper_client::Client,
         watcher: &mut zookeeper_client::PersistentWatcher,
         kinds: &[IntCounter; 3],
-        disconnected: &mut bool,
+        session_events: &mut crate::zk::SessionTracker,
     ) -> Flow {
         let ts_ms = now_ms();
         let beat = Heartbeat {
@@ -134,7 +134,7 @@ impl Capture {
         {
             Ok(zxid) => {
                 while let Some(event) = watcher.changed().now_or_never() {
-                    match self.handle(event, kinds, disconnected) {
+                    match self.handle(event, kinds, session_events) {
                         Flow::Continue => {}
                         // No barrier: events before this heartbeat may be
                         // lost (a gap), or the watcher is finished; the
@@ -151,20 +151,21 @@ impl Capture {
         Flow::Continue
     }
 
-    fn handle(&self, event: zookeeper_client::WatchedEvent, kinds: &[IntCounter; 3], disconnected: &mut bool) -> Flow {
+    fn handle(
+        &self,
+        event: zookeeper_client::WatchedEvent,
+        kinds: &[IntCounter; 3],
+        session_events: &mut crate::zk::SessionTracker,
+    ) -> Flow {
         match event.event_type {
-            EventType::Session => match event.session_state {
-                SessionState::Disconnected => *disconnected = true,
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly if *disconnected => {
-                    // Events may have been lost while away.
-                    *disconnected = false;
-                    return Flow::Reconnected;
-                }
-                s if s.is_terminated() => {
-                    warn!(state = ?s, "source session ended; re-arming on a new session");
+            EventType::Session => match session_events.on(event.session_state) {
+                // Events may have been lost while away.
+                crate::zk::SessionChange::Back => return Flow::Reconnected,
+                crate::zk::SessionChange::Ended => {
+                    warn!(state = ?event.session_state, "source session ended; re-arming on a new session");
                     return Flow::SessionEnded;
                 }
-                _ => {}
+                crate::zk::SessionChange::Lost | crate::zk::SessionChange::Nothing => {}
             },
             EventType::NodeChildrenChanged => {}
             kind => {

@@ -210,6 +210,45 @@ impl Supervisor {
     }
 }
 
+/// What a session event on a watcher means to whoever holds the watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    /// The connection dropped: events may be lost until it is back.
+    Lost,
+    /// Connected again after a loss: whatever changed meanwhile sent no
+    /// event (the server drops them), so the holder rescans or re-arms.
+    Back,
+    /// The session is over: the watcher will say nothing more.
+    Ended,
+    /// Nothing that changes what the holder must do.
+    Nothing,
+}
+
+/// One watcher's session across its events; the capture and the worker's
+/// target watch read session events through it, so both follow one rule.
+#[derive(Debug, Default)]
+pub struct SessionTracker {
+    away: bool,
+}
+
+impl SessionTracker {
+    pub fn on(&mut self, state: zookeeper_client::SessionState) -> SessionChange {
+        use zookeeper_client::SessionState as S;
+        match state {
+            s if s.is_terminated() => SessionChange::Ended,
+            S::Disconnected => {
+                self.away = true;
+                SessionChange::Lost
+            }
+            S::SyncConnected | S::ConnectedReadOnly if self.away => {
+                self.away = false;
+                SessionChange::Back
+            }
+            _ => SessionChange::Nothing,
+        }
+    }
+}
+
 /// Arms (or re-arms) a persistent recursive watch on `path`.
 ///
 /// Re-armed after every reconnect of the same session, and the subtree
@@ -431,5 +470,31 @@ pub fn error_kind(error: &zookeeper_client::Error) -> &'static str {
         E::ClientClosed => "client_closed",
         E::NoChildrenForEphemerals => "no_children_for_ephemerals",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_is_back_only_after_it_was_lost() {
+        use zookeeper_client::SessionState as S;
+        let mut t = SessionTracker::default();
+        assert_eq!(
+            t.on(S::SyncConnected),
+            SessionChange::Nothing,
+            "connected from the start"
+        );
+        assert_eq!(t.on(S::Disconnected), SessionChange::Lost);
+        assert_eq!(t.on(S::Disconnected), SessionChange::Lost);
+        assert_eq!(
+            t.on(S::ConnectedReadOnly),
+            SessionChange::Back,
+            "a read-only server is back too"
+        );
+        assert_eq!(t.on(S::SyncConnected), SessionChange::Nothing, "once");
+        assert_eq!(t.on(S::Expired), SessionChange::Ended);
+        assert_eq!(t.on(S::Closed), SessionChange::Ended);
     }
 }

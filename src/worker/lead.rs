@@ -66,6 +66,8 @@ struct Lead<'a> {
     checkpointing: Option<BoxFuture<'a, ()>>,
     arming: Option<BoxFuture<'a, Result<PersistentWatcher, Error>>>,
     target_watch: Option<PersistentWatcher>,
+    /// The target watch's session, across its events.
+    session_events: crate::zk::SessionTracker,
     /// No new work before this instant: the last attempt was interrupted.
     paused_until: Option<Instant>,
     /// No new attempt to arm the target watch before this instant.
@@ -227,6 +229,7 @@ impl<'a> Lead<'a> {
             checkpointing: None,
             arming: None,
             target_watch: None,
+            session_events: Default::default(),
             paused_until: None,
             arm_after: None,
             arm_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
@@ -268,7 +271,7 @@ impl<'a> Lead<'a> {
     /// watch says the session ended.
     fn drain_target_events(&mut self) -> Option<LeadEnd> {
         let flow = match self.target_watch.as_mut() {
-            Some(w) => self.worker.drain_target_events(w),
+            Some(w) => self.worker.drain_target_events(w, &mut self.session_events),
             None => WatchFlow::Going,
         };
         self.on_watch_flow(flow)
@@ -411,7 +414,7 @@ impl<'a> Lead<'a> {
                 None
             }
             Event::Target(event) => {
-                let flow = self.worker.on_target_event(event);
+                let flow = self.worker.on_target_event(event, &mut self.session_events);
                 self.on_watch_flow(flow)
             }
             Event::Finished((unit, result)) => self.on_finished(unit, result).await,
@@ -422,6 +425,7 @@ impl<'a> Lead<'a> {
         match armed {
             Ok(w) => {
                 self.target_watch = Some(w);
+                self.session_events = Default::default();
                 self.arm_backoff.reset();
             }
             Err(e) => {

@@ -16,10 +16,14 @@ impl Worker {
     /// Handles the target events that queued up while a unit was applied.
     /// `Ended` once the target session ended (the watcher must not be
     /// polled again, and the lease is gone with the session).
-    pub(super) fn drain_target_events(&self, watcher: &mut PersistentWatcher) -> WatchFlow {
+    pub(super) fn drain_target_events(
+        &self,
+        watcher: &mut PersistentWatcher,
+        session_events: &mut crate::zk::SessionTracker,
+    ) -> WatchFlow {
         use futures::FutureExt;
         while let Some(event) = watcher.changed().now_or_never() {
-            match self.on_target_event(event) {
+            match self.on_target_event(event, session_events) {
                 WatchFlow::Going => {}
                 flow => return flow,
             }
@@ -29,17 +33,19 @@ impl Worker {
 
     /// An event in the target: the echo of an own write, or a possible local
     /// change to look at.
-    pub(super) fn on_target_event(&self, event: zookeeper_client::WatchedEvent) -> WatchFlow {
+    pub(super) fn on_target_event(
+        &self,
+        event: zookeeper_client::WatchedEvent,
+        session_events: &mut crate::zk::SessionTracker,
+    ) -> WatchFlow {
         match event.event_type {
-            EventType::Session if event.session_state.is_terminated() => return WatchFlow::Ended,
-            EventType::Session => match event.session_state {
-                zookeeper_client::SessionState::Disconnected => {
-                    // Events (and echoes) may be lost across the gap; the
-                    // anti-entropy pass catches what the watch missed.
-                    self.echoes.reset_echoes();
-                }
-                zookeeper_client::SessionState::SyncConnected => return WatchFlow::Reconnected,
-                _ => {}
+            EventType::Session => match session_events.on(event.session_state) {
+                crate::zk::SessionChange::Ended => return WatchFlow::Ended,
+                // Events (and echoes) may be lost across the gap; the
+                // anti-entropy pass catches what the watch missed.
+                crate::zk::SessionChange::Lost => self.echoes.reset_echoes(),
+                crate::zk::SessionChange::Back => return WatchFlow::Reconnected,
+                crate::zk::SessionChange::Nothing => {}
             },
             EventType::NodeChildrenChanged => {}
             _ => {
