@@ -545,4 +545,8 @@ async fn a_protected_standby_refuses_application_writes_until_it_is_promoted() {
     })
     .await;
     await_members_mirror_data(&cluster.clients, "b").await;
+    // The configured source is a mirror now: the per-member commands take it.
+    let (code, out) = bridge.cli(&["resume", "--route", "cfg", "--target", "a", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cfg/a is not stopped"), "{out}");
 }

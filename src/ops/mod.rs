@@ -59,7 +59,7 @@ pub(crate) struct RouteTarget<'a> {
     pub target: &'a str,
 }
 
-/// Loads the config, checks that `route` has a target on `target`, asks
+/// Loads the config, checks that `route` has a member on `target`, asks
 /// for `--yes` on a terminal, and opens a session on the target ensemble.
 pub(crate) async fn target_session(
     path: &std::path::Path,
@@ -70,12 +70,13 @@ pub(crate) async fn target_session(
 ) -> Result<(config::Resolved, zookeeper_client::Client), ExitCode> {
     use std::io::IsTerminal;
     let resolved = load(path)?;
+    // Any member: after a switchover the configured source is a mirror too,
+    // with a checkpoint and stops of its own.
     if !resolved
-        .routes
-        .iter()
-        .any(|r| r.name() == route && r.targets.iter().any(|t| t.ensemble == target))
+        .route(route)
+        .is_some_and(|r| r.members().any(|m| m.ensemble == target))
     {
-        eprintln!("zkbridge {command}: route {route} has no target on ensemble {target}");
+        eprintln!("zkbridge {command}: route {route} has no member on ensemble {target}");
         return Err(ExitCode::from(2));
     }
     if !yes && std::io::stdin().is_terminal() {
