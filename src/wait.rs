@@ -68,18 +68,9 @@ pub async fn pending_targets(
     zxid: i64,
 ) -> Result<Vec<String>, WaitError> {
     let (route, members) = mirrors(config, source, route).await?;
-    let meta = &config.config.bridge.meta_path;
-    pending_among(
-        source,
-        RouteKey {
-            meta,
-            route: route.name(),
-        },
-        &members,
-        zxid,
-    )
-    .await
-    .map_err(source_error(route))
+    pending_among(source, key(config, route), &members, zxid)
+        .await
+        .map_err(source_error(route))
 }
 
 /// Those of `members` whose progress (in the primary, behind `source`) is
@@ -126,19 +117,9 @@ pub async fn until_applied(
         return Ok(false);
     };
     let (route, members) = found?;
-    let meta = &config.config.bridge.meta_path;
-    until_members_applied(
-        source,
-        RouteKey {
-            meta,
-            route: route.name(),
-        },
-        &members,
-        zxid,
-        deadline - Instant::now(),
-    )
-    .await
-    .map_err(source_error(route))
+    until_members_applied(source, key(config, route), &members, zxid, deadline - Instant::now())
+        .await
+        .map_err(source_error(route))
 }
 
 /// Blocks until every one of `members` has applied source zxid `zxid`
@@ -180,4 +161,12 @@ pub(crate) async fn until_members_applied(
 /// Parses a zxid given as decimal or `0x…` hex.
 pub fn parse_zxid(s: &str) -> Result<i64, String> {
     s.parse::<crate::zxid::Zxid>().map(|z| z.0)
+}
+
+/// Where `route`'s znodes live under this configuration's `meta_path`.
+fn key<'a>(config: &'a Resolved, route: &'a Route) -> RouteKey<'a> {
+    RouteKey {
+        meta: &config.config.bridge.meta_path,
+        route: route.name(),
+    }
 }
