@@ -120,7 +120,7 @@ impl NodeReport {
             bytes: data.len(),
             md5: Some(format!("{:x}", md5::compute(&data))),
             mzxid: Some(Zxid(stat.mzxid)),
-            ephemeral: stat.ephemeral_owner != 0,
+            ephemeral: crate::tree::owned_by_a_session(stat.ephemeral_owner),
             acl,
             data,
         }
@@ -448,6 +448,10 @@ mod tests {
     use super::*;
 
     fn node(path: &str, data: &str) -> NodeReport {
+        node_owned(path, data, 0)
+    }
+
+    fn node_owned(path: &str, data: &str, ephemeral_owner: i64) -> NodeReport {
         let stat = Stat {
             czxid: 1,
             mzxid: 2,
@@ -456,7 +460,7 @@ mod tests {
             version: 0,
             cversion: 0,
             aversion: 0,
-            ephemeral_owner: 0,
+            ephemeral_owner,
             data_length: data.len() as i32,
             num_children: 0,
             pzxid: 1,
@@ -533,6 +537,26 @@ mod tests {
             State::Held,
             "a delete not applied while deletes are held"
         );
+    }
+
+    #[test]
+    fn only_a_real_session_makes_a_node_ephemeral() {
+        let route = crate::config::test_route("");
+        let t = node("/t/a", "1");
+        for (owner, ephemeral) in [
+            (0x1000_0000_0001, true),
+            (i64::MIN, false),
+            (0xff00_0000_0000_0001u64 as i64, false),
+        ] {
+            let s = node_owned("/s/a", "1", owner);
+            assert_eq!(s.ephemeral, ephemeral, "owner {owner:#x}");
+            let state = judge(&route, "a", &s, &t, &TargetZnodes::default(), None).0;
+            assert_eq!(
+                state == State::Excluded,
+                ephemeral,
+                "containers and TTL nodes are mirrored"
+            );
+        }
     }
 
     #[test]

@@ -133,6 +133,8 @@ impl Dirty {
 #[derive(Debug, Clone)]
 struct Parked {
     dirty: Dirty,
+    /// When it was last set aside.
+    since: Instant,
     until: Instant,
     why: Parking,
 }
@@ -158,7 +160,7 @@ pub enum PathState {
     Dirty { since: Instant },
     /// In a unit being written now.
     InFlight,
-    /// Set aside since `since`, retried at `until`.
+    /// Set aside (last) at `since`, retried at `until`.
     Parked {
         since: Instant,
         until: Instant,
@@ -351,7 +353,16 @@ impl TargetQueue {
     pub fn park(&self, rel: String, dirty: Dirty, until: Instant, why: Parking) {
         let mut st = self.state.lock().unwrap();
         if st.resync.is_none() {
-            st.parked.insert(rel, Parked { dirty, until, why });
+            let since = st.parked.get(&rel).map_or_else(Instant::now, |p| p.since);
+            st.parked.insert(
+                rel,
+                Parked {
+                    dirty,
+                    since,
+                    until,
+                    why,
+                },
+            );
         }
         self.pending_gauge.set(st.pending());
     }
@@ -375,7 +386,7 @@ impl TargetQueue {
         }
         if let Some(p) = st.parked.get(rel) {
             return PathState::Parked {
-                since: p.dirty.since,
+                since: p.since,
                 until: p.until,
                 why: p.why.clone(),
             };

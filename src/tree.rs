@@ -64,12 +64,15 @@ impl NodeState {
     }
 
     pub fn is_ephemeral(&self) -> bool {
-        // Container nodes (0x8000…) and TTL nodes (0xFF…) are encoded in
-        // ephemeralOwner; only a real session id means ephemeral. -1 marks
-        // an entry recorded without being read (see `scan_from`).
-        let owner = self.stat.ephemeral_owner;
-        owner != 0 && owner != -1 && owner != UNREADABLE && owner != i64::MIN && (owner as u64) >> 56 != 0xff
+        owned_by_a_session(self.stat.ephemeral_owner)
     }
+}
+
+/// Whether an `ephemeralOwner` is a real session id. Container nodes
+/// (0x8000…) and TTL nodes (0xFF…) are encoded there too, and -1 marks an
+/// entry recorded without being read (see `scan_from`).
+pub fn owned_by_a_session(owner: i64) -> bool {
+    owner != 0 && owner != -1 && owner != UNREADABLE && owner != i64::MIN && (owner as u64) >> 56 != 0xff
 }
 
 /// A subtree, keyed by path relative to its root (`""` is the root itself,

@@ -167,9 +167,10 @@ impl Supervisor {
                 let state = tokio::select! {
                     s = states.changed() => s,
                     _ = shutdown.requested() => {
-                        // Workers finishing their unit still use the
-                        // session; `Ensemble::close` drops it afterwards,
-                        // and the client then closes it with the server.
+                        // Workers stopping still use the session to hand
+                        // their leases back; `Ensemble::close` drops it
+                        // afterwards, and the client then closes it with
+                        // the server.
                         loop {
                             if states.changed().await.is_terminated() {
                                 break;

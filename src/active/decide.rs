@@ -4,7 +4,7 @@
 //!
 //! Every member's state at a path reduces to a [`Version`]: present or
 //! deleted, with the [`Stamp`] of the change that put it there. The stamp
-//! is the origin's (mtime, member name); the greatest stamp wins in every
+//! is the origin's (mtime, member name, zxid); the greatest stamp wins in every
 //! member (last-writer-wins). A worker only ever writes a stamp into Y that
 //! is greater than Y's own, so a change carried from X to Y has in Y the
 //! stamp it has in X and is never carried back: the two compare equal.

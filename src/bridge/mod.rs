@@ -393,8 +393,10 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: Shutdown) {
     }
 }
 
-/// Runs the bridge until `shutdown` turns true, then stops every task,
-/// giving in-flight batches a moment to finish.
+/// Runs the bridge until `shutdown` is requested, then stops every task,
+/// giving the workers up to 10 s to hand their leases back (work in
+/// progress is dropped: every write is idempotent and fenced, and the
+/// checkpoint covers only what committed).
 pub async fn run(config: Resolved, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(&config.config.bridge.listen)

@@ -18,27 +18,35 @@ pub struct Show {
 }
 
 pub async fn status(path: &std::path::Path, show: Show) -> ExitCode {
+    if show.watch.is_some_and(|i| i < Duration::from_millis(100)) {
+        eprintln!("zkbridge status: --interval must be at least 100ms");
+        return ExitCode::from(2);
+    }
     let resolved = match load(path) {
         Ok(r) => r,
         Err(code) => return code,
     };
     let mut sessions = Sessions::new();
-    connect_missing(&resolved, &mut sessions).await;
-    if show.watch.is_some_and(|i| i < Duration::from_millis(100)) {
-        eprintln!("zkbridge status: --interval must be at least 100ms");
-        return ExitCode::from(2);
-    }
     let Some(interval) = show.watch else {
+        connect_missing(&resolved, &mut sessions).await;
         let status = crate::status::collect(&resolved, &sessions).await;
         print!("{}", render(&status, show.json));
         return ExitCode::SUCCESS;
     };
     // Redrawn in place on a terminal, like `watch`; one block (or one JSON
-    // document per line) after another when piped.
+    // document per line) after another when piped. Ctrl-C ends it at any
+    // point, also while an unreachable ensemble holds a refresh up.
     let terminal = std::io::stdout().is_terminal();
     let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
-        let status = crate::status::collect(&resolved, &sessions).await;
+        let refresh = async {
+            connect_missing(&resolved, &mut sessions).await;
+            crate::status::collect(&resolved, &sessions).await
+        };
+        let status = tokio::select! {
+            status = refresh => status,
+            _ = &mut stop => return ExitCode::SUCCESS,
+        };
         let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let body = render(&status, show.json);
         let frame = match (terminal, show.json) {
@@ -59,7 +67,6 @@ pub async fn status(path: &std::path::Path, show: Show) -> ExitCode {
             _ = tokio::time::sleep(interval) => {},
             _ = &mut stop => return ExitCode::SUCCESS,
         }
-        connect_missing(&resolved, &mut sessions).await;
     }
 }
 
@@ -71,7 +78,7 @@ fn render(status: &crate::status::Status, json: bool) -> String {
 }
 
 /// A session on every ensemble that has none that works (not yet made,
-/// failed, or ended), each within its session timeout.
+/// failed, or ended), all at once, each within its session timeout.
 async fn connect_missing(resolved: &Resolved, sessions: &mut Sessions) {
     let missing: BTreeMap<_, _> = resolved
         .config
@@ -83,13 +90,14 @@ async fn connect_missing(resolved: &Resolved, sessions: &mut Sessions) {
                 .is_some_and(|s| s.as_ref().is_ok_and(|c| !c.state().is_terminated()))
         })
         .collect();
-    for (name, ensemble) in missing {
+    let connecting = missing.into_iter().map(|(name, ensemble)| async move {
         let timeout = Duration::from_millis(ensemble.session_timeout_ms).max(crate::status::READ_TIMEOUT);
         let session = match tokio::time::timeout(timeout, crate::zk::connect(ensemble)).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => Err(format!("no session within {}s", timeout.as_secs())),
         };
-        sessions.insert(name.clone(), session);
-    }
+        (name.clone(), session)
+    });
+    sessions.extend(futures::future::join_all(connecting).await);
 }

@@ -99,6 +99,8 @@ impl Worker {
             if let Some(end) = lead.drain_target_events() {
                 return end;
             }
+            // A reconnect seen while draining: armed again at once.
+            lead.arm_target_watch();
             // While a resync runs, only events are handled (see `resyncing`).
             if !lead.resyncing {
                 let stop = self.status.get().stopped.clone();
@@ -367,7 +369,7 @@ impl<'a> Lead<'a> {
     async fn next_event(&mut self, shutdown: &mut Shutdown, lost: &mut (impl Future<Output = ()> + Unpin)) -> Event {
         let queue = &self.worker.queue;
         let paused = self.is_paused();
-        let room = !paused && !self.resyncing && self.running.len() < UNITS_IN_FLIGHT;
+        let room = !paused && !self.resyncing && !self.unwatched() && self.running.len() < UNITS_IN_FLIGHT;
         // A due parked path is taken with new work: not while paused or
         // full, or waking for it would spin.
         let parked = queue.next_parked_due().filter(|_| room);

@@ -150,7 +150,8 @@ impl Worker {
             .subtree_deletes(tgt, delete_roots)
             .await
             .map_err(|e| fail(Side::Target, e, &paths))?;
-        if upserts.first().is_some_and(|o| o.rel().is_empty()) {
+        // Blind and checked upserts are not sorted yet: the root may be anywhere.
+        if upserts.iter().any(|o| o.rel().is_empty()) {
             self.ensure_target_parent(tgt).await.map_err(|e| (e, paths.clone()))?;
         }
         let dirty: BTreeMap<String, Dirty> = paths.iter().cloned().collect();
