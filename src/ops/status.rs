@@ -90,14 +90,8 @@ async fn connect_missing(resolved: &Resolved, sessions: &mut Sessions) {
                 .is_some_and(|s| s.as_ref().is_ok_and(|c| !c.state().is_terminated()))
         })
         .collect();
-    let connecting = missing.into_iter().map(|(name, ensemble)| async move {
-        let timeout = Duration::from_millis(ensemble.session_timeout_ms).max(crate::status::READ_TIMEOUT);
-        let session = match tokio::time::timeout(timeout, crate::zk::connect(ensemble)).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => Err(format!("no session within {}s", timeout.as_secs())),
-        };
-        (name.clone(), session)
-    });
+    let connecting = missing
+        .into_iter()
+        .map(|(name, ensemble)| async move { (name.clone(), super::connect_within(ensemble).await) });
     sessions.extend(futures::future::join_all(connecting).await);
 }
