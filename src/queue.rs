@@ -221,6 +221,12 @@ impl State {
         (self.dirty.len() + self.parked.len()) as i64
     }
 
+    /// Pending paths and those in units in flight: what the
+    /// `zkbridge_pending_paths` gauge shows once work is taken.
+    fn waiting(&self) -> i64 {
+        self.pending() + self.in_flight_paths() as i64
+    }
+
     fn in_flight_paths(&self) -> usize {
         self.in_flight.values().map(|u| u.paths.len()).sum()
     }
@@ -559,7 +565,7 @@ impl TargetQueue {
         }
         let paths = taken.iter().map(|(r, _)| r.clone()).collect();
         st.in_flight.insert(unit, Unit { min_seq, paths });
-        self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
+        self.pending_gauge.set(st.waiting());
         Some(Work::Paths(unit, taken))
     }
 
@@ -578,7 +584,7 @@ impl TargetQueue {
             }
             None => st.resync_active = false,
         }
-        self.pending_gauge.set(st.pending() + st.in_flight_paths() as i64);
+        self.pending_gauge.set(st.waiting());
         drop(st);
         // A path that waited for this unit may be taken now.
         self.notify.notify_one();
@@ -640,7 +646,7 @@ impl TargetQueue {
     /// `zkbridge_pending_paths` gauge shows).
     pub fn pending_paths(&self) -> usize {
         let st = self.state.lock().unwrap();
-        st.pending() as usize + st.in_flight_paths()
+        st.waiting() as usize
     }
 
     pub fn parked_count(&self) -> usize {

@@ -1191,11 +1191,7 @@ async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::col
     let mut level = vec![String::new()];
     while !level.is_empty() {
         let read = futures::stream::iter(level.drain(..).map(|rel| async move {
-            let path = match (root, rel.as_str()) {
-                (r, "") => r.to_string(),
-                ("/", r) => format!("/{r}"),
-                (b, r) => format!("{b}/{r}"),
-            };
+            let path = zkbridge::path::join(root, &rel);
             if path == "/zookeeper" || path == "/zkbridge" || path.starts_with("/zkbridge/") {
                 return None;
             }
@@ -1239,13 +1235,7 @@ async fn read_subtree(c: &Client, root: &str, skip_ephemerals: bool) -> std::col
         .collect::<Vec<_>>()
         .await;
         for (rel, node, children) in read.into_iter().flatten() {
-            for child in children {
-                level.push(if rel.is_empty() {
-                    child
-                } else {
-                    format!("{rel}/{child}")
-                });
-            }
+            level.extend(children.iter().map(|child| zkbridge::path::child(&rel, child)));
             if !(skip_ephemerals && node.ephemeral) {
                 out.insert(rel, node);
             }
