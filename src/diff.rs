@@ -62,12 +62,23 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
         .iter()
         .filter(|r| only_route.is_none_or(|n| r.name() == n))
         .collect();
+    let active: Vec<_> = config
+        .active
+        .iter()
+        .filter(|r| only_route.is_none_or(|n| r.name() == n))
+        .collect();
     if let Some(name) = only_route {
-        anyhow::ensure!(!routes.is_empty(), "--route {name}: no such route in the configuration");
+        anyhow::ensure!(
+            !routes.is_empty() || !active.is_empty(),
+            "--route {name}: no such route in the configuration"
+        );
     }
     let in_flight = config.config.bridge.max_in_flight;
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
     let mut out = Vec::new();
+    for route in active {
+        out.extend(diff_active(config, route, &mut clients).await?);
+    }
     for configured in routes {
         // Compared from the primary the members agree on now.
         let mut members = crate::role::store::Clients::new();
@@ -117,6 +128,56 @@ pub async fn diff(config: &Resolved, only_route: Option<&str>) -> anyhow::Result
                     kind,
                     source_path: join(&route.source.path, op.rel()),
                     target_path: join(&target.path, op.rel()),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An active-active route: every member against every other, on the
+/// nodes the route carries (managed, not ephemeral); origin records live
+/// under `meta_path`, outside every member, and are not compared. For the
+/// pair (a, b), `missing` is a node only in a, `extra` one only in b.
+async fn diff_active(
+    config: &Resolved,
+    route: &crate::config::ActiveRoute,
+    clients: &mut BTreeMap<String, Client>,
+) -> anyhow::Result<Vec<Difference>> {
+    let in_flight = config.config.bridge.max_in_flight;
+    let mut trees = Vec::new();
+    for m in &route.members {
+        let c = client(config, clients, &m.ensemble).await?;
+        let tree = tree::scan(&c, &m.path, in_flight, |rel| !route.filter.excluded(rel))
+            .await
+            .map_err(|e| anyhow::anyhow!("route {}: reading member {m}: {e}", route.name()))?;
+        let carried: BTreeMap<String, Vec<u8>> = tree
+            .into_iter()
+            .filter(|(rel, n)| {
+                n.stat.mzxid >= 0 && !n.is_unreadable() && !n.is_ephemeral() && route.filter.managed(rel)
+            })
+            .map(|(rel, n)| (rel, n.data))
+            .collect();
+        trees.push(carried);
+    }
+    let mut out = Vec::new();
+    for (i, a) in route.members.iter().enumerate() {
+        for (j, b) in route.members.iter().enumerate().skip(i + 1) {
+            let (ta, tb) = (&trees[i], &trees[j]);
+            let rels: std::collections::BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+            for rel in rels {
+                let kind = match (ta.get(rel), tb.get(rel)) {
+                    (Some(x), Some(y)) if x == y => continue,
+                    (Some(_), Some(_)) => DifferenceKind::Different,
+                    (Some(_), None) => DifferenceKind::Missing,
+                    (None, _) => DifferenceKind::Extra,
+                };
+                out.push(Difference {
+                    route: route.name().to_string(),
+                    target: crate::config::pair_label(&a.ensemble, &b.ensemble),
+                    kind,
+                    source_path: join(&a.path, rel),
+                    target_path: join(&b.path, rel),
                 });
             }
         }

@@ -37,7 +37,8 @@ pub struct Lease {
     lock: OwnedLockClient,
     published_error: std::sync::Mutex<Option<String>>,
     record: LeaseRecord,
-    fence: RoleFence,
+    /// `None` for the pairs of an active-active route, which have no roles.
+    fence: Option<RoleFence>,
 }
 
 /// The target's role znode as the worker found it before taking the lease:
@@ -53,7 +54,7 @@ impl Lease {
     /// Competes for the lease until this instance holds it. Survives
     /// connection loss and session expiry (it starts over on the next
     /// session); cancelling the future leaves no node behind.
-    pub async fn acquire(target: &Ensemble, dir: &str, record: &LeaseRecord, fence: RoleFence) -> Lease {
+    pub async fn acquire(target: &Ensemble, dir: &str, record: &LeaseRecord, fence: Option<RoleFence>) -> Lease {
         let data = serde_json::to_vec(record).expect("JSON of a plain struct");
         // After an expired session, wait for a newer one.
         let mut after = 0;
@@ -107,12 +108,15 @@ impl Lease {
     }
 
     /// A `multi` whose first op checks that the lease node still exists,
-    /// and whose second checks the role znode (see [`RoleFence`]).
+    /// and whose second, when the lease has a fence, checks the role znode
+    /// (see [`RoleFence`]).
     pub fn writer(&self) -> CheckWriter<'_> {
         let mut writer = self.lock.new_check_writer();
-        writer
-            .add_check_version(&self.fence.path, self.fence.version)
-            .expect("the role path is a valid path");
+        if let Some(fence) = &self.fence {
+            writer
+                .add_check_version(&fence.path, fence.version)
+                .expect("the role path is a valid path");
+        }
         writer
     }
 

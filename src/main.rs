@@ -161,6 +161,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// List the changes that lost under last-writer-wins on an active-active route, from every member's conflict log.
+    Conflicts {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the divergent tails archived when old primaries were demoted.
     Divergent {
         #[arg(short, long)]
@@ -254,6 +264,7 @@ fn main() -> ExitCode {
                 ops::switchover::switchover(&config, request).await
             }
             Command::Failover { config, route, to, yes } => ops::failover::failover(&config, &route, &to, yes).await,
+            Command::Conflicts { config, route, json } => ops::conflicts::conflicts(&config, &route, json).await,
             Command::Divergent {
                 config,
                 route,

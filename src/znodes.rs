@@ -221,6 +221,64 @@ impl LeaseRecord {
     }
 }
 
+/// `<meta>/active/<route>/records` (every member of an active-active
+/// route): the origin records, one znode per relative path at the same
+/// relative path under it (the route root's record is this node itself),
+/// so that a member of any size is read with the same level-by-level scan
+/// as its data. A record node with no data holds no record (it only
+/// anchors records below it).
+pub fn origin_records_root(meta: &str, route: &str) -> String {
+    format!("{meta}/active/{route}/records")
+}
+
+/// `<meta>/active/<route>/conflicts` (every member): the bounded conflict
+/// log of the changes that lost in this member, `c-<sequence>` nodes.
+pub fn conflicts_dir(meta: &str, route: &str) -> String {
+    format!("{meta}/active/{route}/conflicts")
+}
+
+/// What zkbridge last wrote at a path in one member of an active-active
+/// route (design §7): the change's origin. Written in the same `multi` as
+/// the data, so the record's `mzxid` equals the node's until the node is
+/// changed locally.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OriginRecord {
+    /// The member (ensemble name) where the change was first made.
+    pub origin: String,
+    /// The change's server time there. Absent in a tombstone written where
+    /// the delete happened: its own `mtime` is the delete's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ms: Option<i64>,
+    /// The change's zxid there (absent like `mtime_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zxid: Option<i64>,
+    /// A tombstone: the change was a delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// One change that lost under last-writer-wins, as the conflict log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConflictRecord {
+    /// Path relative to the route's members.
+    pub path: String,
+    /// The member where the losing change was overwritten.
+    pub member: String,
+    pub lost: ConflictChange,
+    pub won: ConflictChange,
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConflictChange {
+    pub origin: String,
+    pub mtime_ms: i64,
+    pub zxid: i64,
+    /// The change was a delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,14 +1,21 @@
 //! Active-active routes (design §7, issue 20): every member writable, each
 //! change carried to every other member, last-writer-wins with tombstones.
 //!
-//! What is here is the decision core, without IO ([`decide`]), written and
-//! tested first because everything else rests on it: the worker that reads
-//! a path and its origin record in two members and applies the decision is
-//! not built yet, and the configuration does not accept `mode =
-//! "active-active"` until it is. The argument for why these rules converge
-//! and cannot loop is in `docs/architecture.md`.
+//! - [`decide`]: the decision for one path between two members, without
+//!   IO — the rules and the argument for why they converge and cannot loop
+//!   (also in `docs/architecture.md`).
+//! - [`records`]: a member's state at a path (node and origin record).
+//! - [`pair`]: the worker of one member pair, with its lease, watch, full
+//!   passes and checkpoint; [`apply`]: its one write per path.
+//! - [`stamp`]: each member's deletes stamped where they happen.
+//! - [`conflicts`]: the bounded conflict log.
 
-// Only the tests call it until the active-active worker exists.
-#![allow(dead_code)]
-
+mod apply;
+pub(crate) mod conflicts;
 pub(crate) mod decide;
+mod pair;
+pub(crate) mod records;
+mod stamp;
+
+pub use pair::{Pair, PairWiring};
+pub use stamp::Stamper;

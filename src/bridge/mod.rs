@@ -34,6 +34,14 @@ pub struct WorkerHandle {
     target_zk: Ensemble,
 }
 
+/// A running member pair of an active-active route.
+pub struct PairHandle {
+    pub route: String,
+    /// `from->to`, the pair's `target` label.
+    pub label: String,
+    pub status: StatusView,
+}
+
 /// Shared state of a running bridge.
 pub struct Bridge {
     pub id: String,
@@ -43,6 +51,8 @@ pub struct Bridge {
     /// is not the primary.
     pub workers: Vec<WorkerHandle>,
     pub routes: Vec<RouteHandle>,
+    /// Every member pair of the active-active routes.
+    pub pairs: Vec<PairHandle>,
     ensembles: BTreeMap<String, Ensemble>,
     /// Recent lag samples per worker (same order as `workers`), for the
     /// status page; written only by `track_lag`.
@@ -148,6 +158,12 @@ impl Bridge {
                 reasons.push(format!("{name}: taking the lease"));
             }
         }
+        for p in &self.pairs {
+            let status = p.status.borrow();
+            if status.leading() && !status.initial_sync_done {
+                reasons.push(format!("{}/{}: initial sync not finished", p.route, p.label));
+            }
+        }
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
@@ -160,11 +176,10 @@ impl Bridge {
     /// Every route/target is led by this instance and has finished its
     /// initial sync (what `sync` waits for).
     pub fn all_synced(&self) -> bool {
+        let done = |s: &crate::worker::WorkerSnapshot| s.leading() && s.initial_sync_done;
         self.routes.iter().all(|r| r.view.borrow().role.is_some())
-            && self.mirrors().all(|w| {
-                let s = w.status.borrow();
-                s.leading() && s.initial_sync_done
-            })
+            && self.mirrors().all(|w| done(&w.status.borrow()))
+            && self.pairs.iter().all(|p| done(&p.status.borrow()))
     }
 }
 
@@ -320,6 +335,38 @@ pub fn start(
             view,
         });
     }
+    let mut pairs = Vec::new();
+    for route in &config.active {
+        for member in &route.members {
+            let stamper = crate::active::Stamper {
+                route: route.clone(),
+                member: member.clone(),
+                zk: ensemble(&member.ensemble),
+                meta: config.config.bridge.meta_path.clone(),
+            };
+            tasks.push(tokio::spawn(stamper.run(shutdown.clone())));
+        }
+        for (from, to) in route.pairs() {
+            let status = StatusTx::default();
+            pairs.push(PairHandle {
+                route: route.name().to_string(),
+                label: crate::config::pair_label(&from.ensemble, &to.ensemble),
+                status: status.view(),
+            });
+            let pair = crate::active::Pair::new(crate::active::PairWiring {
+                route: route.clone(),
+                from: (from.clone(), ensemble(&from.ensemble)),
+                to: (to.clone(), ensemble(&to.ensemble)),
+                meta: config.config.bridge.meta_path.clone(),
+                lease_record: lease_record.clone(),
+                limits,
+                heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+                metrics: metrics.clone(),
+                status,
+            });
+            tasks.push(tokio::spawn(pair.run(shutdown.clone())));
+        }
+    }
     // Every member may be a mirror, whichever is primary now.
     let targets: std::collections::BTreeSet<&str> = config
         .routes
@@ -341,6 +388,7 @@ pub fn start(
         metrics,
         workers,
         routes,
+        pairs,
         ensembles,
         history,
     });

@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{self, is_within};
 
+mod active;
 mod route;
 mod schema;
 mod validate;
 
+pub use active::{pair_label, ActiveRoute};
 pub use route::{Endpoint, PathFilter, Route};
 pub use schema::*;
 pub use validate::{read_digest_file, read_secret_file};
@@ -56,7 +58,10 @@ pub(crate) fn test_route(extra: &str) -> Arc<Route> {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub config: Config,
+    /// Mirror routes (source → targets).
     pub routes: Vec<Arc<Route>>,
+    /// Active-active routes (design §7).
+    pub active: Vec<Arc<ActiveRoute>>,
 }
 
 impl Resolved {
@@ -66,6 +71,10 @@ impl Resolved {
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.name() == name)
+    }
+
+    pub fn active_route(&self, name: &str) -> Option<&Arc<ActiveRoute>> {
+        self.active.iter().find(|r| r.name() == name)
     }
 }
 
@@ -161,7 +170,7 @@ targets = ["b:/config"]"#,
                 path: "/config".into()
             }
         );
-        assert_eq!(route.config.conflict, ConflictPolicy::SourceWins);
+        assert_eq!(route.config.conflict(), ConflictPolicy::SourceWins);
         assert_eq!(r.config.bridge.meta_path, "/zkbridge");
     }
 
@@ -233,6 +242,105 @@ targets = ["b:/c"]"#,
         ];
         for (body, want) in cases {
             let got = err(&route(body));
+            assert!(got.contains(want), "want {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn an_active_active_route_lists_its_members_and_defaults_to_last_writer_wins() {
+        let r = load_str(&route(
+            r#"name = "registry"
+mode = "active-active"
+members = ["a:/services", "b:/mirror/services"]"#,
+        ))
+        .unwrap();
+        assert!(r.routes.is_empty(), "not a mirror route");
+        let active = r.active_route("registry").expect("resolved");
+        assert_eq!(active.config.conflict(), ConflictPolicy::LastWriterWins);
+        assert_eq!(active.config.tombstone_ttl_s, 86_400);
+        let pairs: Vec<String> = active
+            .pairs()
+            .map(|(a, b)| pair_label(&a.ensemble, &b.ensemble))
+            .collect();
+        assert_eq!(pairs, ["a->b", "b->a"]);
+    }
+
+    #[test]
+    fn active_active_rejections_name_the_key_and_reason() {
+        let aa = |extra: &str| route(&format!("name = \"aa\"\nmode = \"active-active\"\n{extra}"));
+        let cases = [
+            (
+                aa(r#"members = ["a:/s"]"#),
+                "routes[0] (aa).members: an active-active route needs at least 2 members (has 1)",
+            ),
+            (
+                aa(r#"members = ["a:/s", "a:/t"]"#),
+                "routes[0] (aa).members[1]: route already has a member in ensemble \"a\"",
+            ),
+            (
+                aa("source = \"a:/s\"\nmembers = [\"a:/s\", \"b:/s\"]"),
+                "routes[0] (aa).source: cannot be used with mode = \"active-active\"",
+            ),
+            (
+                aa("members = [\"a:/s\", \"b:/s\"]\nconflict = \"source-wins\""),
+                "routes[0] (aa).conflict: active-active routes resolve concurrent writes by \"last-writer-wins\"",
+            ),
+            (
+                aa("members = [\"a:/s\", \"b:/s\"]\ntombstone_ttl_s = 0"),
+                "routes[0] (aa).tombstone_ttl_s: must be at least 1",
+            ),
+            (
+                aa("members = [\"a:/s\", \"b:/s\"]\nephemerals = \"persistent\""),
+                "routes[0] (aa).ephemerals",
+            ),
+            (
+                aa("members = [\"a:/s\", \"b:/s\"]\ndeletes = \"keep\""),
+                "routes[0] (aa).deletes",
+            ),
+            (
+                aa(r#"members = ["a:/zkbridge/s", "b:/s"]"#),
+                "routes[0] (aa).members[0]: a:/zkbridge/s overlaps meta_path",
+            ),
+            (
+                aa(r#"members = ["zz:/s", "b:/s"]"#),
+                "routes[0] (aa).members[0]: unknown ensemble \"zz\"",
+            ),
+            (
+                route("name = \"m\"\nsource = \"a:/s\"\ntargets = [\"b:/s\"]\nconflict = \"last-writer-wins\""),
+                "routes[0] (m).conflict: \"last-writer-wins\" is for mode = \"active-active\"",
+            ),
+            (
+                route("name = \"m\"\nsource = \"a:/s\"\ntargets = [\"b:/s\"]\nmembers = [\"a:/s\"]"),
+                "routes[0] (m).members: is for mode = \"active-active\"",
+            ),
+            (
+                route("name = \"m\"\ntargets = [\"b:/s\"]"),
+                "routes[0] (m).source: is required",
+            ),
+            (
+                format!(
+                    "{}\n[[routes]]\nname = \"m\"\nsource = \"a:/other\"\ntargets = [\"b:/s/in\"]",
+                    aa(r#"members = ["a:/s", "b:/s"]"#)
+                ),
+                "routes[1] (m): overlaps active-active route \"aa\"'s members",
+            ),
+            (
+                format!(
+                    "{}\n[[routes]]\nname = \"aa\"\nmode = \"active-active\"\nmembers = [\"a:/t\", \"b:/t\"]",
+                    aa(r#"members = ["a:/s", "b:/s"]"#)
+                ),
+                "routes[1] (aa).name: duplicate route name",
+            ),
+            (
+                format!(
+                    "{}\n[[routes]]\nname = \"ab\"\nmode = \"active-active\"\nmembers = [\"a:/s/x\", \"b:/t\"]",
+                    aa(r#"members = ["a:/s", "b:/s"]"#)
+                ),
+                "routes[1] (ab).members[0]: a:/s/x overlaps route \"aa\"'s member a:/s",
+            ),
+        ];
+        for (toml, want) in cases {
+            let got = err(&toml);
             assert!(got.contains(want), "want {want:?} in {got:?}");
         }
     }

@@ -267,6 +267,19 @@ pub enum ConflictPolicy {
     SourceWins,
     TargetWins,
     Fail,
+    /// Active-active routes only (design §7): the change with the greatest
+    /// (origin mtime, origin member) wins in every member.
+    LastWriterWins,
+}
+
+/// Whether a route mirrors one source into targets or keeps every member
+/// writable (design §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteMode {
+    #[default]
+    Mirror,
+    ActiveActive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,14 +308,27 @@ pub enum AclMode {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
+    #[serde(default)]
+    pub mode: RouteMode,
+    /// Mirror routes: where changes are made.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// Active-active routes: every writable member (design §7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// Active-active routes: how long a delete's tombstone is kept.
+    #[serde(default = "default_tombstone_ttl_s")]
+    pub tombstone_ttl_s: u64,
     #[serde(default = "default_include")]
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
-    #[serde(default = "default_conflict")]
-    pub conflict: ConflictPolicy,
+    /// Unset: `source-wins` for a mirror, `last-writer-wins` for an
+    /// active-active route (see [`RouteConfig::conflict`]).
+    #[serde(default, rename = "conflict", skip_serializing_if = "Option::is_none")]
+    pub conflict_policy: Option<ConflictPolicy>,
     #[serde(default = "default_max_delete_fraction")]
     pub max_delete_fraction: f64,
     #[serde(default = "default_delete_window_s")]
@@ -354,6 +380,14 @@ fn default_failover_after_s() -> u64 {
 }
 
 impl RouteConfig {
+    /// The route's conflict policy, its mode's default when unset.
+    pub fn conflict(&self) -> ConflictPolicy {
+        self.conflict_policy.unwrap_or(match self.mode {
+            RouteMode::Mirror => ConflictPolicy::SourceWins,
+            RouteMode::ActiveActive => ConflictPolicy::LastWriterWins,
+        })
+    }
+
     /// The parsed freeze ACL (validated at load).
     pub fn freeze_acl(&self) -> Vec<zookeeper_client::Acl> {
         match &self.freeze_acl {
@@ -382,8 +416,8 @@ impl RouteConfig {
 fn default_include() -> Vec<String> {
     vec!["**".into()]
 }
-fn default_conflict() -> ConflictPolicy {
-    ConflictPolicy::SourceWins
+fn default_tombstone_ttl_s() -> u64 {
+    86_400
 }
 fn default_max_delete_fraction() -> f64 {
     0.5

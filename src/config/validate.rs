@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn parse_endpoint(
+pub(super) fn parse_endpoint(
     value: &str,
     key: &str,
     ensembles: &BTreeMap<String, EnsembleConfig>,
@@ -31,11 +31,97 @@ pub(super) fn validate(config: Config) -> Result<Resolved, ConfigError> {
     }
     validate_region(&config)?;
     let mut routes: Vec<Arc<Route>> = Vec::new();
+    let mut active: Vec<Arc<ActiveRoute>> = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
-        let route = resolve_route(&config, i, rc, &routes)?;
-        routes.push(Arc::new(route));
+        let key = route_key(i, rc);
+        if active.iter().any(|r| r.name() == rc.name) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("duplicate route name {:?}", rc.name),
+            ));
+        }
+        match rc.mode {
+            RouteMode::Mirror => {
+                if !rc.members.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.members"),
+                        "is for mode = \"active-active\"; a mirror route has a source and targets",
+                    ));
+                }
+                if rc.conflict() == ConflictPolicy::LastWriterWins {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.conflict"),
+                        "\"last-writer-wins\" is for mode = \"active-active\"; a mirror's source always wins, or use target-wins or fail",
+                    ));
+                }
+                let route = resolve_route(&config, i, rc, &routes)?;
+                if let Some(a) = active.iter().find(|a| {
+                    route.members().any(|e| {
+                        a.members.iter().any(|m| {
+                            m.ensemble == e.ensemble && (is_within(&m.path, &e.path) || is_within(&e.path, &m.path))
+                        })
+                    })
+                }) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("overlaps active-active route {:?}'s members: zkbridge never lets two routes write one subtree", a.name()),
+                    ));
+                }
+                routes.push(Arc::new(route));
+            }
+            RouteMode::ActiveActive => {
+                check_route_name(&key, &rc.name)?;
+                if routes.iter().any(|r| r.name() == rc.name) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.name"),
+                        format!("duplicate route name {:?}", rc.name),
+                    ));
+                }
+                let earlier: Vec<active::Written> = routes
+                    .iter()
+                    .flat_map(|r| {
+                        r.members().map(|e| active::Written {
+                            route: r.name(),
+                            what: "member",
+                            endpoint: e,
+                        })
+                    })
+                    .chain(active.iter().flat_map(|r| {
+                        r.members.iter().map(|e| active::Written {
+                            route: r.name(),
+                            what: "member",
+                            endpoint: e,
+                        })
+                    }))
+                    .collect();
+                let route = active::resolve(&config, &key, rc, &earlier)?;
+                active.push(Arc::new(route));
+            }
+        }
     }
-    Ok(Resolved { config, routes })
+    Ok(Resolved { config, routes, active })
+}
+
+fn route_key(i: usize, rc: &RouteConfig) -> String {
+    if rc.name.is_empty() {
+        format!("routes[{i}]")
+    } else {
+        format!("routes[{i}] ({})", rc.name)
+    }
+}
+
+fn check_route_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.name"),
+            format!("{name:?} must match [a-z0-9_-]+"),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_region(config: &Config) -> Result<(), ConfigError> {
@@ -171,26 +257,18 @@ fn validate_ensemble(name: &str, ensemble: &EnsembleConfig) -> Result<(), Config
 /// endpoints parsed and filters compiled.
 fn resolve_route(config: &Config, i: usize, rc: &RouteConfig, routes: &[Arc<Route>]) -> Result<Route, ConfigError> {
     let bridge = &config.bridge;
-    let key = if rc.name.is_empty() {
-        format!("routes[{i}]")
-    } else {
-        format!("routes[{i}] ({})", rc.name)
-    };
-    if rc.name.is_empty()
-        || !rc
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err(ConfigError::invalid(
-            format!("{key}.name"),
-            format!("{:?} must match [a-z0-9_-]+", rc.name),
-        ));
-    }
+    let key = route_key(i, rc);
+    check_route_name(&key, &rc.name)?;
     if routes.iter().any(|r| r.name() == rc.name) {
         return Err(ConfigError::invalid(
             format!("{key}.name"),
             format!("duplicate route name {:?}", rc.name),
+        ));
+    }
+    if rc.source.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.source"),
+            "is required (or set mode = \"active-active\" and list the route's `members`)",
         ));
     }
     let source = parse_endpoint(&rc.source, &format!("{key}.source"), &config.ensembles)?;

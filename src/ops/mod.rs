@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config;
 
 pub mod admin;
+pub mod conflicts;
 pub mod diff;
 pub mod divergent;
 pub mod explain;

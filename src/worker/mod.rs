@@ -50,7 +50,7 @@ mod write;
 
 use acl::AclPlan;
 use lead::LeadEnd;
-pub use status::{Leadership, StatusTx, StatusView};
+pub use status::{Leadership, StatusTx, StatusView, WorkerSnapshot};
 use target_metrics::TargetMetrics;
 use target_watch::WatchFlow;
 use write::{fenced_error, fenced_put, is_node_level};
@@ -233,7 +233,7 @@ impl Worker {
                     fence = self.await_role() => fence,
                     _ = shutdown.requested() => continue,
                 };
-                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record, fence);
+                let acquire = Lease::acquire(&self.target_zk, &dir, &self.identity.lease_record, Some(fence));
                 tokio::pin!(acquire);
                 let mut look = tokio::time::interval(Duration::from_secs(1));
                 let lease = loop {

@@ -34,8 +34,10 @@ impl Worker {
         let source_mzxid = source.map(|s| s.stat.mzxid).unwrap_or(-1);
         let target_mzxid = target.map(|t| t.stat.mzxid).unwrap_or(-1);
         let (meta, route, target_name) = (&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        match self.route.config.conflict {
-            ConflictPolicy::SourceWins => {
+        match self.route.config.conflict() {
+            // Refused at load for mirror routes: only active-active ones
+            // resolve by time, and they have their own worker.
+            ConflictPolicy::SourceWins | ConflictPolicy::LastWriterWins => {
                 self.metrics.overwritten.inc();
                 info!(%path, source_mzxid = format!("{source_mzxid:#x}"), target_mzxid = format!("{target_mzxid:#x}"), "target changed locally: overwritten (source-wins)");
                 true

@@ -1181,6 +1181,12 @@ pub struct PlainNode {
     pub readable: bool,
 }
 
+/// Every node under `root` with plain reads (see `read_subtree`),
+/// ephemerals included.
+pub async fn plain_subtree(c: &Client, root: &str) -> std::collections::BTreeMap<String, PlainNode> {
+    read_subtree(c, root, false).await
+}
+
 /// Relative path → node, for every node under `root`, read with plain
 /// `getData`, `getACL` and `getChildren` calls (many in flight, level by
 /// level). Nodes deleted during the walk are left out; so is zkbridge's own
