@@ -154,7 +154,69 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
             routes.push(s);
         }
     }
+    for route in &config.active {
+        for (from, to) in route.pairs() {
+            routes.push(pair_status(route, from, to, meta, sessions).await);
+        }
+    }
     Status { routes, roles }
+}
+
+/// One member pair of an active-active route, as a row like a mirror's
+/// route/target: `source` is the member whose changes it carries, `target`
+/// the pair (`from->to`), and everything is read in the destination
+/// member, where the pair keeps its lease and checkpoint.
+async fn pair_status(
+    route: &crate::config::ActiveRoute,
+    from: &crate::config::Endpoint,
+    to: &crate::config::Endpoint,
+    meta: &str,
+    sessions: &Sessions,
+) -> RouteTargetStatus {
+    let mut s = RouteTargetStatus {
+        route: route.name().to_string(),
+        source: from.to_string(),
+        target: crate::config::pair_label(&from.ensemble, &to.ensemble),
+        target_path: to.path.clone(),
+        leader: None,
+        standby: Vec::new(),
+        checkpoint_zxid: None,
+        lag_seconds: None,
+        applied_zxid: None,
+        last_error: None,
+        stopped: None,
+        unavailable: None,
+    };
+    let mut problems = Vec::new();
+    match sessions.get(&to.ensemble) {
+        Some(Ok(dst)) => {
+            let dir = leases_dir(meta, route.name(), &from.ensemble);
+            match timed(contenders(dst, &dir)).await {
+                Ok(mut leases) if !leases.is_empty() => {
+                    let leader = leases.remove(0);
+                    s.leader = Some(leader.instance);
+                    s.last_error = leader.last_error;
+                    s.standby = leases.into_iter().map(|l| l.instance).collect();
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("member {}: {e}", to.ensemble)),
+            }
+            let path = checkpoint_path(meta, route.name(), &from.ensemble);
+            match timed(get_json::<Checkpoint>(dst, &path)).await {
+                Ok(Some(c)) => {
+                    s.checkpoint_zxid = Some(Zxid(c.source_zxid));
+                    s.applied_zxid = Some(Zxid(c.source_zxid));
+                    s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(format!("member {}: {e}", to.ensemble)),
+            }
+        }
+        Some(Err(e)) => problems.push(format!("member {}: {e}", to.ensemble)),
+        None => problems.push(format!("member {}: no session", to.ensemble)),
+    }
+    s.unavailable = (!problems.is_empty()).then(|| problems.join("; "));
+    s
 }
 
 /// What the members of `route` say of its role, and the route oriented

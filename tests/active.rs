@@ -360,6 +360,29 @@ async fn writers_converge(n: usize, seconds: u64, seed_default: u64) {
     let stdout = out.split("\n-- stderr --\n").next().unwrap();
     let listed: serde_json::Value = serde_json::from_str(stdout).unwrap();
     assert!(listed.as_array().is_some_and(|a| !a.is_empty()), "{out}");
+    // `status` has a row per member pair: led, checkpointed, lag small.
+    eventually("every pair checkpointed in status", CONVERGE, async || {
+        let (code, out) = bridge.cli(&["status", "--json"]);
+        let stdout = out.split("\n-- stderr --\n").next().unwrap().to_string();
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&stdout) else {
+            return false;
+        };
+        let rows: Vec<&serde_json::Value> = status["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["route"] == "registry")
+            .collect();
+        code == 0
+            && rows.len() == n * (n - 1)
+            && rows.iter().all(|r| {
+                r["target"].as_str().is_some_and(|t| t.contains("->"))
+                    && r["leader"] == "test-bridge"
+                    && r["lag_seconds"].as_f64().is_some_and(|l| l < 10.0)
+            })
+    })
+    .await;
+    assert!(bridge.metric("zkbridge_lag_seconds", &[("route", "registry")]) >= 0.0);
     // `diff` compares every member with every other: identical.
     let (code, out) = bridge.cli(&["diff", "--route", "registry"]);
     assert_eq!(code, 0, "diff after convergence: {out}");
@@ -509,4 +532,57 @@ async fn a_delete_beats_an_older_write_from_a_lagging_member() {
     // A later create wins over the earlier delete.
     create(&w, "/cfg/flag", b"west-later").await;
     converged(Some(b"west-later")).await;
+}
+
+/// Tombstones go after `tombstone_ttl_s` (a later pass collects them), the
+/// deleted node stays gone, and `diff` reports members that differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_collected_after_their_ttl_and_diff_sees_drift() {
+    let east = Zk::standalone();
+    let west = Zk::standalone();
+    let toml = format!(
+        "{}{}",
+        ensembles(&[("us-east", &east), ("eu-west", &west)]),
+        active_route(
+            "cfg",
+            &["us-east:/cfg", "eu-west:/app/cfg"],
+            "tombstone_ttl_s = 1\nverify_interval_s = 2"
+        )
+    );
+    let mut bridge = Bridge::start(&toml);
+    let (e, w) = (east.client().await, west.client().await);
+    create(&e, "/cfg", b"").await;
+    create(&e, "/cfg/a", b"1").await;
+    create(&e, "/cfg/a/b", b"2").await;
+    eventually("carried to west, root created there", CONVERGE, async || {
+        get(&w, "/app/cfg/a/b").await.as_deref() == Some(b"2".as_slice())
+    })
+    .await;
+    e.delete("/cfg/a/b", None).await.unwrap();
+    e.delete("/cfg/a", None).await.unwrap();
+    eventually("the deletes carried", CONVERGE, async || {
+        get(&w, "/app/cfg/a").await.is_none()
+    })
+    .await;
+    let record = |c: Client| async move { c.check_stat("/zkbridge/active/cfg/records/a").await.unwrap().is_some() };
+    eventually("tombstones collected in both members", CONVERGE, async || {
+        !record(e.clone()).await && !record(w.clone()).await
+    })
+    .await;
+    assert_eq!(get(&e, "/cfg/a").await, None);
+    assert_eq!(get(&w, "/app/cfg/a").await, None);
+    let (code, out) = bridge.cli(&["diff", "--route", "cfg"]);
+    assert_eq!(code, 0, "{out}");
+    // With the bridge stopped, a change in one member is drift.
+    bridge.stop();
+    create(&w, "/app/cfg/only-west", b"x").await;
+    let (code, out) = bridge.cli(&["diff", "--route", "cfg", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"extra\"") && out.contains("/app/cfg/only-west"), "{out}");
+    // And a restart carries it.
+    bridge.restart();
+    eventually("carried after the restart", CONVERGE, async || {
+        get(&e, "/cfg/only-west").await.as_deref() == Some(b"x".as_slice())
+    })
+    .await;
 }

@@ -397,7 +397,8 @@ pub fn start(
 }
 
 /// Keeps `zkbridge_lag_seconds` current: lag grows while a target is away,
-/// so it cannot wait for the next checkpoint to be updated.
+/// so it cannot wait for the next checkpoint to be updated. Member pairs
+/// of active-active routes are kept the same way.
 async fn track_lag(bridge: Arc<Bridge>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sampled: Option<tokio::time::Instant> = None;
@@ -405,6 +406,16 @@ async fn track_lag(bridge: Arc<Bridge>, mut shutdown: Shutdown) {
         tokio::select! {
             _ = tick.tick() => {},
             _ = shutdown.requested() => return,
+        }
+        for p in &bridge.pairs {
+            let labels = [p.route.as_str(), p.label.as_str()];
+            let s = p.status.borrow();
+            match s.lag_seconds(crate::znodes::now_ms()).filter(|_| s.leading()) {
+                Some(lag) => bridge.metrics.lag_seconds.with_label_values(&labels).set(lag),
+                None => {
+                    let _ = bridge.metrics.lag_seconds.remove_label_values(&labels);
+                }
+            }
         }
         let sample = sampled.is_none_or(|at| at.elapsed() >= HISTORY_EVERY);
         if sample {

@@ -13,7 +13,7 @@ pub async fn explain(path: &std::path::Path, route: &str, node_path: &str, json:
         Err(code) => return code,
     };
     let Some(configured) = resolved.route(route) else {
-        eprintln!("zkbridge explain: --route {route}: no such route in the configuration");
+        eprintln!("zkbridge explain: {}", super::not_a_mirror(&resolved, route, "explain"));
         return ExitCode::from(2);
     };
     let relative = match explain::relative_to(configured, node_path) {

@@ -26,6 +26,16 @@ pub fn load(path: &std::path::Path) -> Result<config::Resolved, ExitCode> {
     })
 }
 
+/// Why `route` is not a mirror route `command` can work on, in words.
+pub(crate) fn not_a_mirror(resolved: &config::Resolved, route: &str, command: &str) -> String {
+    match resolved.active_route(route) {
+        Some(_) => format!(
+            "--route {route}: an active-active route (every member writable) has no primary or mirrors; `zkbridge {command}` works on mirror routes (for active-active: status, diff, conflicts)"
+        ),
+        None => format!("--route {route}: no such route in the configuration"),
+    }
+}
+
 /// A session on one ensemble of the configuration, or exit 2 naming it.
 pub(crate) async fn session(
     resolved: &config::Resolved,
@@ -77,7 +87,10 @@ pub(crate) async fn target_session(
         .route(route)
         .is_some_and(|r| r.members().any(|m| m.ensemble == target))
     {
-        eprintln!("zkbridge {command}: route {route} has no member on ensemble {target}");
+        match resolved.active_route(route) {
+            Some(_) => eprintln!("zkbridge {command}: {}", not_a_mirror(&resolved, route, command)),
+            None => eprintln!("zkbridge {command}: route {route} has no member on ensemble {target}"),
+        }
         return Err(ExitCode::from(2));
     }
     if !yes && std::io::stdin().is_terminal() {

@@ -25,7 +25,7 @@ impl Members {
     /// `to`, checks that it names a member, and one the route has once.
     pub async fn open(resolved: &Resolved, route: &str, to: &str, command: &str) -> Result<Members, ExitCode> {
         let Some(r) = resolved.route(route) else {
-            eprintln!("zkbridge {command}: --route {route}: no such route in the configuration");
+            eprintln!("zkbridge {command}: {}", super::not_a_mirror(resolved, route, command));
             return Err(ExitCode::from(2));
         };
         if !to.is_empty() {
