@@ -14,6 +14,7 @@ use std::pin::Pin;
 use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, Error};
 
 use super::decide::{decide, Stamp, Step, Version};
+use super::outcome::{Applied, PathError};
 use super::pair::Pair;
 use super::records::{self, Side};
 use crate::checkpoint::persistent;
@@ -21,51 +22,9 @@ use crate::lease::Lease;
 use crate::path::{join, parent};
 use crate::znodes::{now_ms, ConflictChange, ConflictRecord, OriginRecord};
 
-/// How an attempt at one path ended.
-#[derive(Debug)]
-pub enum Applied {
-    /// Both members agree on the path (or it is not the route's).
-    Done,
-    /// Something changed under the decision (a concurrent write, a stamp
-    /// just written, a parent just created): read and decide again.
-    Again,
-    /// The destination's node still has children the delete must wait for.
-    Defer,
-}
-
-/// Why a path could not be finished now.
-#[derive(Debug, thiserror::Error)]
-pub enum PathError {
-    /// The lease is gone: the lead ends, nothing else may be written.
-    #[error("lease lost")]
-    LeaseLost,
-    /// An ensemble did not answer or the session ended: retried as a whole.
-    #[error("{member}: {source}")]
-    Interrupted { member: String, source: Error },
-    /// The path itself is refused (no permission, data the server refuses):
-    /// parked and retried later; the other paths go on.
-    #[error("{member}: {source}")]
-    Refused { member: String, source: Error },
-}
-
-impl PathError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PathError::LeaseLost => "fenced",
-            PathError::Interrupted { source, .. } | PathError::Refused { source, .. } => crate::zk::error_kind(source),
-        }
-    }
-}
-
-/// Adding an op fails only for a path zkbridge built wrongly.
-impl From<Error> for PathError {
-    fn from(source: Error) -> Self {
-        PathError::Refused {
-            member: "request".into(),
-            source,
-        }
-    }
-}
+/// Room a write keeps beside the data for the paths, the origin record
+/// and a conflict-log entry.
+const RECORD_ROOM: usize = 8 * 1024;
 
 /// The tries an attempt makes before the path is put back for later.
 const TRIES: usize = 6;
@@ -132,6 +91,14 @@ impl Pair {
             Step::StampDeleteInX => return self.stamp_delete(from, rel, x).await,
             Step::Carry(stamp) => {
                 let (data, _) = x.node.as_ref().expect("a carried version is present");
+                // Data, record and a conflict entry go in one request.
+                if data.len() + RECORD_ROOM > self.to_zk.max_request_bytes {
+                    return Err(PathError::TooLarge {
+                        member: self.to.ensemble.clone(),
+                        bytes: data.len(),
+                        max: self.to_zk.max_request_bytes,
+                    });
+                }
                 if y.node.is_none() && !rel.is_empty() && !self.parent_in_to(lease, from, rel).await? {
                     return Ok(Applied::Again);
                 }

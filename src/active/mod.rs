@@ -6,13 +6,15 @@
 //!   (also in `docs/architecture.md`).
 //! - [`records`]: a member's state at a path (node and origin record).
 //! - [`pair`]: the worker of one member pair, with its lease, watch, full
-//!   passes and checkpoint; [`apply`]: its one write per path.
+//!   passes and checkpoint; [`apply`]: its one write per path;
+//!   [`outcome`]: how a path ends, which the pair's loop acts on.
 //! - [`stamp`]: each member's deletes stamped where they happen.
 //! - [`conflicts`]: the bounded conflict log.
 
 mod apply;
 pub(crate) mod conflicts;
 pub(crate) mod decide;
+mod outcome;
 mod pair;
 pub(crate) mod records;
 mod stamp;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{Client, EventType, PersistentWatcher, WatchedEvent};
 
-use super::apply::{Applied, PathError};
+use super::outcome::{Applied, PathError};
 use super::records::{self, Side};
 use crate::checkpoint::{ensemble_id, persistent};
 use crate::config::{pair_label, ActiveRoute, Endpoint};
@@ -393,7 +393,7 @@ impl Pair {
         let put = match result {
             Ok(Applied::Done) => None,
             Ok(Applied::Defer) | Ok(Applied::Again) => Some(later(DEFER_FOR, false)),
-            Err(e @ PathError::Refused { .. }) => {
+            Err(e @ (PathError::Refused { .. } | PathError::TooLarge { .. })) => {
                 warn!(route = self.route.name(), path = %join(&self.to.path, &rel), error = %e, "path refused; retrying in 30s");
                 self.metrics.error(e.kind());
                 self.status.update(|s| s.last_error = Some(format!("{rel}: {e}")));
