@@ -92,47 +92,25 @@ pub async fn collect(config: &Resolved, sessions: &Sessions) -> Status {
         roles.push(role);
         let route = &oriented;
         for target in &route.targets {
-            let mut s = RouteTargetStatus {
-                route: route.name().to_string(),
-                source: route.source.to_string(),
-                target: target.ensemble.clone(),
-                target_path: target.path.clone(),
-                leader: None,
-                standby: Vec::new(),
-                checkpoint_zxid: None,
-                lag_seconds: None,
-                applied_zxid: None,
-                last_error: None,
-                stopped: None,
-                unavailable: None,
-            };
+            let mut s = RouteTargetStatus::new(
+                route.name(),
+                route.source.to_string(),
+                target.ensemble.clone(),
+                target.path.clone(),
+            );
             let mut problems = Vec::new();
             match sessions.get(&target.ensemble) {
                 Some(Ok(tgt)) => {
-                    let dir = leases_dir(meta, route.name(), &target.ensemble);
-                    match timed(contenders(tgt, &dir)).await {
-                        Ok(mut leases) if !leases.is_empty() => {
-                            let leader = leases.remove(0);
-                            s.leader = Some(leader.instance);
-                            s.last_error = leader.last_error;
-                            s.standby = leases.into_iter().map(|l| l.instance).collect();
-                        }
-                        Ok(_) => {}
-                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
-                    }
+                    let (leases, checkpoint) = (
+                        leases_dir(meta, route.name(), &target.ensemble),
+                        checkpoint_path(meta, route.name(), &target.ensemble),
+                    );
+                    let who = format!("target {}", target.ensemble);
+                    read_lead(&mut s, tgt, &leases, &checkpoint, &who, &mut problems).await;
                     let stop = crate::znodes::stopped_path(meta, route.name(), &target.ensemble);
                     match timed(crate::conflict::read_stopped(tgt, &stop)).await {
                         Ok(record) => s.stopped = record,
-                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
-                    }
-                    let path = checkpoint_path(meta, route.name(), &target.ensemble);
-                    match timed(get_json::<Checkpoint>(tgt, &path)).await {
-                        Ok(Some(c)) => {
-                            s.checkpoint_zxid = Some(Zxid(c.source_zxid));
-                            s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
-                        }
-                        Ok(None) => {}
-                        Err(e) => problems.push(format!("target {}: {e}", target.ensemble)),
+                        Err(e) => problems.push(format!("{who}: {e}")),
                     }
                 }
                 Some(Err(e)) => problems.push(format!("target {}: {e}", target.ensemble)),
@@ -173,50 +151,79 @@ async fn pair_status(
     meta: &str,
     sessions: &Sessions,
 ) -> RouteTargetStatus {
-    let mut s = RouteTargetStatus {
-        route: route.name().to_string(),
-        source: from.to_string(),
-        target: crate::config::pair_label(&from.ensemble, &to.ensemble),
-        target_path: to.path.clone(),
-        leader: None,
-        standby: Vec::new(),
-        checkpoint_zxid: None,
-        lag_seconds: None,
-        applied_zxid: None,
-        last_error: None,
-        stopped: None,
-        unavailable: None,
-    };
+    let mut s = RouteTargetStatus::new(
+        route.name(),
+        from.to_string(),
+        crate::config::pair_label(&from.ensemble, &to.ensemble),
+        to.path.clone(),
+    );
     let mut problems = Vec::new();
     match sessions.get(&to.ensemble) {
         Some(Ok(dst)) => {
-            let dir = leases_dir(meta, route.name(), &from.ensemble);
-            match timed(contenders(dst, &dir)).await {
-                Ok(mut leases) if !leases.is_empty() => {
-                    let leader = leases.remove(0);
-                    s.leader = Some(leader.instance);
-                    s.last_error = leader.last_error;
-                    s.standby = leases.into_iter().map(|l| l.instance).collect();
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("member {}: {e}", to.ensemble)),
-            }
-            let path = checkpoint_path(meta, route.name(), &from.ensemble);
-            match timed(get_json::<Checkpoint>(dst, &path)).await {
-                Ok(Some(c)) => {
-                    s.checkpoint_zxid = Some(Zxid(c.source_zxid));
-                    s.applied_zxid = Some(Zxid(c.source_zxid));
-                    s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(format!("member {}: {e}", to.ensemble)),
-            }
+            let (leases, checkpoint) = (
+                leases_dir(meta, route.name(), &from.ensemble),
+                checkpoint_path(meta, route.name(), &from.ensemble),
+            );
+            let who = format!("member {}", to.ensemble);
+            read_lead(&mut s, dst, &leases, &checkpoint, &who, &mut problems).await;
+            // A pair's checkpoint is also how far it applied.
+            s.applied_zxid = s.checkpoint_zxid;
         }
         Some(Err(e)) => problems.push(format!("member {}: {e}", to.ensemble)),
         None => problems.push(format!("member {}: no session", to.ensemble)),
     }
     s.unavailable = (!problems.is_empty()).then(|| problems.join("; "));
     s
+}
+
+impl RouteTargetStatus {
+    fn new(route: &str, source: String, target: String, target_path: String) -> Self {
+        RouteTargetStatus {
+            route: route.to_string(),
+            source,
+            target,
+            target_path,
+            leader: None,
+            standby: Vec::new(),
+            checkpoint_zxid: None,
+            lag_seconds: None,
+            applied_zxid: None,
+            last_error: None,
+            stopped: None,
+            unavailable: None,
+        }
+    }
+}
+
+/// The lease holder (with its last error and the standbys) and the
+/// checkpoint, both kept in `client`'s ensemble: a mirror's target, a
+/// member pair's destination.
+async fn read_lead(
+    s: &mut RouteTargetStatus,
+    client: &Client,
+    leases: &str,
+    checkpoint: &str,
+    who: &str,
+    problems: &mut Vec<String>,
+) {
+    match timed(contenders(client, leases)).await {
+        Ok(mut found) if !found.is_empty() => {
+            let leader = found.remove(0);
+            s.leader = Some(leader.instance);
+            s.last_error = leader.last_error;
+            s.standby = found.into_iter().map(|l| l.instance).collect();
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{who}: {e}")),
+    }
+    match timed(get_json::<Checkpoint>(client, checkpoint)).await {
+        Ok(Some(c)) => {
+            s.checkpoint_zxid = Some(Zxid(c.source_zxid));
+            s.lag_seconds = Some(((now_ms() - c.heartbeat_ts_ms) as f64 / 1000.0).max(0.0));
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(format!("{who}: {e}")),
+    }
 }
 
 /// What the members of `route` say of its role, and the route oriented
