@@ -586,3 +586,59 @@ async fn tombstones_are_collected_after_their_ttl_and_diff_sees_drift() {
     })
     .await;
 }
+
+/// A member rebuilt empty (its region lost, its ensemble reinstalled) gets
+/// everything back — its own changes too — and its empty tree deletes
+/// nothing elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rebuilt_empty_is_refilled_and_deletes_nothing() {
+    let east = Zk::standalone();
+    let mut west = Zk::standalone();
+    let toml = format!(
+        "{}{}",
+        ensembles(&[("us-east", &east), ("eu-west", &west)]),
+        active_route("cfg", &["us-east:/cfg", "eu-west:/cfg"], "")
+    );
+    let mut bridge = Bridge::start(&toml);
+    let e = east.client().await;
+    create(&e, "/cfg", b"").await;
+    create(&e, "/cfg/from-east", b"e").await;
+    {
+        let w = west.client().await;
+        mkdirs(&w, "/cfg").await;
+        create(&w, "/cfg/from-west", b"w").await;
+        create(&w, "/cfg/from-west/deeper", b"d").await;
+    }
+    eventually("both ways", CONVERGE, async || {
+        get(&e, "/cfg/from-west/deeper").await.as_deref() == Some(b"d".as_slice())
+    })
+    .await;
+    // Checkpoints in both members, so the rebuild is seen as one.
+    eventually("every pair checkpointed", CONVERGE, async || {
+        bridge.metric(
+            "zkbridge_checkpoint_zxid",
+            &[("route", "cfg"), ("target", "us-east->eu-west")],
+        ) > 0.0
+            && bridge.metric(
+                "zkbridge_checkpoint_zxid",
+                &[("route", "cfg"), ("target", "eu-west->us-east")],
+            ) > 0.0
+    })
+    .await;
+    bridge.stop();
+    west.wipe_and_restart();
+    bridge.restart();
+    let w = west.client().await;
+    eventually("west refilled, its own nodes included", CONVERGE, async || {
+        get(&w, "/cfg/from-east").await.as_deref() == Some(b"e".as_slice())
+            && get(&w, "/cfg/from-west/deeper").await.as_deref() == Some(b"d".as_slice())
+    })
+    .await;
+    assert_eq!(
+        get(&e, "/cfg/from-west").await.as_deref(),
+        Some(b"w".as_slice()),
+        "deleted in east"
+    );
+    let (code, out) = bridge.cli(&["diff", "--route", "cfg"]);
+    assert_eq!(code, 0, "{out}");
+}

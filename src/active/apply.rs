@@ -84,10 +84,24 @@ impl Pair {
         }
         let vx = x.version(&self.from.ensemble);
         let vy = y.version(&self.to.ensemble);
-        let decision = decide(&self.from.ensemble, &vx, x.prior().as_ref(), &vy);
+        let decision = decide(&self.from.ensemble, &self.to.ensemble, &vx, x.prior().as_ref(), &vy);
         let lost = decision.lost.map(|stamp| (stamp, matches!(vy, Version::Deleted(_))));
-        let wrote = match decision.step {
-            Step::Nothing => return Ok(Applied::Done),
+        let first = self.first_pass();
+        let step = match decision.step {
+            // Only a first pass into a member that lost its data (no
+            // checkpoint of this pair there) gives a member its own
+            // changes back.
+            Step::BackToOrigin(s) if first.refill => match x.node {
+                Some(_) => Step::Carry(s),
+                None => Step::Tombstone(s),
+            },
+            // A member rebuilt empty has no records: its absences are no
+            // deletes until its first pass is done (and refilled it).
+            Step::StampDeleteInX if first.from_rebuilt && x.record.is_none() => Step::Nothing,
+            step => step,
+        };
+        let wrote = match step {
+            Step::Nothing | Step::BackToOrigin(_) => return Ok(Applied::Done),
             Step::StampDeleteInX => return self.stamp_delete(from, rel, x).await,
             Step::Carry(stamp) => {
                 let (data, _) = x.node.as_ref().expect("a carried version is present");

@@ -102,6 +102,12 @@ pub enum Step {
     /// X deleted the node and it has no stamp yet: write X's tombstone
     /// first (its server time is the delete's time), then decide again.
     StampDeleteInX,
+    /// X holds a change made in Y that Y no longer has, not even as a
+    /// record: Y deleted its own node (and the stamp is on its way, from
+    /// Y's stamper or Y's worker into X). A change is never carried back
+    /// into the member where it was made — not even to fill a member that
+    /// lost its data, which only its first pass may do (`refill`).
+    BackToOrigin(Stamp),
 }
 
 /// The step, and the change the step overwrites in Y when that change lost
@@ -112,11 +118,11 @@ pub struct Decision {
     pub lost: Option<Stamp>,
 }
 
-/// Decides for one path between X (named `x_name`) and Y. `x_prior` is the
-/// stamp of X's origin record when that record no longer speaks for X's
-/// node (X changed it locally since): the last change zkbridge carried
-/// into X, which X had seen before its own.
-pub fn decide(x_name: &str, x: &Version, x_prior: Option<&Stamp>, y: &Version) -> Decision {
+/// Decides for one path between X (named `x_name`) and Y (`y_name`).
+/// `x_prior` is the stamp of X's origin record when that record no longer
+/// speaks for X's node (X changed it locally since): the last change
+/// zkbridge carried into X, which X had seen before its own.
+pub fn decide(x_name: &str, y_name: &str, x: &Version, x_prior: Option<&Stamp>, y: &Version) -> Decision {
     let nothing = Decision {
         step: Step::Nothing,
         lost: None,
@@ -130,6 +136,9 @@ pub fn decide(x_name: &str, x: &Version, x_prior: Option<&Stamp>, y: &Version) -
         (Version::Absent, _) => return nothing,
         // Y's own delete is stamped by Y's worker into X first.
         (_, Version::DeletedUnstamped) => return nothing,
+        (Version::Present(sx) | Version::Deleted(sx), Version::Absent) if sx.origin == y_name => {
+            Step::BackToOrigin(sx.clone())
+        }
         (Version::Present(sx), Version::Absent) => Step::Carry(sx.clone()),
         (Version::Deleted(sx), Version::Absent) => Step::Tombstone(sx.clone()),
         (Version::Present(sx) | Version::Deleted(sx), Version::Present(sy) | Version::Deleted(sy)) => {
@@ -240,31 +249,31 @@ mod tests {
     fn a_change_is_carried_once_and_never_back() {
         let local = Version::Present(stamp(100, "east"));
         assert_eq!(
-            decide("east", &local, None, &Version::Absent).step,
+            decide("east", "west", &local, None, &Version::Absent).step,
             Step::Carry(stamp(100, "east"))
         );
         // West now holds it with east's stamp: nothing goes back.
         let in_west = Version::Present(stamp(100, "east"));
-        assert_eq!(decide("west", &in_west, None, &local).step, Step::Nothing);
-        assert_eq!(decide("east", &local, None, &in_west).step, Step::Nothing);
+        assert_eq!(decide("west", "east", &in_west, None, &local).step, Step::Nothing);
+        assert_eq!(decide("east", "west", &local, None, &in_west).step, Step::Nothing);
     }
 
     #[test]
     fn concurrent_writes_end_with_the_greatest_stamp_and_the_loser_is_reported() {
         let east = Version::Present(stamp(100, "east"));
         let west = Version::Present(stamp(105, "west"));
-        let d = decide("west", &west, None, &east);
+        let d = decide("west", "east", &west, None, &east);
         assert_eq!(d.step, Step::Carry(stamp(105, "west")));
         assert_eq!(d.lost, Some(stamp(100, "east")), "east's write never reached west");
-        assert_eq!(decide("east", &east, None, &west).step, Step::Nothing);
+        assert_eq!(decide("east", "west", &east, None, &west).step, Step::Nothing);
         // The same millisecond: the member name decides, the same way everywhere.
         let tie_east = Version::Present(stamp(100, "east"));
         let tie_west = Version::Present(stamp(100, "west"));
         assert!(matches!(
-            decide("west", &tie_west, None, &tie_east).step,
+            decide("west", "east", &tie_west, None, &tie_east).step,
             Step::Carry(_)
         ));
-        assert_eq!(decide("east", &tie_east, None, &tie_west).step, Step::Nothing);
+        assert_eq!(decide("east", "west", &tie_east, None, &tie_west).step, Step::Nothing);
     }
 
     #[test]
@@ -272,12 +281,13 @@ mod tests {
         // West had east's value (its record says so), then changed it.
         let west = Version::Present(stamp(200, "west"));
         let east = Version::Present(stamp(100, "east"));
-        let d = decide("west", &west, Some(&stamp(100, "east")), &east);
+        let d = decide("west", "east", &west, Some(&stamp(100, "east")), &east);
         assert_eq!(d.step, Step::Carry(stamp(200, "west")));
         assert_eq!(d.lost, None);
         // An older change than what west last received had lost already.
         let d = decide(
             "west",
+            "east",
             &west,
             Some(&stamp(150, "north")),
             &Version::Present(stamp(120, "east")),
@@ -286,6 +296,7 @@ mod tests {
         // Something west never saw, newer than what it last received: lost.
         let d = decide(
             "west",
+            "east",
             &west,
             Some(&stamp(100, "east")),
             &Version::Present(stamp(150, "north")),
@@ -298,6 +309,7 @@ mod tests {
         assert_eq!(
             decide(
                 "east",
+                "west",
                 &Version::DeletedUnstamped,
                 None,
                 &Version::Present(stamp(100, "west"))
@@ -307,27 +319,69 @@ mod tests {
         );
         // East deleted a node it had created itself (no record in east).
         assert_eq!(
-            decide("east", &Version::Absent, None, &Version::Present(stamp(100, "east"))).step,
+            decide(
+                "east",
+                "west",
+                &Version::Absent,
+                None,
+                &Version::Present(stamp(100, "east"))
+            )
+            .step,
             Step::StampDeleteInX
         );
         // East never had west's node yet: nothing to say.
         assert_eq!(
-            decide("east", &Version::Absent, None, &Version::Present(stamp(100, "west"))).step,
+            decide(
+                "east",
+                "west",
+                &Version::Absent,
+                None,
+                &Version::Present(stamp(100, "west"))
+            )
+            .step,
             Step::Nothing
         );
         let deleted = Version::Deleted(stamp(300, "east"));
         assert_eq!(
-            decide("east", &deleted, None, &Version::Present(stamp(100, "east"))).step,
+            decide("east", "west", &deleted, None, &Version::Present(stamp(100, "east"))).step,
             Step::Delete(stamp(300, "east"))
         );
         assert_eq!(
-            decide("east", &deleted, None, &Version::Absent).step,
+            decide("east", "west", &deleted, None, &Version::Absent).step,
             Step::Tombstone(stamp(300, "east"))
         );
         assert_eq!(
-            decide("east", &deleted, None, &Version::Deleted(stamp(200, "north"))).step,
+            decide("east", "west", &deleted, None, &Version::Deleted(stamp(200, "north"))).step,
             Step::Tombstone(stamp(300, "east")),
             "the greater tombstone is kept everywhere"
+        );
+    }
+
+    #[test]
+    fn a_change_is_never_carried_back_into_the_member_it_came_from() {
+        // East created the node (no record in east), west got it, east
+        // deleted it: west must not bring it back before east's stamp.
+        let in_west = Version::Present(stamp(100, "east"));
+        assert_eq!(
+            decide("west", "east", &in_west, None, &Version::Absent).step,
+            Step::BackToOrigin(stamp(100, "east"))
+        );
+        // East's side of the same path stamps the delete.
+        assert_eq!(
+            decide("east", "west", &Version::Absent, None, &in_west).step,
+            Step::StampDeleteInX
+        );
+        // A third member's change still goes everywhere.
+        assert_eq!(
+            decide(
+                "west",
+                "east",
+                &Version::Present(stamp(100, "north")),
+                None,
+                &Version::Absent
+            )
+            .step,
+            Step::Carry(stamp(100, "north"))
         );
     }
 
@@ -336,18 +390,19 @@ mod tests {
         let deleted = Version::Deleted(stamp(300, "east"));
         // A lagging member's older copy does not come back.
         assert_eq!(
-            decide("west", &Version::Present(stamp(250, "west")), None, &deleted).step,
+            decide("west", "east", &Version::Present(stamp(250, "west")), None, &deleted).step,
             Step::Nothing
         );
         // A create after the delete wins, and the delete is reported lost
         // when west never saw it.
-        let d = decide("west", &Version::Present(stamp(400, "west")), None, &deleted);
+        let d = decide("west", "east", &Version::Present(stamp(400, "west")), None, &deleted);
         assert_eq!(d.step, Step::Carry(stamp(400, "west")));
         assert_eq!(d.lost, Some(stamp(300, "east")));
         // Y's own unstamped delete is Y's worker's to stamp.
         assert_eq!(
             decide(
                 "west",
+                "east",
                 &Version::Present(stamp(400, "west")),
                 None,
                 &Version::DeletedUnstamped
@@ -400,8 +455,9 @@ mod tests {
     fn sync(members: &mut [Member], x: usize, y: usize, now: i64, stamps: &mut Vec<(Stamp, Option<u64>)>) -> bool {
         let (vx, prior, vy) = (members[x].version(), members[x].prior(), members[y].version());
         let name = members[x].name.clone();
-        match decide(&name, &vx, prior.as_ref(), &vy).step {
-            Step::Nothing => false,
+        let y_name = members[y].name.clone();
+        match decide(&name, &y_name, &vx, prior.as_ref(), &vy).step {
+            Step::Nothing | Step::BackToOrigin(_) => false,
             Step::Carry(s) => {
                 let data = members[x].node.as_ref().expect("present").0;
                 let z = members[y].next_zxid();

@@ -122,6 +122,22 @@ pub struct Pair {
     heartbeat_interval: Duration,
     /// The conflicts counted when the destination's log was last trimmed.
     trimmed_at: std::sync::atomic::AtomicU64,
+    /// Set for the first pass of a lead: see [`FirstPass`].
+    first: std::sync::Mutex<FirstPass>,
+}
+
+/// What the first pass of a lead may do that later ones may not, learnt
+/// from the pair's checkpoint in the destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FirstPass {
+    /// The destination has no checkpoint of this pair: it is new to the
+    /// route or lost its data. Changes made there and held here are given
+    /// back (`Step::BackToOrigin`), once.
+    pub refill: bool,
+    /// The checkpoint names another ensemble id for the source: the source
+    /// member was rebuilt, and has no records. Its absences are not taken
+    /// as deletes until the pass into it refilled it.
+    pub from_rebuilt: bool,
 }
 
 /// Why a lead ended.
@@ -167,6 +183,7 @@ impl Pair {
             limits: w.limits,
             heartbeat_interval: w.heartbeat_interval,
             trimmed_at: Default::default(),
+            first: Default::default(),
         }
     }
 
@@ -232,6 +249,10 @@ impl Pair {
             Ok(p) => p,
             Err(e) => return End::Restart(e.to_string()),
         };
+        match self.first_pass_of(lease.client(), &from_id).await {
+            Ok(first) => *self.first.lock().unwrap() = first,
+            Err(e) => return End::Restart(e.to_string()),
+        }
         let mut dirty: BTreeMap<String, Mark> = BTreeMap::new();
         let mut tracker = SessionTracker::default();
         let mut full_pass = true;
@@ -271,6 +292,7 @@ impl Pair {
                 match done {
                     Ok(true) => {
                         full_pass = false;
+                        *self.first.lock().unwrap() = FirstPass::default();
                         self.status.update(|s| s.initial_sync_done = true);
                     }
                     Ok(false) => {}
@@ -334,6 +356,24 @@ impl Pair {
         let data = crate::zk::watch_subtree(from, &self.from.path).await?;
         let records = crate::zk::watch_subtree(from, &self.from_records).await?;
         Ok((id, data, records))
+    }
+
+    pub(super) fn first_pass(&self) -> FirstPass {
+        *self.first.lock().unwrap()
+    }
+
+    /// What this lead's first pass may do, from the pair's checkpoint.
+    async fn first_pass_of(&self, to: &Client, from_id: &str) -> Result<FirstPass, zookeeper_client::Error> {
+        let path = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
+        let known: Option<Checkpoint> = crate::checkpoint::get_json(to, &path).await?;
+        let first = FirstPass {
+            refill: known.is_none(),
+            from_rebuilt: known.as_ref().is_some_and(|c| c.source_ensemble_id != from_id),
+        };
+        if first.from_rebuilt {
+            warn!(route = self.route.name(), member = %self.from, "the member's ensemble id changed since the last checkpoint (rebuilt?): its missing nodes are not taken as deletes in this first pass");
+        }
+        Ok(first)
     }
 
     /// Marks the path an event is about; `true` when the watch was away
