@@ -13,7 +13,7 @@ use std::pin::Pin;
 
 use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, Error};
 
-use super::decide::{decide, Stamp, Step, Version};
+use super::decide::{decide, refine, Stamp, Step, Version};
 use super::outcome::{Applied, PathError};
 use super::pair::Pair;
 use super::records::{self, Side};
@@ -69,8 +69,44 @@ impl Pair {
             .map_err(|e| self.error_of(&self.to.ensemble, e))
     }
 
-    /// Decides `rel` from the states read (`x` in the source member, `y`
-    /// in the destination) and makes the one write the decision calls for.
+    /// The step for `rel` from the states read (`x` in the source member,
+    /// `y` in the destination), and the change it overwrites that lost
+    /// (with whether that change was a delete). No IO.
+    pub(super) fn step_for(&self, rel: &str, x: &Side, y: &Side) -> (Step, Option<(Stamp, bool)>) {
+        if x.is_ephemeral() || y.is_ephemeral() || !self.route.filter.managed(rel) {
+            return (Step::Nothing, None);
+        }
+        let vy = y.version(&self.to.ensemble);
+        let written = x.record_node.as_ref().map(|s| s.mzxid);
+        let vx = refine(&self.from.ensemble, x.version(&self.from.ensemble), written, &vy);
+        let decision = decide(&self.from.ensemble, &self.to.ensemble, &vx, x.prior().as_ref(), &vy);
+        let lost = decision.lost.map(|stamp| (stamp, matches!(vy, Version::Deleted(_))));
+        let first = self.filling_now();
+        let step = match decision.step {
+            // Only a pass into a member that lost its data (no checkpoint
+            // of this pair there yet) gives a member its own changes back.
+            Step::BackToOrigin(s) if first.refill => match x.node {
+                Some(_) => Step::Carry(s),
+                None => Step::Tombstone(s),
+            },
+            // The source's absences are deletes only once the pair into it
+            // has filled it (its checkpoint is there): a member rebuilt
+            // empty deletes nothing elsewhere.
+            Step::StampDeleteInX if !first.infer_deletes && x.record.is_none() => Step::Nothing,
+            // A tombstone past its time is not spread again where it was
+            // collected.
+            Step::Tombstone(s) if now_ms() - s.mtime_ms > self.tombstone_ttl_ms() => Step::Nothing,
+            step => step,
+        };
+        (step, lost)
+    }
+
+    pub(super) fn tombstone_ttl_ms(&self) -> i64 {
+        (self.route.config.tombstone_ttl_s as i64).saturating_mul(1000)
+    }
+
+    /// Decides `rel` from the states read and makes the one write the
+    /// decision calls for.
     pub(super) async fn apply(
         &self,
         lease: &Lease,
@@ -79,27 +115,7 @@ impl Pair {
         x: &Side,
         y: &Side,
     ) -> Result<Applied, PathError> {
-        if x.is_ephemeral() || y.is_ephemeral() || !self.route.filter.managed(rel) {
-            return Ok(Applied::Done);
-        }
-        let vx = x.version(&self.from.ensemble);
-        let vy = y.version(&self.to.ensemble);
-        let decision = decide(&self.from.ensemble, &self.to.ensemble, &vx, x.prior().as_ref(), &vy);
-        let lost = decision.lost.map(|stamp| (stamp, matches!(vy, Version::Deleted(_))));
-        let first = self.first_pass();
-        let step = match decision.step {
-            // Only a first pass into a member that lost its data (no
-            // checkpoint of this pair there) gives a member its own
-            // changes back.
-            Step::BackToOrigin(s) if first.refill => match x.node {
-                Some(_) => Step::Carry(s),
-                None => Step::Tombstone(s),
-            },
-            // A member rebuilt empty has no records: its absences are no
-            // deletes until its first pass is done (and refilled it).
-            Step::StampDeleteInX if first.from_rebuilt && x.record.is_none() => Step::Nothing,
-            step => step,
-        };
+        let (step, lost) = self.step_for(rel, x, y);
         let wrote = match step {
             Step::Nothing | Step::BackToOrigin(_) => return Ok(Applied::Done),
             Step::StampDeleteInX => return self.stamp_delete(from, rel, x).await,
@@ -189,9 +205,13 @@ impl Pair {
         if exists().await? {
             return Ok(true);
         }
-        self.reconcile(lease, from, up).await?;
+        let decided = self.reconcile(lease, from, up).await?;
         if exists().await? {
             return Ok(true);
+        }
+        // Still moving (a race, a delete waiting): decide the child later.
+        if !matches!(decided, Applied::Done) {
+            return Ok(false);
         }
         if !up.is_empty() && !Box::pin(self.parent_in_to(lease, from, up)).await? {
             return Ok(false);
@@ -290,6 +310,21 @@ impl Pair {
                     }
                 }
                 Ok(None)
+            }
+            // The conflict log's directory is gone (removed by hand): made
+            // again, and the write tried again.
+            Err(CheckWriteError::OperationFailed {
+                index: 2,
+                source: Error::NoNode,
+            }) if lost => {
+                match lease
+                    .client()
+                    .mkdir(&self.conflicts_dir, &persistent(&self.to_zk.acl))
+                    .await
+                {
+                    Ok(()) | Err(Error::NodeExists) => Ok(None),
+                    Err(e) => Err(self.error_of(&self.to.ensemble, e)),
+                }
             }
             Err(e) => self.write_error(e).map(|()| None),
         }

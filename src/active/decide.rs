@@ -86,6 +86,22 @@ pub fn version(member: &str, node: Option<&Node>, record: Option<&Origin>) -> Ve
     }
 }
 
+/// X's version refined by what Y holds: a delete in X that X's own record
+/// cannot show. Y holding a change made in X after X's record was written
+/// (X's zxids order X's changes) that X no longer has means X deleted it
+/// since — the record, an older tombstone or none, predates it. Such a
+/// delete has no stamp yet. `x_written` is the zxid of X's record's write.
+pub fn refine(x_name: &str, x: Version, x_written: Option<i64>, y: &Version) -> Version {
+    let Version::Present(sy) = y else { return x };
+    if sy.origin != x_name {
+        return x;
+    }
+    match x {
+        Version::Deleted(_) if x_written.is_some_and(|w| sy.zxid > w) => Version::DeletedUnstamped,
+        x => x,
+    }
+}
+
 /// What the worker carrying member X's changes into member Y does at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -358,6 +374,22 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_over_an_older_tombstone_is_proven_by_the_newer_copy_elsewhere() {
+        // East deleted k (tombstone written at east zxid 40), created it
+        // again (east zxid 50, carried to west), deleted it again: east's
+        // record is still the old tombstone.
+        let east = Version::Deleted(local(100, "east", 40));
+        let west = Version::Present(local(200, "east", 50));
+        assert_eq!(refine("east", east.clone(), Some(40), &west), Version::DeletedUnstamped);
+        // West holding east's older change: the tombstone is the news.
+        let older = Version::Present(local(90, "east", 30));
+        assert_eq!(refine("east", east.clone(), Some(40), &older), east);
+        // Another member's change proves nothing about east.
+        let other = Version::Present(local(200, "north", 99));
+        assert_eq!(refine("east", east.clone(), Some(40), &other), east);
+    }
+
+    #[test]
     fn a_change_is_never_carried_back_into_the_member_it_came_from() {
         // East created the node (no record in east), west got it, east
         // deleted it: west must not bring it back before east's stamp.
@@ -455,6 +487,7 @@ mod tests {
     fn sync(members: &mut [Member], x: usize, y: usize, now: i64, stamps: &mut Vec<(Stamp, Option<u64>)>) -> bool {
         let (vx, prior, vy) = (members[x].version(), members[x].prior(), members[y].version());
         let name = members[x].name.clone();
+        let vx = refine(&name, vx, members[x].record.as_ref().map(|r| r.written_zxid), &vy);
         let y_name = members[y].name.clone();
         match decide(&name, &y_name, &vx, prior.as_ref(), &vy).step {
             Step::Nothing | Step::BackToOrigin(_) => false,

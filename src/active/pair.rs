@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{Client, EventType, PersistentWatcher, WatchedEvent};
 
+use super::decide::Step;
 use super::outcome::{Applied, PathError};
 use super::records::{self, Side};
 use crate::checkpoint::{ensemble_id, persistent};
@@ -39,6 +40,8 @@ use crate::znodes::{
 const PARK_FOR: Duration = Duration::from_secs(30);
 /// How long a delete waits for the destination's children to go first.
 const DEFER_FOR: Duration = Duration::from_millis(200);
+/// Tries a path still moving gets before it is parked: 10 s of waiting.
+const DEFERS: u32 = 50;
 
 /// The metrics of one pair, labelled `route`, `target = "from->to"`.
 pub struct PairMetrics {
@@ -99,6 +102,8 @@ struct Mark {
     not_before: Option<Instant>,
     /// Refused by a member: reported, and not holding the checkpoint back.
     parked: bool,
+    /// Tries that found the path still moving (see [`DEFERS`]).
+    defers: u32,
 }
 
 /// Carries one member's changes into another.
@@ -122,22 +127,25 @@ pub struct Pair {
     heartbeat_interval: Duration,
     /// The conflicts counted when the destination's log was last trimmed.
     trimmed_at: std::sync::atomic::AtomicU64,
-    /// Set for the first pass of a lead: see [`FirstPass`].
-    first: std::sync::Mutex<FirstPass>,
+    /// See [`Filling`]; learnt at each lead, updated by the checkpoints.
+    first: std::sync::Mutex<Filling>,
 }
 
-/// What the first pass of a lead may do that later ones may not, learnt
-/// from the pair's checkpoint in the destination.
+/// What the pair may do while a member is being filled, learnt from the
+/// pairs' checkpoints — kept in ZooKeeper, so it holds across restarts and
+/// instances.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct FirstPass {
-    /// The destination has no checkpoint of this pair: it is new to the
-    /// route or lost its data. Changes made there and held here are given
-    /// back (`Step::BackToOrigin`), once.
+pub(super) struct Filling {
+    /// The destination holds no checkpoint of this pair yet: it is new to
+    /// the route or lost its data (rebuilt). Its own changes held here are
+    /// given back (`Step::BackToOrigin`) until this pair's first checkpoint
+    /// there, which follows a pass with nothing left to do.
     pub refill: bool,
-    /// The checkpoint names another ensemble id for the source: the source
-    /// member was rebuilt, and has no records. Its absences are not taken
-    /// as deletes until the pass into it refilled it.
-    pub from_rebuilt: bool,
+    /// The source holds the checkpoint of the pair into it (to → from): it
+    /// has been filled since its ensemble was (re)built, so a node of its
+    /// own that it no longer has is a delete. Until then its absences prove
+    /// nothing and are not stamped.
+    pub infer_deletes: bool,
 }
 
 /// Why a lead ended.
@@ -245,44 +253,54 @@ impl Pair {
             _ = &mut lost => return End::LeaseLost,
             _ = shutdown.requested() => return End::Shutdown,
         };
-        let (from_id, mut data_watch, mut record_watch) = match prepared {
+        let (from_id, data_watch, record_watch) = match prepared {
             Ok(p) => p,
             Err(e) => return End::Restart(e.to_string()),
         };
-        match self.first_pass_of(lease.client(), &from_id).await {
+        match self.filling(lease.client(), from).await {
             Ok(first) => *self.first.lock().unwrap() = first,
             Err(e) => return End::Restart(e.to_string()),
         }
+        let mut watches = Watches {
+            data: data_watch,
+            records: record_watch,
+            tracker: SessionTracker::default(),
+        };
         let mut dirty: BTreeMap<String, Mark> = BTreeMap::new();
-        let mut tracker = SessionTracker::default();
         let mut full_pass = true;
-        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        // Due at once: the first checkpoint follows the first pass.
+        let mut next_beat = Instant::now();
         let verify_every = Duration::from_secs(self.route.config.verify_interval_s.max(1));
         let mut verify = tokio::time::interval_at(Instant::now() + verify_every, verify_every);
+        verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Everything the watches hold now is marked before work starts,
             // so that one pass covers a burst.
-            for event in drain(&mut data_watch).into_iter().chain(drain(&mut record_watch)) {
-                if self.mark(&event, &mut dirty, &mut tracker) {
-                    full_pass = true;
-                }
-                if tracker_ended(&event) {
-                    return End::Restart(format!("{} session ended", self.from.ensemble));
-                }
+            let drained = watches.drain_into(self, &mut dirty);
+            if drained.ended {
+                return End::Restart(format!("{} session ended", self.from.ensemble));
             }
-            let ready = full_pass || dirty.values().any(|m| m.not_before.is_none_or(|t| t <= Instant::now()));
-            if ready {
+            full_pass |= drained.away;
+            let due = dirty.values().any(|m| m.not_before.is_none_or(|t| t <= Instant::now()));
+            let beat = !full_pass && Instant::now() >= next_beat;
+            if full_pass || due || beat {
                 let step = async {
+                    if beat {
+                        next_beat = Instant::now() + self.heartbeat_interval;
+                        return self
+                            .checkpoint(lease, from, &from_id, &mut watches, &mut dirty)
+                            .await
+                            .map(|d| d.away);
+                    }
                     if full_pass {
                         self.metrics.resync(if self.status.get().initial_sync_done {
                             "verify"
                         } else {
                             "startup"
                         });
-                        self.pass(lease, from, &mut dirty).await.map(|()| true)
-                    } else {
-                        self.work(lease, from, &mut dirty).await.map(|()| false)
+                        return self.pass(lease, from, &mut dirty).await.map(|()| false);
                     }
+                    self.work(lease, from, &mut dirty).await.map(|()| false)
                 };
                 let done = tokio::select! {
                     r = step => r,
@@ -290,12 +308,12 @@ impl Pair {
                     _ = shutdown.requested() => return End::Shutdown,
                 };
                 match done {
-                    Ok(true) => {
-                        full_pass = false;
-                        *self.first.lock().unwrap() = FirstPass::default();
-                        self.status.update(|s| s.initial_sync_done = true);
+                    Ok(away) => {
+                        if full_pass && !beat {
+                            self.status.update(|s| s.initial_sync_done = true);
+                        }
+                        full_pass = (full_pass && beat) || away;
                     }
-                    Ok(false) => {}
                     Err(PathError::LeaseLost) => return End::LeaseLost,
                     Err(e) => return End::Restart(e.to_string()),
                 }
@@ -304,22 +322,15 @@ impl Pair {
             }
             let retry_at = dirty.values().filter_map(|m| m.not_before).min();
             tokio::select! {
-                event = data_watch.changed() => {
-                    if self.mark(&event, &mut dirty, &mut tracker) { full_pass = true; }
+                event = watches.data.changed() => {
+                    if watches.tracker_marks(self, &event, &mut dirty) { full_pass = true; }
                     if tracker_ended(&event) { return End::Restart(format!("{} session ended", self.from.ensemble)); }
                 }
-                event = record_watch.changed() => {
-                    if self.mark(&event, &mut dirty, &mut tracker) { full_pass = true; }
+                event = watches.records.changed() => {
+                    if watches.tracker_marks(self, &event, &mut dirty) { full_pass = true; }
                     if tracker_ended(&event) { return End::Restart(format!("{} session ended", self.from.ensemble)); }
                 }
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.checkpoint(lease, from, &from_id, &mut data_watch, &mut record_watch, &mut dirty, &mut tracker).await {
-                        match e {
-                            PathError::LeaseLost => return End::LeaseLost,
-                            e => return End::Restart(e.to_string()),
-                        }
-                    }
-                }
+                _ = tokio::time::sleep_until(next_beat) => {}
                 _ = verify.tick(), if self.route.config.verify_interval_s > 0 => full_pass = true,
                 _ = sleep_until(retry_at) => {}
                 _ = &mut lost => return End::LeaseLost,
@@ -358,22 +369,23 @@ impl Pair {
         Ok((id, data, records))
     }
 
-    pub(super) fn first_pass(&self) -> FirstPass {
+    pub(super) fn filling_now(&self) -> Filling {
         *self.first.lock().unwrap()
     }
 
-    /// What this lead's first pass may do, from the pair's checkpoint.
-    async fn first_pass_of(&self, to: &Client, from_id: &str) -> Result<FirstPass, zookeeper_client::Error> {
-        let path = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
-        let known: Option<Checkpoint> = crate::checkpoint::get_json(to, &path).await?;
-        let first = FirstPass {
-            refill: known.is_none(),
-            from_rebuilt: known.as_ref().is_some_and(|c| c.source_ensemble_id != from_id),
+    /// What the pair may do while a member is being filled (see
+    /// [`Filling`]), from the two pairs' checkpoints.
+    async fn filling(&self, to: &Client, from: &Client) -> Result<Filling, zookeeper_client::Error> {
+        let mine = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
+        let into_source = checkpoint_path(&self.meta, self.route.name(), &self.to.ensemble);
+        let filling = Filling {
+            refill: to.check_stat(&mine).await?.is_none(),
+            infer_deletes: from.check_stat(&into_source).await?.is_some(),
         };
-        if first.from_rebuilt {
-            warn!(route = self.route.name(), member = %self.from, "the member's ensemble id changed since the last checkpoint (rebuilt?): its missing nodes are not taken as deletes in this first pass");
+        if !filling.infer_deletes {
+            info!(route = self.route.name(), member = %self.from, "no checkpoint of the pair into this member yet (new or rebuilt): nodes missing there are not taken as deletes until it is filled");
         }
-        Ok(first)
+        Ok(filling)
     }
 
     /// Marks the path an event is about; `true` when the watch was away
@@ -394,50 +406,94 @@ impl Pair {
     /// many at once within a level.
     async fn work(&self, lease: &Lease, from: &Client, dirty: &mut BTreeMap<String, Mark>) -> Result<(), PathError> {
         let now = Instant::now();
-        let due: Vec<String> = dirty
+        let due: Vec<(String, Mark)> = dirty
             .iter()
             .filter(|(_, m)| m.not_before.is_none_or(|t| t <= now))
-            .map(|(rel, _)| rel.clone())
+            .map(|(rel, m)| (rel.clone(), m.clone()))
             .collect();
-        for rel in &due {
+        for (rel, _) in &due {
             dirty.remove(rel);
         }
+        self.run_levels(lease, from, due, dirty).await
+    }
+
+    /// Reconciles `due`, parents before children, and then the deletes that
+    /// waited for children, deepest first.
+    async fn run_levels(
+        &self,
+        lease: &Lease,
+        from: &Client,
+        due: Vec<(String, Mark)>,
+        dirty: &mut BTreeMap<String, Mark>,
+    ) -> Result<(), PathError> {
+        let mut deferred = Vec::new();
         for level in by_depth(due) {
-            let results: Vec<(String, Result<Applied, PathError>)> = stream::iter(level)
-                .map(|rel| async move {
-                    let r = self.reconcile(lease, from, &rel).await;
-                    (rel, r)
-                })
-                .buffer_unordered(self.limits.max_in_flight.max(1))
-                .collect()
-                .await;
-            for (rel, result) in results {
-                self.settle(rel, result, dirty)?;
+            for (rel, mark, result) in self.reconcile_all(lease, from, level).await {
+                match result {
+                    Ok(Applied::Defer) => deferred.push((rel, mark)),
+                    result => self.settle(rel, mark, result, dirty)?,
+                }
+            }
+        }
+        // Deletes that waited for their children, deepest first: the sweep
+        // above has just deleted those.
+        for level in by_depth(deferred).into_iter().rev() {
+            for (rel, mark, result) in self.reconcile_all(lease, from, level).await {
+                self.settle(rel, mark, result, dirty)?;
             }
         }
         Ok(())
     }
 
+    /// Reconciles the paths of one level, many at once.
+    async fn reconcile_all(
+        &self,
+        lease: &Lease,
+        from: &Client,
+        level: Vec<(String, Mark)>,
+    ) -> Vec<(String, Mark, Result<Applied, PathError>)> {
+        stream::iter(level)
+            .map(|(rel, mark)| async move {
+                let r = self.reconcile(lease, from, &rel).await;
+                (rel, mark, r)
+            })
+            .buffer_unordered(self.limits.max_in_flight.max(1))
+            .collect()
+            .await
+    }
+
     /// Puts a path's outcome where it belongs: done, back in the dirty set
-    /// for later, or the error that ends the lead.
+    /// for later, or the error that ends the lead. A delete that keeps
+    /// waiting for children the destination keeps (its own, or ephemerals)
+    /// is parked after [`DEFERS`] tries, so that it holds back neither the
+    /// checkpoint nor the loop.
     fn settle(
         &self,
         rel: String,
+        mark: Mark,
         result: Result<Applied, PathError>,
         dirty: &mut BTreeMap<String, Mark>,
     ) -> Result<(), PathError> {
-        let later = |after: Duration, parked: bool| Mark {
+        let later = |after: Duration, parked: bool, defers: u32| Mark {
             not_before: Some(Instant::now() + after),
             parked,
+            defers,
         };
         let put = match result {
             Ok(Applied::Done) => None,
-            Ok(Applied::Defer) | Ok(Applied::Again) => Some(later(DEFER_FOR, false)),
+            Ok(Applied::Defer) | Ok(Applied::Again) if mark.defers + 1 >= DEFERS => {
+                warn!(route = self.route.name(), path = %join(&self.to.path, &rel), "path still moving (a delete waiting for children the destination keeps, or racing writes); retrying in 30s");
+                self.status.update(|s| {
+                    s.last_error = Some(format!("{rel}: waits for the destination's children or keeps racing"))
+                });
+                Some(later(PARK_FOR, true, 0))
+            }
+            Ok(Applied::Defer) | Ok(Applied::Again) => Some(later(DEFER_FOR, false, mark.defers + 1)),
             Err(e @ (PathError::Refused { .. } | PathError::TooLarge { .. })) => {
                 warn!(route = self.route.name(), path = %join(&self.to.path, &rel), error = %e, "path refused; retrying in 30s");
                 self.metrics.error(e.kind());
                 self.status.update(|s| s.last_error = Some(format!("{rel}: {e}")));
-                Some(later(PARK_FOR, true))
+                Some(later(PARK_FOR, true, 0))
             }
             Err(e) => {
                 self.metrics.error(e.kind());
@@ -483,29 +539,19 @@ impl Pair {
         rels.sort_unstable();
         rels.dedup();
         let (xd, xr, yd, yr) = (&xd, &xr, &yd, &yr);
-        for level in by_depth(rels) {
-            let results: Vec<(String, Result<Applied, PathError>)> = stream::iter(level)
-                .map(|rel| async move {
-                    let (x, y) = (Side::from_scans(xd, xr, &rel), Side::from_scans(yd, yr, &rel));
-                    let unreadable = [xd.get(&rel), yd.get(&rel)].iter().flatten().any(|n| n.is_unreadable());
-                    let r = match unreadable {
-                        true => Ok(Applied::Done),
-                        false => match self.apply(lease, from, &rel, &x, &y).await {
-                            // Scans are a moment old: what moved since is
-                            // read again, one path at a time.
-                            Ok(Applied::Again) => self.reconcile(lease, from, &rel).await,
-                            other => other,
-                        },
-                    };
-                    (rel, r)
-                })
-                .buffer_unordered(inflight)
-                .collect()
-                .await;
-            for (rel, result) in results {
-                self.settle(rel, result, dirty)?;
-            }
-        }
+        // The scans are hints: the four were read at different moments, and
+        // only what they show as different is read again, path by path, and
+        // decided from those reads.
+        let differ: Vec<(String, Mark)> = rels
+            .into_iter()
+            .filter(|rel| {
+                let unreadable = [xd.get(rel), yd.get(rel)].iter().flatten().any(|n| n.is_unreadable());
+                let (x, y) = (Side::from_scans(xd, xr, rel), Side::from_scans(yd, yr, rel));
+                !unreadable && !matches!(self.step_for(rel, &x, &y).0, Step::Nothing | Step::BackToOrigin(_))
+            })
+            .map(|rel| (rel, Mark::default()))
+            .collect();
+        self.run_levels(lease, from, differ, dirty).await?;
         self.collect_tombstones(lease, yd, yr).await
     }
 
@@ -554,17 +600,14 @@ impl Pair {
     /// that time). Events are delivered before the reply to a later
     /// write on the same session, so the heartbeat's reply means every
     /// earlier change is marked.
-    #[allow(clippy::too_many_arguments)]
     async fn checkpoint(
         &self,
         lease: &Lease,
         from: &Client,
         from_id: &str,
-        data_watch: &mut PersistentWatcher,
-        record_watch: &mut PersistentWatcher,
+        watches: &mut Watches,
         dirty: &mut BTreeMap<String, Mark>,
-        tracker: &mut SessionTracker,
-    ) -> Result<(), PathError> {
+    ) -> Result<Drained, PathError> {
         let ts_ms = now_ms();
         let beat = Heartbeat {
             bridge: self.lease_record.instance.clone(),
@@ -574,12 +617,14 @@ impl Pair {
         let zxid = crate::checkpoint::put_json(from, &path, &beat, &self.from_zk.acl)
             .await
             .map_err(|e| self.error_of(&self.from.ensemble, e))?;
-        for event in drain(data_watch).into_iter().chain(drain(record_watch)) {
-            self.mark(&event, dirty, tracker);
+        let drained = watches.drain_into(self, dirty);
+        if drained.ended || drained.away {
+            // What the watch missed is not covered: no checkpoint.
+            return Ok(drained);
         }
         self.work(lease, from, dirty).await?;
         if dirty.values().any(|m| !m.parked) {
-            return Ok(());
+            return Ok(drained);
         }
         let checkpoint = Checkpoint {
             version: 1,
@@ -621,7 +666,8 @@ impl Pair {
                         s.last_error = None;
                     }
                 });
-                Ok(())
+                self.after_checkpoint(from).await;
+                Ok(drained)
             }
             Err(zookeeper_client::CheckWriteError::CheckFailed { .. }) => Err(PathError::LeaseLost),
             Err(e) => Err(self.error_of(&self.to.ensemble, e.into())),
@@ -630,6 +676,17 @@ impl Pair {
 }
 
 impl Pair {
+    /// After a checkpoint: this pair has filled its destination once, and
+    /// the pair into the source may have filled it meanwhile.
+    async fn after_checkpoint(&self, from: &Client) {
+        let infer = self.filling_now().infer_deletes;
+        let into_source = checkpoint_path(&self.meta, self.route.name(), &self.to.ensemble);
+        let filled = infer || matches!(from.check_stat(&into_source).await, Ok(Some(_)));
+        let mut filling = self.first.lock().unwrap();
+        filling.refill = false;
+        filling.infer_deletes = filled;
+    }
+
     /// Keeps the destination's conflict log bounded, once new entries came.
     async fn trim_conflicts(&self, lease: &Lease) {
         use std::sync::atomic::Ordering;
@@ -646,17 +703,44 @@ impl Pair {
     }
 }
 
-/// The events a watcher holds now, without waiting.
-fn drain(watcher: &mut PersistentWatcher) -> Vec<WatchedEvent> {
-    let mut events = Vec::new();
-    while let Some(event) = watcher.changed().now_or_never() {
-        let ended = tracker_ended(&event);
-        events.push(event);
-        if ended {
-            break;
+/// The source member's two watches (its subtree, its records) and their
+/// session, owned by one lead.
+struct Watches {
+    data: PersistentWatcher,
+    records: PersistentWatcher,
+    tracker: SessionTracker,
+}
+
+/// What draining the watches found besides paths.
+#[derive(Debug, Clone, Copy, Default)]
+struct Drained {
+    /// The session was away: changes meanwhile sent no event, a full pass
+    /// must find them.
+    away: bool,
+    /// The session ended: the lead starts over.
+    ended: bool,
+}
+
+impl Watches {
+    /// Marks every path the watches report now, without waiting.
+    fn drain_into(&mut self, pair: &Pair, dirty: &mut BTreeMap<String, Mark>) -> Drained {
+        let mut drained = Drained::default();
+        for watcher in [&mut self.data, &mut self.records] {
+            while let Some(event) = watcher.changed().now_or_never() {
+                drained.away |= pair.mark(&event, dirty, &mut self.tracker);
+                if tracker_ended(&event) {
+                    drained.ended = true;
+                    return drained;
+                }
+            }
         }
+        drained
     }
-    events
+
+    /// Marks one event's path; `true` when the session was away.
+    fn tracker_marks(&mut self, pair: &Pair, event: &WatchedEvent, dirty: &mut BTreeMap<String, Mark>) -> bool {
+        pair.mark(event, dirty, &mut self.tracker)
+    }
 }
 
 fn tracker_ended(event: &WatchedEvent) -> bool {
@@ -672,15 +756,15 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Paths grouped by depth, shallowest first: a parent is written before
 /// its children, and the paths of one level go out together.
-fn by_depth(paths: Vec<String>) -> Vec<Vec<String>> {
-    let mut levels: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for rel in paths {
+fn by_depth<T>(paths: Vec<(String, T)>) -> Vec<Vec<(String, T)>> {
+    let mut levels: BTreeMap<usize, Vec<(String, T)>> = BTreeMap::new();
+    for (rel, t) in paths {
         let depth = if rel.is_empty() {
             0
         } else {
             rel.matches('/').count() + 1
         };
-        levels.entry(depth).or_default().push(rel);
+        levels.entry(depth).or_default().push((rel, t));
     }
     levels.into_values().collect()
 }

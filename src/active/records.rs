@@ -146,11 +146,31 @@ pub struct Member<'a> {
     pub acl: &'a [zookeeper_client::Acl],
 }
 
+/// What a member's watch saw of a path before reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing: only the records can tell.
+    Nothing,
+    /// A delete of a node that predates the record (or has none).
+    Deleted,
+    /// A delete of a node created at this zxid: a tombstone written before
+    /// it is an older delete's.
+    DeletedCreatedAt(i64),
+}
+
 /// Whether `side` is a delete in its member that has no stamp yet: the
-/// node is gone and the record (if any) is no tombstone; a node gone
-/// without a record only counts when a watch saw the delete.
-pub fn unstamped_delete(side: &Side, deleted_seen: bool) -> bool {
-    side.node.is_none() && !side.record.as_ref().is_some_and(|r| r.deleted) && (side.record.is_some() || deleted_seen)
+/// node is gone and the record (if any) is no tombstone, or is the
+/// tombstone of an older delete; a node gone without a record only counts
+/// when a watch saw the delete.
+pub fn unstamped_delete(side: &Side, seen: Seen) -> bool {
+    if side.node.is_some() {
+        return false;
+    }
+    match (&side.record, seen) {
+        (Some(r), Seen::DeletedCreatedAt(czxid)) if r.deleted => side.record_node.is_some_and(|s| s.mzxid < czxid),
+        (Some(r), _) => !r.deleted,
+        (None, seen) => seen != Seen::Nothing,
+    }
 }
 
 /// Stamps a delete made in `member`: writes its tombstone, whose own
@@ -257,8 +277,11 @@ mod tests {
     fn a_node_gone_without_a_record_is_a_delete_only_when_the_watch_saw_it() {
         let side = Side::default();
         assert_eq!(side.version("east"), Version::Absent);
-        assert!(unstamped_delete(&side, true));
-        assert!(!unstamped_delete(&side, false), "never there, as far as anyone knows");
+        assert!(unstamped_delete(&side, Seen::Deleted));
+        assert!(
+            !unstamped_delete(&side, Seen::Nothing),
+            "never there, as far as anyone knows"
+        );
         let stamped = Side {
             record_node: Some(stat(4, 5)),
             record: Some(carried(
@@ -271,7 +294,15 @@ mod tests {
             )),
             ..Side::default()
         };
-        assert!(!unstamped_delete(&stamped, true), "already a tombstone");
+        assert!(!unstamped_delete(&stamped, Seen::Deleted), "already a tombstone");
+        assert!(
+            unstamped_delete(&stamped, Seen::DeletedCreatedAt(9)),
+            "created again over the tombstone, then deleted: a new delete"
+        );
+        assert!(
+            !unstamped_delete(&stamped, Seen::DeletedCreatedAt(3)),
+            "the tombstone came after the node: it is this delete's (carried)"
+        );
     }
 
     #[test]

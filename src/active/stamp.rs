@@ -11,7 +11,7 @@
 //! lease: it writes only tombstones of deletes it saw, which any instance
 //! would write the same.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,10 @@ impl Stamper {
         // The member's ephemerals: their deletes are sessions ending, not
         // changes (the route skips ephemerals), and are never stamped.
         let mut ephemerals = self.ephemerals(client).await?;
+        // Nodes created over an older record (a tombstone), and nodes gone
+        // before they could be read, since the watch started.
+        let mut reborn: HashMap<String, i64> = HashMap::new();
+        let mut unknown: HashSet<String> = HashSet::new();
         let mut tracker = SessionTracker::default();
         let member = Member {
             name: &self.member.ensemble,
@@ -93,29 +97,47 @@ impl Stamper {
             if !self.route.filter.managed(rel) {
                 continue;
             }
-            match event.event_type {
+            let seen = match event.event_type {
                 EventType::NodeCreated => {
-                    if let Ok(Some(stat)) = client.check_stat(&event.path).await {
-                        if crate::tree::owned_by_a_session(stat.ephemeral_owner) {
+                    let side = records::read(client, &self.member.path, records, rel).await?;
+                    match &side.node {
+                        Some((_, stat)) if crate::tree::owned_by_a_session(stat.ephemeral_owner) => {
                             ephemerals.insert(rel.to_string());
+                        }
+                        // Over an older record: its delete is a new one.
+                        Some((_, stat)) if side.record_node.is_some_and(|r| r.mzxid < stat.czxid) => {
+                            reborn.insert(rel.to_string(), stat.czxid);
+                        }
+                        Some(_) => {}
+                        // Gone already: what it was is unknown, and a
+                        // delete of what may be an ephemeral is not stamped.
+                        None => {
+                            unknown.insert(rel.to_string());
                         }
                     }
                     continue;
                 }
-                EventType::NodeDeleted if ephemerals.remove(rel) => continue,
-                EventType::NodeDeleted => {}
+                EventType::NodeDeleted if ephemerals.remove(rel) || unknown.remove(rel) => continue,
+                EventType::NodeDeleted => match reborn.remove(rel) {
+                    Some(czxid) => records::Seen::DeletedCreatedAt(czxid),
+                    None => records::Seen::Deleted,
+                },
                 _ => continue,
-            }
+            };
             // Read, stamp if still unstamped, read again to see it done.
+            let mut seen = seen;
             for _ in 0..4 {
                 let side = records::read(client, &self.member.path, records, rel).await?;
-                if !records::unstamped_delete(&side, true) {
+                if !records::unstamped_delete(&side, seen) {
                     break;
                 }
                 if let Err(e) = records::stamp_delete(client, &member, rel, &side).await {
                     warn!(route = self.route.name(), member = %self.member, path = %event.path, error = %e, "cannot stamp a delete; the pairs' next pass finds it");
                     break;
                 }
+                // Stamped (by this write or a racing one): a tombstone read
+                // now is this delete's own.
+                seen = records::Seen::Deleted;
             }
         }
     }
