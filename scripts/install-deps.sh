@@ -59,6 +59,10 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "chromium not found: installing Debian's chromium (the status page is tested in a headless browser)" >&2
   apt_install chromium
 fi
+if ! command -v buildah >/dev/null 2>&1; then
+  echo "buildah not found: installing Debian's buildah (the container image is built in a test where base images can be pulled)" >&2
+  apt_install buildah
+fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "systemd-analyze not found: installing Debian's systemd package for it" >&2
   apt_install systemd

@@ -136,10 +136,10 @@ pub struct Pair {
 /// instances.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Filling {
-    /// The destination holds no checkpoint of this pair yet: it is new to
-    /// the route or lost its data (rebuilt). Its own changes held here are
-    /// given back (`Step::BackToOrigin`) until this pair's first checkpoint
-    /// there, which follows a pass with nothing left to do.
+    /// The destination holds no checkpoint of this pair while the pair from
+    /// it has run before: it lost its data (rebuilt). Its own changes held
+    /// here are given back (`Step::BackToOrigin`) until this pair's first
+    /// checkpoint there, which follows a pass with nothing left to do.
     pub refill: bool,
     /// The source holds the checkpoint of the pair into it (to → from): it
     /// has been filled since its ensemble was (re)built, so a node of its
@@ -378,9 +378,14 @@ impl Pair {
     async fn filling(&self, to: &Client, from: &Client) -> Result<Filling, zookeeper_client::Error> {
         let mine = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
         let into_source = checkpoint_path(&self.meta, self.route.name(), &self.to.ensemble);
+        // The pair into the source has run (its checkpoint is there): the
+        // destination has been a member before, so a destination without
+        // this pair's checkpoint lost its data. A route that is new has
+        // neither, and nothing of a member's own to give back.
+        let into_source_ran = from.check_stat(&into_source).await?.is_some();
         let filling = Filling {
-            refill: to.check_stat(&mine).await?.is_none(),
-            infer_deletes: from.check_stat(&into_source).await?.is_some(),
+            refill: into_source_ran && to.check_stat(&mine).await?.is_none(),
+            infer_deletes: into_source_ran,
         };
         if !filling.infer_deletes {
             info!(route = self.route.name(), member = %self.from, "no checkpoint of the pair into this member yet (new or rebuilt): nodes missing there are not taken as deletes until it is filled");
