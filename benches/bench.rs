@@ -35,7 +35,7 @@ struct Args {
     seconds: u64,
     ensemble: bool,
     peer_nodes: usize,
-    /// Phases to run (`--only raw,sync,wan,peer,switchover`; `sync` includes resume and
+    /// Phases to run (`--only raw,sync,wan,peer,switchover,routes`; `sync` includes resume and
     /// steady-state lag, which start from its copy): all by default.
     only: Option<Vec<String>>,
 }
@@ -235,12 +235,11 @@ async fn bridge_requests(dst: &Zk, d: &Client) -> Option<u64> {
 /// Steady-state lag: sets data on random source nodes at `rate` for
 /// `seconds`; a separate client watching the target reads each changed
 /// node and matches its value to the source write's reply time.
-async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], rate: u32, seconds: u64) -> Lag {
-    let leaves: Vec<String> = nodes.iter().skip(1).map(|(p, _)| p.clone()).collect();
+async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[String], rate: u32, seconds: u64) -> Lag {
     let replies: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
-    let mut watcher = dst.watch("/t", AddWatchMode::PersistentRecursive).await.unwrap();
+    let mut watcher = dst.watch(watch_root, AddWatchMode::PersistentRecursive).await.unwrap();
     let reader = {
         let (dst, replies, latencies, done) = (dst.clone(), replies.clone(), latencies.clone(), done.clone());
         tokio::spawn(async move {
@@ -326,6 +325,11 @@ async fn measure_lag(src: &Client, dst: &Client, nodes: &[(String, Vec<u8>)], ra
     }
 }
 
+/// Every node of a tree but its root: what the lag writers change.
+fn leaves_of(nodes: &[(String, Vec<u8>)]) -> Vec<String> {
+    nodes.iter().skip(1).map(|(p, _)| p.clone()).collect()
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Lag {
     p50_ms: f64,
@@ -353,11 +357,11 @@ fn median(v: &[f64]) -> f64 {
 }
 
 #[derive(Default)]
-struct Series(HashMap<&'static str, Vec<f64>>);
+struct Series(HashMap<String, Vec<f64>>);
 
 impl Series {
-    fn add(&mut self, key: &'static str, v: f64) {
-        self.0.entry(key).or_default().push(v);
+    fn add(&mut self, key: impl Into<String>, v: f64) {
+        self.0.entry(key.into()).or_default().push(v);
     }
     fn get(&self, key: &str) -> &[f64] {
         self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
@@ -452,6 +456,9 @@ async fn main() {
         }
         if args.runs_phase("switchover") {
             clean &= switchover(&args, &mut m).await;
+        }
+        if args.runs_phase("routes") {
+            clean &= many_routes(&args, &mut m).await;
         }
     }
 
@@ -605,6 +612,24 @@ async fn main() {
             SWITCHOVER_NODES.min(args.nodes)
         ),
     );
+    for k in ROUTE_COUNTS {
+        row(
+            &format!("{k} route(s), 2 targets each"),
+            format!(
+                "lag p50 / p99 {} / {}",
+                range(&format!("routes{k}_lag_p50_ms"), "ms", 1),
+                range(&format!("routes{k}_lag_p99_ms"), "ms", 1)
+            ),
+            format!(
+                "{:.0} writes/s in all; bridge sessions per ensemble (server `cons`) {:.0}; server watches (`mntr` zk_watch_count) {:.0} on the source, {:.0} on a target; peak RSS {:.1} MiB",
+                m.med(&format!("routes{k}_rate")),
+                m.med(&format!("routes{k}_sessions")),
+                m.med(&format!("routes{k}_source_watches")),
+                m.med(&format!("routes{k}_target_watches")),
+                m.med(&format!("routes{k}_rss_mib"))
+            ),
+        );
+    }
     row(
         "cost: steady state",
         format!(
@@ -661,6 +686,89 @@ async fn main() {
     if !clean {
         std::process::exit(1);
     }
+}
+
+/// Route counts the many-routes phase compares.
+const ROUTE_COUNTS: [usize; 3] = [1, 10, 100];
+/// Nodes under each route in that phase.
+const ROUTE_NODES: usize = 20;
+
+/// The sessions one ensemble's server counts from the bridge: its `cons`
+/// lines minus the bench's own `mine` connections there and the one the
+/// `cons` command itself arrives on.
+fn server_connections(zk: &Zk, mine: usize) -> f64 {
+    let cons = four_letter(zk.servers[0].port, "cons").unwrap_or_default();
+    let lines = cons.lines().filter(|l| l.contains("queued=")).count();
+    lines.saturating_sub(mine + 1) as f64
+}
+
+/// The watches one ensemble's server holds (`mntr`'s `zk_watch_count`).
+fn server_watches(zk: &Zk) -> f64 {
+    let mntr = four_letter(zk.servers[0].port, "mntr").unwrap_or_default();
+    mntr.lines()
+        .find_map(|l| l.strip_prefix("zk_watch_count"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Many routes on the same three ensembles (issue 21, item 3): 1, 10 and
+/// 100 routes of two targets each, at one fixed total write rate spread
+/// over all routes. What the servers count (sessions, watches), the lag
+/// through one target and the bridge's peak RSS, per route count.
+async fn many_routes(args: &Args, m: &mut Series) -> bool {
+    let mut clean = true;
+    for k in ROUTE_COUNTS {
+        eprintln!("  {k} route(s)");
+        let (src, a, b) = (args.zk(), args.zk(), args.zk());
+        let s = src.client().await;
+        let mut nodes = Vec::new();
+        let mut routes = String::new();
+        for i in 0..k {
+            let root = format!("/r{i}");
+            nodes.push((root.clone(), Vec::new()));
+            for j in 0..ROUTE_NODES {
+                nodes.push((format!("{root}/n{j}"), b"x".to_vec()));
+            }
+            routes.push_str(&format!(
+                "[[routes]]\nname = \"r{i}\"\nsource = \"src:{root}\"\ntargets = [\"a:{root}\", \"b:{root}\"]\nmax_delete_fraction = 1.0\n"
+            ));
+        }
+        pipelined_create(&s, &nodes).await;
+        let ens = |name: &str, zk: &Zk| {
+            format!(
+                "[ensembles.{name}]\nconnect = \"{}\"\nsession_timeout_ms = 10000\n",
+                zk.connect_string()
+            )
+        };
+        let bridge = Bridge::start(&format!(
+            "heartbeat_interval_ms = 200\n{}{}{}{routes}",
+            ens("src", &src),
+            ens("a", &a),
+            ens("b", &b)
+        ));
+        await_ready(&bridge).await;
+        let d = a.client().await;
+        let leaves: Vec<String> = nodes
+            .iter()
+            .filter(|(p, _)| p.matches('/').count() == 2)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let lag = measure_lag(&s, &d, "/", &leaves, args.rate.min(1_000), args.seconds.min(20)).await;
+        m.add(format!("routes{k}_lag_p50_ms"), lag.p50_ms);
+        m.add(format!("routes{k}_lag_p99_ms"), lag.p99_ms);
+        m.add(format!("routes{k}_rate"), lag.rate);
+        // The bench holds one session on the source and one on `a`.
+        m.add(
+            format!("routes{k}_sessions"),
+            server_connections(&src, 1).max(server_connections(&b, 0)),
+        );
+        m.add(format!("routes{k}_source_watches"), server_watches(&src));
+        m.add(format!("routes{k}_target_watches"), server_watches(&b));
+        let rss = bridge.pid().map(|p| process_cost(p).0).unwrap_or(0);
+        m.add(format!("routes{k}_rss_mib"), rss as f64 / 1048576.0);
+        clean &= assert_clean(&bridge).await;
+    }
+    clean
 }
 
 /// The subtree a switchover is measured on (the issue's 10,000 nodes).
@@ -813,7 +921,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     eprintln!("  steady-state lag");
     let d = dst.client().await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), args.rate, args.seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "lag_target_requests_per_write",
@@ -853,7 +961,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     );
     let d = dst.client().await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, nodes, args.rate, args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), args.rate, args.seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "wan_target_requests_per_write",
@@ -878,7 +986,7 @@ async fn peer(args: &Args, m: &mut Series) {
         Ok(rate) => m.add("peer_nodes_per_s", rate),
         Err(why) => {
             eprintln!("peer: {why}");
-            m.0.entry("peer_unavailable").or_default();
+            m.0.entry("peer_unavailable".to_string()).or_default();
         }
     }
 }
