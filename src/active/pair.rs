@@ -239,7 +239,9 @@ impl Pair {
 
     /// One lead: prepare both members, a full pass, then carry every
     /// change the watch reports until the lease, the session or the
-    /// process ends.
+    /// process ends. Kept whole: the loop's state (dirty paths, whether a
+    /// full pass is owed, the next heartbeat) and its one `select!` are read
+    /// together, and each step it takes is a named method.
     async fn lead(&self, lease: &Lease, shutdown: &mut Shutdown) -> End {
         let session = tokio::select! {
             s = self.from_zk.session() => s,

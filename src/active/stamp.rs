@@ -57,10 +57,11 @@ impl Stamper {
     }
 
     /// Watches the member's subtree and stamps each delete it reports,
-    /// until the session ends. Events are lost while disconnected; the
-    /// deletes of nodes zkbridge had written are found again by the pairs'
-    /// passes (their records remain), the others are lost with the event —
-    /// the documented limit of a delete's time.
+    /// until the session ends (one loop over one watcher, kept whole).
+    /// Events are lost while disconnected; the deletes of nodes zkbridge
+    /// had written are found again by the pairs' passes (their records
+    /// remain), the others are lost with the event — the documented limit
+    /// of a delete's time.
     async fn watch(&self, client: &Client, records: &str) -> Result<(), zookeeper_client::Error> {
         let mut watcher = crate::zk::watch_subtree(client, &self.member.path).await?;
         // The member's ephemerals: their deletes are sessions ending, not
