@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+mod charts;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType};
@@ -316,6 +318,7 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
             .unwrap_or(f64::NAN)
     };
     Lag {
+        samples_ms: l.iter().map(|s| s * 1000.0).collect(),
         p50_ms: q(0.5) * 1000.0,
         p99_ms: q(0.99) * 1000.0,
         max_ms: l.last().copied().unwrap_or(f64::NAN) * 1000.0,
@@ -330,8 +333,10 @@ fn leaves_of(nodes: &[(String, Vec<u8>)]) -> Vec<String> {
     nodes.iter().skip(1).map(|(p, _)| p.clone()).collect()
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Lag {
+    /// Every latency observed (for the CDF chart).
+    samples_ms: Vec<f64>,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -369,7 +374,28 @@ impl Series {
     fn med(&self, key: &str) -> f64 {
         median(self.get(key))
     }
+    /// Every latency of a lag measurement, for the charts (kept apart from
+    /// the figures: a CDF, not a number).
+    fn samples(&mut self, series: &str, ms: &[f64]) {
+        self.0
+            .entry(format!("{CDF}{series}"))
+            .or_default()
+            .extend_from_slice(ms);
+    }
+    fn cdfs(&self, series: &[&str]) -> Vec<(String, Vec<f64>)> {
+        series
+            .iter()
+            .filter_map(|name| {
+                self.0
+                    .get(&format!("{CDF}{name}"))
+                    .map(|v| (name.to_string(), v.clone()))
+            })
+            .collect()
+    }
 }
+
+/// Key prefix of the lag samples kept for the charts.
+const CDF: &str = "cdf:";
 
 async fn zk_shell_rate(args: &Args) -> Result<f64, String> {
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/zk-shell-venv");
@@ -673,7 +699,7 @@ async fn main() {
         "ensemble": args.ensemble,
         "machine": machine,
         "diff_clean": clean,
-        "figures": m.0.iter().map(|(k, v)| (k.to_string(), stats(v))).collect::<serde_json::Map<_, _>>(),
+        "figures": m.0.iter().filter(|(k, _)| !k.starts_with(CDF)).map(|(k, v)| (k.to_string(), stats(v))).collect::<serde_json::Map<_, _>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -683,8 +709,54 @@ async fn main() {
     )
     .unwrap();
     eprintln!("wrote {}", dir.join("results.json").display());
+    charts(&dir, &m);
     if !clean {
         std::process::exit(1);
+    }
+}
+
+/// The SVG charts of this run, next to `results.json`: the lag CDFs
+/// (steady state on loopback and through 40 ms each way; per route count)
+/// and lag against the number of routes. A chart without data is skipped.
+fn charts(dir: &std::path::Path, m: &Series) {
+    let steady = m.cdfs(&["loopback", "40 ms each way"]);
+    let per_routes: Vec<String> = ROUTE_COUNTS.iter().map(|k| format!("{k} route(s)")).collect();
+    let per_routes = m.cdfs(&per_routes.iter().map(String::as_str).collect::<Vec<_>>());
+    let points: Vec<(usize, f64, f64)> = ROUTE_COUNTS
+        .iter()
+        .map(|k| {
+            (
+                *k,
+                m.med(&format!("routes{k}_lag_p50_ms")),
+                m.med(&format!("routes{k}_lag_p99_ms")),
+            )
+        })
+        .filter(|p| p.1.is_finite() && p.2.is_finite())
+        .collect();
+    let mut drawn = Vec::new();
+    if !steady.is_empty() {
+        let path = dir.join("lag-cdf.svg");
+        match charts::lag_cdf(&path, "steady-state replication lag (every run)", &steady) {
+            Ok(()) => drawn.push(path),
+            Err(e) => eprintln!("lag CDF chart: {e}"),
+        }
+    }
+    if !per_routes.is_empty() {
+        let path = dir.join("routes-lag-cdf.svg");
+        match charts::lag_cdf(&path, "replication lag by route count (every run)", &per_routes) {
+            Ok(()) => drawn.push(path),
+            Err(e) => eprintln!("routes lag CDF chart: {e}"),
+        }
+    }
+    if !points.is_empty() {
+        let path = dir.join("routes-lag.svg");
+        match charts::routes(&path, &points) {
+            Ok(()) => drawn.push(path),
+            Err(e) => eprintln!("routes chart: {e}"),
+        }
+    }
+    for path in drawn {
+        eprintln!("wrote {}", path.display());
     }
 }
 
@@ -757,6 +829,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
         m.add(format!("routes{k}_lag_p50_ms"), lag.p50_ms);
         m.add(format!("routes{k}_lag_p99_ms"), lag.p99_ms);
         m.add(format!("routes{k}_rate"), lag.rate);
+        m.samples(&format!("{k} route(s)"), &lag.samples_ms);
         // The bench holds one session on the source and one on `a`.
         m.add(
             format!("routes{k}_sessions"),
@@ -933,6 +1006,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     m.add("lag_p99_ms", lag.p99_ms);
     m.add("lag_max_ms", lag.max_ms);
     m.add("lag_rate", lag.rate);
+    m.samples("loopback", &lag.samples_ms);
     m.add("lag_observed_fraction", lag.observed as f64 / lag.writes.max(1) as f64);
     let (rss, cpu) = process_cost(bridge.pid().unwrap());
     m.add("lag_rss_mib", rss as f64 / 1048576.0);
@@ -973,6 +1047,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     m.add("wan_lag_p99_ms", lag.p99_ms);
     m.add("wan_lag_max_ms", lag.max_ms);
     m.add("wan_lag_rate", lag.rate);
+    m.samples("40 ms each way", &lag.samples_ms);
     drop(bridge);
     drop((s, d, src, dst));
     clean
