@@ -41,65 +41,81 @@ pub(super) fn validate(config: Config) -> Result<Resolved, ConfigError> {
             ));
         }
         match rc.mode {
-            RouteMode::Mirror => {
-                if !rc.members.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.members"),
-                        "is for mode = \"active-active\"; a mirror route has a source and targets",
-                    ));
-                }
-                if rc.conflict() == ConflictPolicy::LastWriterWins {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.conflict"),
-                        "\"last-writer-wins\" is for mode = \"active-active\"; a mirror's source always wins, or use target-wins or fail",
-                    ));
-                }
-                let route = resolve_route(&config, i, rc, &routes)?;
-                if let Some(a) = active.iter().find(|a| {
-                    route.members().any(|e| {
-                        a.members.iter().any(|m| {
-                            m.ensemble == e.ensemble && (is_within(&m.path, &e.path) || is_within(&e.path, &m.path))
-                        })
-                    })
-                }) {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("overlaps active-active route {:?}'s members: zkbridge never lets two routes write one subtree", a.name()),
-                    ));
-                }
-                routes.push(Arc::new(route));
-            }
-            RouteMode::ActiveActive => {
-                check_route_name(&key, &rc.name)?;
-                if routes.iter().any(|r| r.name() == rc.name) {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.name"),
-                        format!("duplicate route name {:?}", rc.name),
-                    ));
-                }
-                let earlier: Vec<active::Written> = routes
-                    .iter()
-                    .flat_map(|r| {
-                        r.members().map(|e| active::Written {
-                            route: r.name(),
-                            what: "member",
-                            endpoint: e,
-                        })
-                    })
-                    .chain(active.iter().flat_map(|r| {
-                        r.members.iter().map(|e| active::Written {
-                            route: r.name(),
-                            what: "member",
-                            endpoint: e,
-                        })
-                    }))
-                    .collect();
-                let route = active::resolve(&config, &key, rc, &earlier)?;
-                active.push(Arc::new(route));
-            }
+            RouteMode::Mirror => routes.push(Arc::new(resolve_mirror(&config, i, rc, &routes, &active)?)),
+            RouteMode::ActiveActive => active.push(Arc::new(resolve_active(&config, &key, rc, &routes, &active)?)),
         }
     }
     Ok(Resolved { config, routes, active })
+}
+
+/// A mirror route (source → targets), checked against the routes before it.
+fn resolve_mirror(
+    config: &Config,
+    i: usize,
+    rc: &RouteConfig,
+    routes: &[Arc<Route>],
+    active: &[Arc<ActiveRoute>],
+) -> Result<Route, ConfigError> {
+    let key = route_key(i, rc);
+    if !rc.members.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.members"),
+            "is for mode = \"active-active\"; a mirror route has a source and targets",
+        ));
+    }
+    if rc.conflict() == ConflictPolicy::LastWriterWins {
+        return Err(ConfigError::invalid(
+            format!("{key}.conflict"),
+            "\"last-writer-wins\" is for mode = \"active-active\"; a mirror's source always wins, or use target-wins or fail",
+        ));
+    }
+    let route = resolve_route(config, i, rc, routes)?;
+    let overlaps = |a: &ActiveRoute| {
+        route.members().any(|e| {
+            a.members
+                .iter()
+                .any(|m| m.ensemble == e.ensemble && (is_within(&m.path, &e.path) || is_within(&e.path, &m.path)))
+        })
+    };
+    if let Some(a) = active.iter().find(|a| overlaps(a)) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "overlaps active-active route {:?}'s members: zkbridge never lets two routes write one subtree",
+                a.name()
+            ),
+        ));
+    }
+    Ok(route)
+}
+
+/// An active-active route, checked against every subtree the routes
+/// before it read or write.
+fn resolve_active(
+    config: &Config,
+    key: &str,
+    rc: &RouteConfig,
+    routes: &[Arc<Route>],
+    active: &[Arc<ActiveRoute>],
+) -> Result<ActiveRoute, ConfigError> {
+    check_route_name(key, &rc.name)?;
+    if routes.iter().any(|r| r.name() == rc.name) {
+        return Err(ConfigError::invalid(
+            format!("{key}.name"),
+            format!("duplicate route name {:?}", rc.name),
+        ));
+    }
+    let mirror_members = routes.iter().flat_map(|r| r.members().map(move |e| (r.name(), e)));
+    let active_members = active.iter().flat_map(|r| r.members.iter().map(move |e| (r.name(), e)));
+    let earlier: Vec<active::Written> = mirror_members
+        .chain(active_members)
+        .map(|(route, endpoint)| active::Written {
+            route,
+            what: "member",
+            endpoint,
+        })
+        .collect();
+    active::resolve(config, key, rc, &earlier)
 }
 
 fn route_key(i: usize, rc: &RouteConfig) -> String {
