@@ -20,6 +20,8 @@ use crate::znodes::{progress_path, Progress, RouteKey};
 pub enum WaitError {
     #[error("--route {0}: no such route in the configuration")]
     UnknownRoute(String),
+    #[error("--route {0}: an active-active route has no single source whose zxids every member applies; `wait` works on mirror routes (for active-active: `zkbridge status`, lag per member pair)")]
+    ActiveActive(String),
     #[error("source ensemble {ensemble}: {source}")]
     Source {
         ensemble: String,
@@ -36,9 +38,10 @@ async fn mirrors<'a>(
     source: &Client,
     route: &str,
 ) -> Result<(&'a Route, Vec<String>), WaitError> {
-    let route = config
-        .route(route)
-        .ok_or_else(|| WaitError::UnknownRoute(route.to_string()))?;
+    let route = config.route(route).ok_or_else(|| match config.active_route(route) {
+        Some(_) => WaitError::ActiveActive(route.to_string()),
+        None => WaitError::UnknownRoute(route.to_string()),
+    })?;
     let meta = &config.config.bridge.meta_path;
     let primary = crate::role_watch::current(source, meta, route.name())
         .await
