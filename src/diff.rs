@@ -1,7 +1,9 @@
 //! `zkbridge diff`: what the bridge would still change, per route/target.
 //!
 //! It runs the same scans and the same plan as the worker's resync, so "diff
-//! is clean" means exactly "the bridge has nothing left to do".
+//! is clean" means exactly "the bridge has nothing left to do". An
+//! active-active route has no source: every member is compared with every
+//! other, node by node (`diff_active`).
 
 use std::collections::BTreeMap;
 
