@@ -26,10 +26,7 @@ pub async fn ensemble_id(client: &Client, meta: &str, acl: &[Acl]) -> Result<Str
             Err(Error::NoNode) => {}
             Err(e) => return Err(e),
         }
-        match client.mkdir(meta, &options).await {
-            Ok(()) | Err(Error::NodeExists) => {}
-            Err(e) => return Err(e),
-        }
+        ensure_path(client, meta, acl).await?;
         let id = uuid::Uuid::new_v4().to_string();
         match client.create(&path, id.as_bytes(), &options).await {
             Ok(_) => return Ok(id),
@@ -63,14 +60,20 @@ pub async fn create_with_parents(client: &Client, path: &str, data: &[u8], acl: 
     match client.create(path, data, &options).await {
         Err(Error::NoNode) => {
             if let Some(parent) = crate::path::parent_absolute(path) {
-                match client.mkdir(parent, &options).await {
-                    Ok(()) | Err(Error::NodeExists) => {}
-                    Err(e) => return Err(e),
-                }
+                ensure_path(client, parent, acl).await?;
             }
             client.create(path, data, &options).await.map(|(stat, _)| stat)
         }
         created => created.map(|(stat, _)| stat),
+    }
+}
+
+/// Makes persistent `path` and its missing parents, all empty; one that
+/// exists already is fine.
+pub async fn ensure_path(client: &Client, path: &str, acl: &[Acl]) -> Result<(), Error> {
+    match client.mkdir(path, &persistent(acl)).await {
+        Ok(()) | Err(Error::NodeExists) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -126,6 +126,39 @@ async fn write_randomly(
     log
 }
 
+/// A writer in every member until `until`, each with its own seed;
+/// `slack_ms(member, after)` is how late a delete made there may be
+/// stamped. Resolves to every writer's log.
+fn write_everywhere(
+    members: &[(&str, Client, String)],
+    until: Instant,
+    seed: u64,
+    slack_ms: impl Fn(&str, i64) -> i64 + Clone + Send + 'static,
+) -> impl std::future::Future<Output = Vec<Vec<Logged>>> {
+    let writers: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (name, c, root))| {
+            let (member, slack_ms) = (name.to_string(), slack_ms.clone());
+            tokio::spawn(write_randomly(
+                member.clone(),
+                c.clone(),
+                root.clone(),
+                until,
+                seed + i as u64,
+                move |after| slack_ms(&member, after),
+            ))
+        })
+        .collect();
+    async move {
+        let mut logs = Vec::new();
+        for w in writers {
+            logs.push(w.await.unwrap());
+        }
+        logs
+    }
+}
+
 /// What the checker expects of one key in every member.
 #[derive(Debug, PartialEq)]
 enum Expect {
@@ -333,24 +366,7 @@ async fn writers_converge(n: usize, seconds: u64, seed_default: u64) {
     .await;
     let seed = seed("active-active writers", Some(seed_default));
     let until = Instant::now() + Duration::from_secs(seconds);
-    let writers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, (name, c, root))| {
-            tokio::spawn(write_randomly(
-                name.to_string(),
-                c.clone(),
-                root.clone(),
-                until,
-                seed + i as u64,
-                |_| 3_000,
-            ))
-        })
-        .collect();
-    let mut logs = Vec::new();
-    for w in writers {
-        logs.push(w.await.unwrap());
-    }
+    let logs = write_everywhere(&members, until, seed, |_, _| 3_000).await;
     let content = await_identical(&members).await;
     let exact = check(&content, &logs);
     let writes = app_writes(&logs);
@@ -459,24 +475,12 @@ async fn a_partitioned_member_and_a_killed_instance_still_converge() {
     // us-east is cut off from 8 s to 20 s: its deletes then are found and
     // stamped only after the heal.
     let heal_at_ms = now_ms() + 20_000;
-    let writers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, (name, c, root))| {
-            let partitioned = *name == "us-east";
-            tokio::spawn(write_randomly(
-                name.to_string(),
-                c.clone(),
-                root.clone(),
-                until,
-                seed + i as u64,
-                move |after| match partitioned && after < heal_at_ms + 1_000 {
-                    true => (heal_at_ms - after).max(0) + 10_000,
-                    false => 10_000,
-                },
-            ))
-        })
-        .collect();
+    let writers = write_everywhere(&members, until, seed, move |member, after| {
+        match member == "us-east" && after < heal_at_ms + 1_000 {
+            true => (heal_at_ms - after).max(0) + 10_000,
+            false => 10_000,
+        }
+    });
     tokio::time::sleep_until((start + Duration::from_secs(8)).into()).await;
     cut.set(Fault::Blackhole);
     tokio::time::sleep_until((start + Duration::from_secs(12)).into()).await;
@@ -484,10 +488,7 @@ async fn a_partitioned_member_and_a_killed_instance_still_converge() {
     tokio::time::sleep_until((start + Duration::from_secs(20)).into()).await;
     cut.set(Fault::Pass);
     second.restart();
-    let mut logs = Vec::new();
-    for w in writers {
-        logs.push(w.await.unwrap());
-    }
+    let logs = writers.await;
     let healed = Instant::now();
     let content = await_identical(&members).await;
     eprintln!("converged {:?} after the writers stopped", healed.elapsed());

@@ -303,12 +303,9 @@ impl Pair {
                 index,
                 source: Error::NoNode,
             }) if index == 1 || (index == 0 && op == "tombstone") => {
-                if let Some(anchor) = parent(rel).map(|p| join(&self.to_records, p)) {
-                    match lease.client().mkdir(&anchor, &persistent(&self.to_zk.acl)).await {
-                        Ok(()) | Err(Error::NodeExists) => {}
-                        Err(e) => return Err(self.error_of(&self.to.ensemble, e)),
-                    }
-                }
+                records::ensure_anchor(lease.client(), &self.to_records, rel, &self.to_zk.acl)
+                    .await
+                    .map_err(|e| self.error_of(&self.to.ensemble, e))?;
                 Ok(None)
             }
             // The conflict log's directory is gone (removed by hand): made
@@ -316,16 +313,10 @@ impl Pair {
             Err(CheckWriteError::OperationFailed {
                 index: 2,
                 source: Error::NoNode,
-            }) if lost => {
-                match lease
-                    .client()
-                    .mkdir(&self.conflicts_dir, &persistent(&self.to_zk.acl))
-                    .await
-                {
-                    Ok(()) | Err(Error::NodeExists) => Ok(None),
-                    Err(e) => Err(self.error_of(&self.to.ensemble, e)),
-                }
-            }
+            }) if lost => crate::checkpoint::ensure_path(lease.client(), &self.conflicts_dir, &self.to_zk.acl)
+                .await
+                .map(|()| None)
+                .map_err(|e| self.error_of(&self.to.ensemble, e)),
             Err(e) => self.write_error(e).map(|()| None),
         }
     }

@@ -13,98 +13,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
 use futures::FutureExt;
-use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{Client, EventType, PersistentWatcher, WatchedEvent};
 
-use super::decide::Step;
-use super::outcome::{Applied, PathError};
-use super::records::{self, Side};
-use crate::checkpoint::{ensemble_id, persistent};
+use super::checkpointing::Filling;
+use super::outcome::PathError;
+use super::pair_metrics::PairMetrics;
+use super::work::Mark;
+use crate::checkpoint::{ensemble_id, ensure_path};
 use crate::config::{pair_label, ActiveRoute, Endpoint};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
-use crate::path::{join, relative};
+use crate::path::relative;
 use crate::shutdown::Shutdown;
 use crate::worker::{Leadership, Limits, StatusTx};
 use crate::zk::{Ensemble, SessionChange, SessionTracker};
-use crate::znodes::{
-    checkpoint_path, conflicts_dir, heartbeat_path, leases_dir, now_ms, origin_records_root, Checkpoint, Heartbeat,
-    LeaseRecord,
-};
-
-/// How long a path refused by a member (no permission, say) waits.
-const PARK_FOR: Duration = Duration::from_secs(30);
-/// How long a delete waits for the destination's children to go first.
-const DEFER_FOR: Duration = Duration::from_millis(200);
-/// Tries a path still moving gets before it is parked: 10 s of waiting.
-const DEFERS: u32 = 50;
-
-/// The metrics of one pair, labelled `route`, `target = "from->to"`.
-pub struct PairMetrics {
-    applied: [IntCounter; 3],
-    pub lww_lost: IntCounter,
-    pub batches: IntCounter,
-    pub pending: IntGauge,
-    pub checkpoint_zxid: IntGauge,
-    pub leader: IntGauge,
-    metrics: Arc<Metrics>,
-    labels: [String; 2],
-}
-
-impl PairMetrics {
-    pub fn new(metrics: Arc<Metrics>, route: &str, pair: &str) -> Self {
-        let l = [route, pair];
-        let op = |op: &str| metrics.applied_ops.with_label_values(&[route, pair, op]);
-        PairMetrics {
-            applied: [op("create"), op("set"), op("delete")],
-            lww_lost: metrics.conflicts.with_label_values(&[route, pair, "lww_lost"]),
-            batches: metrics.apply_batches.with_label_values(&l),
-            pending: metrics.pending_paths.with_label_values(&l),
-            checkpoint_zxid: metrics.checkpoint_zxid.with_label_values(&l),
-            leader: metrics.leader.with_label_values(&l),
-            labels: [route.to_string(), pair.to_string()],
-            metrics,
-        }
-    }
-
-    /// One data op committed (origin records and tombstones are not
-    /// counted: design §7).
-    pub fn applied(&self, op: &str) {
-        let i = match op {
-            "create" => 0,
-            "set" => 1,
-            _ => 2,
-        };
-        self.applied[i].inc();
-        self.batches.inc();
-    }
-
-    fn error(&self, kind: &str) {
-        let [route, pair] = &self.labels;
-        self.metrics.errors.with_label_values(&[route, pair, kind]).inc();
-    }
-
-    fn resync(&self, reason: &str) {
-        let [route, pair] = &self.labels;
-        self.metrics.resyncs.with_label_values(&[route, pair, reason]).inc();
-    }
-}
-
-/// A dirty path: when to try it. (A delete with no record is stamped by
-/// the member's `stamp::Stamper`, which knows the member's ephemerals; the
-/// pair stamps only deletes its records prove.)
-#[derive(Debug, Clone, Default)]
-struct Mark {
-    not_before: Option<Instant>,
-    /// Refused by a member: reported, and not holding the checkpoint back.
-    parked: bool,
-    /// Tries that found the path still moving (see [`DEFERS`]).
-    defers: u32,
-}
+use crate::znodes::{conflicts_dir, leases_dir, now_ms, origin_records_root, LeaseRecord};
 
 /// Carries one member's changes into another.
 pub struct Pair {
@@ -121,31 +47,14 @@ pub struct Pair {
     pub(super) metrics: PairMetrics,
     /// What this pair publishes about itself (the only writer).
     pub(super) status: StatusTx,
-    meta: String,
-    lease_record: LeaseRecord,
-    limits: Limits,
+    pub(super) meta: String,
+    pub(super) lease_record: LeaseRecord,
+    pub(super) limits: Limits,
     heartbeat_interval: Duration,
     /// The conflicts counted when the destination's log was last trimmed.
-    trimmed_at: std::sync::atomic::AtomicU64,
+    pub(super) trimmed_at: std::sync::atomic::AtomicU64,
     /// See [`Filling`]; learnt at each lead, updated by the checkpoints.
-    first: std::sync::Mutex<Filling>,
-}
-
-/// What the pair may do while a member is being filled, learnt from the
-/// pairs' checkpoints — kept in ZooKeeper, so it holds across restarts and
-/// instances.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Filling {
-    /// The destination holds no checkpoint of this pair while the pair from
-    /// it has run before: it lost its data (rebuilt). Its own changes held
-    /// here are given back (`Step::BackToOrigin`) until this pair's first
-    /// checkpoint there, which follows a pass with nothing left to do.
-    pub refill: bool,
-    /// The source holds the checkpoint of the pair into it (to → from): it
-    /// has been filled since its ensemble was (re)built, so a node of its
-    /// own that it no longer has is a delete. Until then its absences prove
-    /// nothing and are not stamped.
-    pub infer_deletes: bool,
+    pub(super) first: std::sync::Mutex<Filling>,
 }
 
 /// Why a lead ended.
@@ -325,11 +234,11 @@ impl Pair {
             let retry_at = dirty.values().filter_map(|m| m.not_before).min();
             tokio::select! {
                 event = watches.data.changed() => {
-                    if watches.tracker_marks(self, &event, &mut dirty) { full_pass = true; }
+                    if self.mark(&event, &mut dirty, &mut watches.tracker) { full_pass = true; }
                     if tracker_ended(&event) { return End::Restart(format!("{} session ended", self.from.ensemble)); }
                 }
                 event = watches.records.changed() => {
-                    if watches.tracker_marks(self, &event, &mut dirty) { full_pass = true; }
+                    if self.mark(&event, &mut dirty, &mut watches.tracker) { full_pass = true; }
                     if tracker_ended(&event) { return End::Restart(format!("{} session ended", self.from.ensemble)); }
                 }
                 _ = tokio::time::sleep_until(next_beat) => {}
@@ -351,53 +260,25 @@ impl Pair {
         from: &Client,
     ) -> Result<(String, PersistentWatcher, PersistentWatcher), zookeeper_client::Error> {
         let to = lease.client();
-        let mk = |client: &Client, path: String, acl: Arc<Vec<zookeeper_client::Acl>>| {
-            let client = client.clone();
-            async move {
-                match client.mkdir(&path, &persistent(&acl)).await {
-                    Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        mk(from, self.from.path.clone(), self.from_zk.acl.clone()).await?;
-        mk(to, self.to.path.clone(), self.to_zk.acl.clone()).await?;
-        mk(from, self.from_records.clone(), self.from_zk.acl.clone()).await?;
-        mk(to, self.to_records.clone(), self.to_zk.acl.clone()).await?;
-        mk(to, self.conflicts_dir.clone(), self.to_zk.acl.clone()).await?;
+        ensure_path(from, &self.from.path, &self.from_zk.acl).await?;
+        ensure_path(to, &self.to.path, &self.to_zk.acl).await?;
+        ensure_path(from, &self.from_records, &self.from_zk.acl).await?;
+        ensure_path(to, &self.to_records, &self.to_zk.acl).await?;
+        ensure_path(to, &self.conflicts_dir, &self.to_zk.acl).await?;
         let id = ensemble_id(from, &self.meta, &self.from_zk.acl).await?;
         let data = crate::zk::watch_subtree(from, &self.from.path).await?;
         let records = crate::zk::watch_subtree(from, &self.from_records).await?;
         Ok((id, data, records))
     }
 
-    pub(super) fn filling_now(&self) -> Filling {
-        *self.first.lock().unwrap()
-    }
-
-    /// What the pair may do while a member is being filled (see
-    /// [`Filling`]), from the two pairs' checkpoints.
-    async fn filling(&self, to: &Client, from: &Client) -> Result<Filling, zookeeper_client::Error> {
-        let mine = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
-        let into_source = checkpoint_path(&self.meta, self.route.name(), &self.to.ensemble);
-        // The pair into the source has run (its checkpoint is there): the
-        // destination has been a member before, so a destination without
-        // this pair's checkpoint lost its data. A route that is new has
-        // neither, and nothing of a member's own to give back.
-        let into_source_ran = from.check_stat(&into_source).await?.is_some();
-        let filling = Filling {
-            refill: into_source_ran && to.check_stat(&mine).await?.is_none(),
-            infer_deletes: into_source_ran,
-        };
-        if !filling.infer_deletes {
-            info!(route = self.route.name(), member = %self.from, "no checkpoint of the pair into this member yet (new or rebuilt): nodes missing there are not taken as deletes until it is filled");
-        }
-        Ok(filling)
-    }
-
     /// Marks the path an event is about; `true` when the watch was away
     /// and a full pass must find what it missed.
-    fn mark(&self, event: &WatchedEvent, dirty: &mut BTreeMap<String, Mark>, tracker: &mut SessionTracker) -> bool {
+    pub(super) fn mark(
+        &self,
+        event: &WatchedEvent,
+        dirty: &mut BTreeMap<String, Mark>,
+        tracker: &mut SessionTracker,
+    ) -> bool {
         if event.event_type == EventType::Session {
             return tracker.on(event.session_state) == SessionChange::Back;
         }
@@ -407,185 +288,6 @@ impl Pair {
         mark.not_before = None;
         mark.parked = false;
         false
-    }
-
-    /// Reconciles the dirty paths that are due, parents before children,
-    /// many at once within a level.
-    async fn work(&self, lease: &Lease, from: &Client, dirty: &mut BTreeMap<String, Mark>) -> Result<(), PathError> {
-        let now = Instant::now();
-        let due: Vec<(String, Mark)> = dirty
-            .iter()
-            .filter(|(_, m)| m.not_before.is_none_or(|t| t <= now))
-            .map(|(rel, m)| (rel.clone(), m.clone()))
-            .collect();
-        for (rel, _) in &due {
-            dirty.remove(rel);
-        }
-        self.run_levels(lease, from, due, dirty).await
-    }
-
-    /// Reconciles `due`, parents before children, and then the deletes that
-    /// waited for children, deepest first.
-    async fn run_levels(
-        &self,
-        lease: &Lease,
-        from: &Client,
-        due: Vec<(String, Mark)>,
-        dirty: &mut BTreeMap<String, Mark>,
-    ) -> Result<(), PathError> {
-        let mut deferred = Vec::new();
-        for level in by_depth(due) {
-            for (rel, mark, result) in self.reconcile_all(lease, from, level).await {
-                match result {
-                    Ok(Applied::Defer) => deferred.push((rel, mark)),
-                    result => self.settle(rel, mark, result, dirty)?,
-                }
-            }
-        }
-        // Deletes that waited for their children, deepest first: the sweep
-        // above has just deleted those.
-        for level in by_depth(deferred).into_iter().rev() {
-            for (rel, mark, result) in self.reconcile_all(lease, from, level).await {
-                self.settle(rel, mark, result, dirty)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reconciles the paths of one level, many at once.
-    async fn reconcile_all(
-        &self,
-        lease: &Lease,
-        from: &Client,
-        level: Vec<(String, Mark)>,
-    ) -> Vec<(String, Mark, Result<Applied, PathError>)> {
-        stream::iter(level)
-            .map(|(rel, mark)| async move {
-                let r = self.reconcile(lease, from, &rel).await;
-                (rel, mark, r)
-            })
-            .buffer_unordered(self.limits.max_in_flight.max(1))
-            .collect()
-            .await
-    }
-
-    /// Puts a path's outcome where it belongs: done, back in the dirty set
-    /// for later, or the error that ends the lead. A delete that keeps
-    /// waiting for children the destination keeps (its own, or ephemerals)
-    /// is parked after [`DEFERS`] tries, so that it holds back neither the
-    /// checkpoint nor the loop.
-    fn settle(
-        &self,
-        rel: String,
-        mark: Mark,
-        result: Result<Applied, PathError>,
-        dirty: &mut BTreeMap<String, Mark>,
-    ) -> Result<(), PathError> {
-        let later = |after: Duration, parked: bool, defers: u32| Mark {
-            not_before: Some(Instant::now() + after),
-            parked,
-            defers,
-        };
-        let put = match result {
-            Ok(Applied::Done) => None,
-            Ok(Applied::Defer) | Ok(Applied::Again) if mark.defers + 1 >= DEFERS => {
-                warn!(route = self.route.name(), path = %join(&self.to.path, &rel), "path still moving (a delete waiting for children the destination keeps, or racing writes); retrying in 30s");
-                self.status.update(|s| {
-                    s.last_error = Some(format!("{rel}: waits for the destination's children or keeps racing"))
-                });
-                Some(later(PARK_FOR, true, 0))
-            }
-            Ok(Applied::Defer) | Ok(Applied::Again) => Some(later(DEFER_FOR, false, mark.defers + 1)),
-            Err(e @ (PathError::Refused { .. } | PathError::TooLarge { .. })) => {
-                warn!(route = self.route.name(), path = %join(&self.to.path, &rel), error = %e, "path refused; retrying in 30s");
-                self.metrics.error(e.kind());
-                self.status.update(|s| s.last_error = Some(format!("{rel}: {e}")));
-                Some(later(PARK_FOR, true, 0))
-            }
-            Err(e) => {
-                self.metrics.error(e.kind());
-                return Err(e);
-            }
-        };
-        if let Some(put) = put {
-            // A newer event for the path wins over the retry time.
-            dirty.entry(rel).or_insert(put);
-        }
-        Ok(())
-    }
-
-    /// The full pass: both members' subtrees and records are scanned, and
-    /// every path either holds is decided; tombstones older than
-    /// `tombstone_ttl_s` are collected in the destination.
-    async fn pass(&self, lease: &Lease, from: &Client, dirty: &mut BTreeMap<String, Mark>) -> Result<(), PathError> {
-        let to = lease.client();
-        let inflight = self.limits.max_in_flight.max(1);
-        let descend = |rel: &str| !self.route.filter.excluded(rel);
-        let scan = |client: &Client, base: String, member: String| {
-            let client = client.clone();
-            async move {
-                crate::tree::scan(&client, &base, inflight, descend)
-                    .await
-                    .map_err(|e| self.error_of(&member, e))
-            }
-        };
-        let (fe, te) = (self.from.ensemble.clone(), self.to.ensemble.clone());
-        let (xd, xr, yd, yr) = futures::try_join!(
-            scan(from, self.from.path.clone(), fe.clone()),
-            scan(from, self.from_records.clone(), fe),
-            scan(to, self.to.path.clone(), te.clone()),
-            scan(to, self.to_records.clone(), te),
-        )?;
-        let mut rels: Vec<String> = xd
-            .keys()
-            .chain(xr.keys())
-            .chain(yd.keys())
-            .chain(yr.keys())
-            .cloned()
-            .collect();
-        rels.sort_unstable();
-        rels.dedup();
-        let (xd, xr, yd, yr) = (&xd, &xr, &yd, &yr);
-        // The scans are hints: the four were read at different moments, and
-        // only what they show as different is read again, path by path, and
-        // decided from those reads.
-        let differ: Vec<(String, Mark)> = rels
-            .into_iter()
-            .filter(|rel| {
-                let unreadable = [xd.get(rel), yd.get(rel)].iter().flatten().any(|n| n.is_unreadable());
-                let (x, y) = (Side::from_scans(xd, xr, rel), Side::from_scans(yd, yr, rel));
-                !unreadable && !matches!(self.step_for(rel, &x, &y).0, Step::Nothing | Step::BackToOrigin(_))
-            })
-            .map(|rel| (rel, Mark::default()))
-            .collect();
-        self.run_levels(lease, from, differ, dirty).await?;
-        self.collect_tombstones(lease, yd, yr).await
-    }
-
-    /// Deletes the destination's tombstones older than `tombstone_ttl_s`
-    /// (deepest first: a record znode with records below it stays).
-    async fn collect_tombstones(
-        &self,
-        lease: &Lease,
-        data: &crate::tree::Tree,
-        recs: &crate::tree::Tree,
-    ) -> Result<(), PathError> {
-        let ttl_ms = (self.route.config.tombstone_ttl_s as i64).saturating_mul(1000);
-        let now = now_ms();
-        for (rel, _) in recs.iter().rev() {
-            let Some(version) = records::collectable(recs, data, rel, now, ttl_ms) else {
-                continue;
-            };
-            let mut writer = lease.writer();
-            writer.add_delete(&join(&self.to_records, rel), Some(version))?;
-            match writer.commit().await {
-                Ok(_) => {}
-                Err(zookeeper_client::CheckWriteError::CheckFailed { .. }) => return Err(PathError::LeaseLost),
-                // Changed or gone since the scan: the next pass decides.
-                Err(_) => {}
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn error_of(&self, member: &str, e: zookeeper_client::Error) -> PathError {
@@ -600,119 +302,11 @@ impl Pair {
             PathError::Refused { member, source: e }
         }
     }
-
-    /// Writes the source member's heartbeat, carries every change made
-    /// before it, and then records in the destination that the pair has
-    /// caught up to it: the heartbeat's zxid and time (the lag counts from
-    /// that time). Events are delivered before the reply to a later
-    /// write on the same session, so the heartbeat's reply means every
-    /// earlier change is marked.
-    async fn checkpoint(
-        &self,
-        lease: &Lease,
-        from: &Client,
-        from_id: &str,
-        watches: &mut Watches,
-        dirty: &mut BTreeMap<String, Mark>,
-    ) -> Result<Drained, PathError> {
-        let ts_ms = now_ms();
-        let beat = Heartbeat {
-            bridge: self.lease_record.instance.clone(),
-            ts_ms,
-        };
-        let path = heartbeat_path(&self.meta, self.route.name());
-        let zxid = crate::checkpoint::put_json(from, &path, &beat, &self.from_zk.acl)
-            .await
-            .map_err(|e| self.error_of(&self.from.ensemble, e))?;
-        let drained = watches.drain_into(self, dirty);
-        if drained.ended || drained.away {
-            // What the watch missed is not covered: no checkpoint.
-            return Ok(drained);
-        }
-        self.work(lease, from, dirty).await?;
-        if dirty.values().any(|m| !m.parked) {
-            return Ok(drained);
-        }
-        let checkpoint = Checkpoint {
-            version: 1,
-            source_ensemble_id: from_id.to_string(),
-            source_zxid: zxid,
-            heartbeat_ts_ms: ts_ms,
-            bridge: self.lease_record.instance.clone(),
-            updated_ms: now_ms(),
-        };
-        let path = checkpoint_path(&self.meta, self.route.name(), &self.from.ensemble);
-        let data = serde_json::to_vec(&checkpoint).expect("JSON of a plain struct");
-        let put = |create: bool| {
-            let mut writer = lease.writer();
-            if create {
-                writer.add_create(&path, &data, &persistent(&self.to_zk.acl))?;
-            } else {
-                writer.add_set_data(&path, &data, None)?;
-            }
-            Ok::<_, zookeeper_client::Error>(writer)
-        };
-        let mut result = put(false)?.commit().await;
-        if let Err(zookeeper_client::CheckWriteError::OperationFailed {
-            source: zookeeper_client::Error::NoNode,
-            ..
-        }) = result
-        {
-            if let Some(dir) = crate::path::parent_absolute(&path) {
-                let _ = lease.client().mkdir(dir, &persistent(&self.to_zk.acl)).await;
-            }
-            result = put(true)?.commit().await;
-        }
-        match result {
-            Ok(_) => {
-                self.trim_conflicts(lease).await;
-                self.metrics.checkpoint_zxid.set(zxid);
-                self.status.update(|s| {
-                    s.checkpoint = Some(checkpoint);
-                    if !dirty.values().any(|m| m.parked) {
-                        s.last_error = None;
-                    }
-                });
-                self.after_checkpoint(from).await;
-                Ok(drained)
-            }
-            Err(zookeeper_client::CheckWriteError::CheckFailed { .. }) => Err(PathError::LeaseLost),
-            Err(e) => Err(self.error_of(&self.to.ensemble, e.into())),
-        }
-    }
-}
-
-impl Pair {
-    /// After a checkpoint: this pair has filled its destination once, and
-    /// the pair into the source may have filled it meanwhile.
-    async fn after_checkpoint(&self, from: &Client) {
-        let infer = self.filling_now().infer_deletes;
-        let into_source = checkpoint_path(&self.meta, self.route.name(), &self.to.ensemble);
-        let filled = infer || matches!(from.check_stat(&into_source).await, Ok(Some(_)));
-        let mut filling = self.first.lock().unwrap();
-        filling.refill = false;
-        filling.infer_deletes = filled;
-    }
-
-    /// Keeps the destination's conflict log bounded, once new entries came.
-    async fn trim_conflicts(&self, lease: &Lease) {
-        use std::sync::atomic::Ordering;
-        let counted = self.metrics.lww_lost.get();
-        if counted == self.trimmed_at.load(Ordering::Relaxed) {
-            return;
-        }
-        match super::conflicts::trim(lease.client(), &self.meta, self.route.name()).await {
-            Ok(_) => self.trimmed_at.store(counted, Ordering::Relaxed),
-            Err(e) => {
-                warn!(route = self.route.name(), member = %self.to.ensemble, error = %e, "cannot trim the conflict log; trying again at the next checkpoint")
-            }
-        }
-    }
 }
 
 /// The source member's two watches (its subtree, its records) and their
 /// session, owned by one lead.
-struct Watches {
+pub(super) struct Watches {
     data: PersistentWatcher,
     records: PersistentWatcher,
     tracker: SessionTracker,
@@ -720,17 +314,17 @@ struct Watches {
 
 /// What draining the watches found besides paths.
 #[derive(Debug, Clone, Copy, Default)]
-struct Drained {
+pub(super) struct Drained {
     /// The session was away: changes meanwhile sent no event, a full pass
     /// must find them.
-    away: bool,
+    pub(super) away: bool,
     /// The session ended: the lead starts over.
-    ended: bool,
+    pub(super) ended: bool,
 }
 
 impl Watches {
     /// Marks every path the watches report now, without waiting.
-    fn drain_into(&mut self, pair: &Pair, dirty: &mut BTreeMap<String, Mark>) -> Drained {
+    pub(super) fn drain_into(&mut self, pair: &Pair, dirty: &mut BTreeMap<String, Mark>) -> Drained {
         let mut drained = Drained::default();
         for watcher in [&mut self.data, &mut self.records] {
             while let Some(event) = watcher.changed().now_or_never() {
@@ -743,11 +337,6 @@ impl Watches {
         }
         drained
     }
-
-    /// Marks one event's path; `true` when the session was away.
-    fn tracker_marks(&mut self, pair: &Pair, event: &WatchedEvent, dirty: &mut BTreeMap<String, Mark>) -> bool {
-        pair.mark(event, dirty, &mut self.tracker)
-    }
 }
 
 fn tracker_ended(event: &WatchedEvent) -> bool {
@@ -759,19 +348,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Paths grouped by depth, shallowest first: a parent is written before
-/// its children, and the paths of one level go out together.
-fn by_depth<T>(paths: Vec<(String, T)>) -> Vec<Vec<(String, T)>> {
-    let mut levels: BTreeMap<usize, Vec<(String, T)>> = BTreeMap::new();
-    for (rel, t) in paths {
-        let depth = if rel.is_empty() {
-            0
-        } else {
-            rel.matches('/').count() + 1
-        };
-        levels.entry(depth).or_default().push((rel, t));
-    }
-    levels.into_values().collect()
 }

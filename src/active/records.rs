@@ -202,15 +202,23 @@ pub async fn stamp_delete(
         Err(Error::NoNode) => {
             // The record's anchors are missing: made (empty), then the
             // caller reads and stamps again.
-            if let Some(anchor) = crate::path::parent(rel).map(|p| join(member.records, p)) {
-                match client.mkdir(&anchor, &persistent(member.acl)).await {
-                    Ok(()) | Err(Error::NodeExists) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
+            ensure_anchor(client, member.records, rel, member.acl).await
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Makes the record znodes above `rel`'s (empty: they hold no record),
+/// after a write of its record found them missing.
+pub async fn ensure_anchor(
+    client: &zookeeper_client::Client,
+    records: &str,
+    rel: &str,
+    acl: &[zookeeper_client::Acl],
+) -> Result<(), Error> {
+    match crate::path::parent(rel) {
+        Some(up) => crate::checkpoint::ensure_path(client, &join(records, up), acl).await,
+        None => Ok(()),
     }
 }
 
