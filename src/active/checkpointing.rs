@@ -8,28 +8,10 @@ use tracing::{info, warn};
 use zookeeper_client::Client;
 
 use super::outcome::PathError;
-use super::pair::{Drained, Pair, Watches};
-use super::work::Mark;
+use super::pair::{Drained, Filling, Mark, Pair, Watches};
 use crate::checkpoint::persistent;
 use crate::lease::Lease;
 use crate::znodes::{checkpoint_path, heartbeat_path, now_ms, Checkpoint, Heartbeat};
-
-/// What the pair may do while a member is being filled, learnt from the
-/// pairs' checkpoints — kept in ZooKeeper, so it holds across restarts and
-/// instances.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Filling {
-    /// The destination holds no checkpoint of this pair while the pair from
-    /// it has run before: it lost its data (rebuilt). Its own changes held
-    /// here are given back (`Step::BackToOrigin`) until this pair's first
-    /// checkpoint there, which follows a pass with nothing left to do.
-    pub refill: bool,
-    /// The source holds the checkpoint of the pair into it (to → from): it
-    /// has been filled since its ensemble was (re)built, so a node of its
-    /// own that it no longer has is a delete. Until then its absences prove
-    /// nothing and are not stamped.
-    pub infer_deletes: bool,
-}
 
 impl Pair {
     pub(super) fn filling_now(&self) -> Filling {

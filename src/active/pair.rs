@@ -18,10 +18,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{Client, EventType, PersistentWatcher, WatchedEvent};
 
-use super::checkpointing::Filling;
 use super::outcome::PathError;
 use super::pair_metrics::PairMetrics;
-use super::work::Mark;
 use crate::checkpoint::{ensemble_id, ensure_path};
 use crate::config::{pair_label, ActiveRoute, Endpoint};
 use crate::lease::Lease;
@@ -31,6 +29,35 @@ use crate::shutdown::Shutdown;
 use crate::worker::{Leadership, Limits, StatusTx};
 use crate::zk::{Ensemble, SessionChange, SessionTracker};
 use crate::znodes::{conflicts_dir, leases_dir, now_ms, origin_records_root, LeaseRecord};
+
+/// A dirty path: when to try it. (A delete with no record is stamped by
+/// the member's `stamp::Stamper`, which knows the member's ephemerals; the
+/// pair stamps only deletes its records prove.)
+#[derive(Debug, Clone, Default)]
+pub(super) struct Mark {
+    pub(super) not_before: Option<Instant>,
+    /// Refused by a member: reported, and not holding the checkpoint back.
+    pub(super) parked: bool,
+    /// Tries that found the path still moving (see `work::DEFERS`).
+    pub(super) defers: u32,
+}
+
+/// What the pair may do while a member is being filled, learnt from the
+/// pairs' checkpoints — kept in ZooKeeper, so it holds across restarts and
+/// instances.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Filling {
+    /// The destination holds no checkpoint of this pair while the pair from
+    /// it has run before: it lost its data (rebuilt). Its own changes held
+    /// here are given back (`Step::BackToOrigin`) until this pair's first
+    /// checkpoint there, which follows a pass with nothing left to do.
+    pub refill: bool,
+    /// The source holds the checkpoint of the pair into it (to → from): it
+    /// has been filled since its ensemble was (re)built, so a node of its
+    /// own that it no longer has is a delete. Until then its absences prove
+    /// nothing and are not stamped.
+    pub infer_deletes: bool,
+}
 
 /// Carries one member's changes into another.
 pub struct Pair {

@@ -13,7 +13,7 @@ use zookeeper_client::Client;
 
 use super::decide::Step;
 use super::outcome::{Applied, PathError};
-use super::pair::Pair;
+use super::pair::{Mark, Pair};
 use super::records::{self, Side};
 use crate::lease::Lease;
 use crate::path::join;
@@ -25,18 +25,6 @@ const PARK_FOR: Duration = Duration::from_secs(30);
 const DEFER_FOR: Duration = Duration::from_millis(200);
 /// Tries a path still moving gets before it is parked: 10 s of waiting.
 const DEFERS: u32 = 50;
-
-/// A dirty path: when to try it. (A delete with no record is stamped by
-/// the member's `stamp::Stamper`, which knows the member's ephemerals; the
-/// pair stamps only deletes its records prove.)
-#[derive(Debug, Clone, Default)]
-pub(super) struct Mark {
-    pub(super) not_before: Option<Instant>,
-    /// Refused by a member: reported, and not holding the checkpoint back.
-    pub(super) parked: bool,
-    /// Tries that found the path still moving (see [`DEFERS`]).
-    defers: u32,
-}
 
 impl Pair {
     /// Reconciles the dirty paths that are due, parents before children,
