@@ -84,9 +84,11 @@ async fn reset_deletes_the_checkpoint_and_the_next_start_copies_everything() {
     let mut bridge = Bridge::start(&config(&src, &eu, &ap));
     await_in_sync(&bridge.config(), CONVERGE).await;
     let e = eu.client().await;
+    let a = ap.client().await;
     let checkpoint = "/zkbridge/routes/r/eu/checkpoint";
-    eventually("a checkpoint in eu", CONVERGE, async || {
-        get(&e, checkpoint).await.is_some()
+    // Both targets checkpoint on their own heartbeat; wait for each.
+    eventually("a checkpoint in eu and in ap", CONVERGE, async || {
+        get(&e, checkpoint).await.is_some() && get(&a, "/zkbridge/routes/r/ap/checkpoint").await.is_some()
     })
     .await;
     assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
@@ -94,7 +96,6 @@ async fn reset_deletes_the_checkpoint_and_the_next_start_copies_everything() {
     let out = zkbridge(&["reset", "--route", "r", "--target", "eu", "--yes"], &bridge);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(get(&e, checkpoint).await, None);
-    let a = ap.client().await;
     assert!(
         get(&a, "/zkbridge/routes/r/ap/checkpoint").await.is_some(),
         "other targets untouched"
