@@ -7,6 +7,7 @@
 //! session — every target is asked for a full resync, which closes it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use prometheus::IntCounter;
@@ -30,7 +31,48 @@ pub struct Capture {
     pub metrics: Arc<Metrics>,
     pub bridge_id: String,
     pub meta_path: String,
-    pub heartbeat_interval: std::time::Duration,
+    pub heartbeat: HeartbeatSchedule,
+}
+
+/// When a route writes its heartbeats: every `interval`, at its own `phase`
+/// within it. Routes on one source share a session and its servers; beating
+/// in step, a hundred routes would send their heartbeats, then their
+/// checkpoints and progress, in one burst each interval, and every
+/// application change arriving then would queue behind it. Phases spread
+/// evenly over the interval turn the bursts into a steady trickle.
+#[derive(Clone, Copy, Debug)]
+pub struct HeartbeatSchedule {
+    pub interval: Duration,
+    /// Offset from `epoch`, in `[0, interval)`.
+    pub phase: Duration,
+    /// Shared by the routes of one process, so that phases stay apart when
+    /// captures restart at different moments.
+    pub epoch: Instant,
+}
+
+impl HeartbeatSchedule {
+    /// Route `index` of `count`, spread evenly over the interval.
+    pub fn spread(interval: Duration, index: usize, count: usize, epoch: Instant) -> HeartbeatSchedule {
+        let phase = interval.mul_f64(index as f64 / count.max(1) as f64);
+        HeartbeatSchedule { interval, phase, epoch }
+    }
+
+    /// The first beat at or after `now` on this route's phase.
+    pub fn next_after(&self, now: Instant) -> Instant {
+        let interval = self.interval.as_nanos().max(1);
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        let phase = self.phase.as_nanos() % interval;
+        let into = since % interval;
+        let wait = (phase + interval - into) % interval;
+        now + Duration::from_nanos(wait as u64)
+    }
+
+    fn ticker(&self) -> tokio::time::Interval {
+        let first = self.next_after(Instant::now());
+        let mut ticker = tokio::time::interval_at(first.into(), self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    }
 }
 
 enum Flow {
@@ -61,7 +103,7 @@ impl Capture {
                         // On this session if it recovers, else on the next.
                         generation = generation.saturating_sub(1);
                         tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {},
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
                             _ = shutdown.requested() => break,
                         }
                         continue;
@@ -70,8 +112,7 @@ impl Capture {
                 info!(session = %session.client.session_id(), "source watch armed");
                 self.resync_all(reason);
                 let mut session_events = crate::zk::SessionTracker::default();
-                let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
-                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut heartbeat = self.heartbeat.ticker();
                 loop {
                     let flow = tokio::select! {
                         e = watcher.changed() => self.handle(e, &kinds, &mut session_events),
@@ -202,5 +243,32 @@ impl Capture {
         for q in &self.queues {
             q.request_resync(reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_beat_evenly_spread_and_keep_their_phase() {
+        let epoch = Instant::now();
+        let second = Duration::from_secs(1);
+        let phases: Vec<Duration> = (0..4)
+            .map(|i| HeartbeatSchedule::spread(second, i, 4, epoch).phase)
+            .collect();
+        assert_eq!(phases, [0, 250, 500, 750].map(Duration::from_millis));
+        let third = HeartbeatSchedule::spread(second, 2, 4, epoch);
+        // A capture restarting at any moment beats on the same phase.
+        for at in [0, 1, 499, 500, 501, 1_700, 12_345] {
+            let now = epoch + Duration::from_millis(at);
+            let next = third.next_after(now);
+            assert!(next >= now && next - now < second, "{at}");
+            assert_eq!((next - epoch).as_millis() % 1000, 500, "{at}");
+        }
+        assert_eq!(
+            third.next_after(epoch + Duration::from_millis(500)),
+            epoch + Duration::from_millis(500)
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::capture::HeartbeatSchedule;
 use crate::config::Resolved;
 use crate::lease::Balancer;
 use crate::metrics::Metrics;
@@ -295,7 +296,9 @@ pub fn start(
         lease_record: lease_record.clone(),
     };
     let mut routes = Vec::new();
-    for route in &config.routes {
+    let heartbeat_interval = Duration::from_millis(config.config.bridge.heartbeat_interval_ms);
+    let heartbeat_epoch = std::time::Instant::now();
+    for (index, route) in config.routes.iter().enumerate() {
         let mut members = Vec::new();
         for member in route.members() {
             let labels = [route.name(), member.ensemble.as_str()];
@@ -326,7 +329,7 @@ pub fn start(
             identity: identity.clone(),
             limits,
             metrics: metrics.clone(),
-            heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+            heartbeat: HeartbeatSchedule::spread(heartbeat_interval, index, config.routes.len(), heartbeat_epoch),
             view: view_tx,
         };
         tasks.push(tokio::spawn(runner.run(shutdown.clone())));
@@ -360,7 +363,7 @@ pub fn start(
                 meta: config.config.bridge.meta_path.clone(),
                 lease_record: lease_record.clone(),
                 limits,
-                heartbeat_interval: Duration::from_millis(config.config.bridge.heartbeat_interval_ms),
+                heartbeat_interval,
                 metrics: metrics.clone(),
                 status,
             });

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
-use crate::capture::Capture;
+use crate::capture::{Capture, HeartbeatSchedule};
 use crate::config::{Endpoint, Route};
 use crate::metrics::Metrics;
 use crate::queue::TargetQueue;
@@ -57,7 +57,7 @@ pub(super) struct RouteRunner {
     pub identity: Identity,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
-    pub heartbeat_interval: Duration,
+    pub heartbeat: HeartbeatSchedule,
     pub view: watch::Sender<RouteView>,
 }
 
@@ -384,7 +384,7 @@ impl RouteRunner {
                 metrics: self.metrics.clone(),
                 bridge_id: self.identity.bridge_id.clone(),
                 meta_path: self.identity.meta_path.clone(),
-                heartbeat_interval: self.heartbeat_interval,
+                heartbeat: self.heartbeat,
             };
             let stopped = stopped.clone();
             move || capture.clone().run(stopped.clone())
