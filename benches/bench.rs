@@ -37,7 +37,10 @@ struct Args {
     seconds: u64,
     ensemble: bool,
     peer_nodes: usize,
-    /// Phases to run (`--only raw,sync,wan,peer,switchover,routes`; `sync` includes resume and
+    /// The largest tree of the cost curves (`--max-nodes`; 1,000,000 adds
+    /// the million-node point, which the default run leaves out).
+    max_nodes: usize,
+    /// Phases to run (`--only raw,sync,wan,peer,switchover,routes,scale,ceiling`; `sync` includes resume and
     /// steady-state lag, which start from its copy): all by default.
     only: Option<Vec<String>>,
 }
@@ -63,6 +66,7 @@ impl Args {
             // zk-shell copies a few hundred nodes per second: a smaller tree
             // keeps the bench within its time budget; the figure is a rate.
             peer_nodes: value("--peer-nodes").unwrap_or(if quick { 300 } else { 5_000 }) as usize,
+            max_nodes: value("--max-nodes").unwrap_or(100_000) as usize,
             only: argv
                 .iter()
                 .position(|a| a == "--only")
@@ -73,6 +77,17 @@ impl Args {
 
     fn runs_phase(&self, phase: &str) -> bool {
         self.only.as_ref().is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+
+    /// Tree sizes of the cost curves.
+    fn scale_sizes(&self) -> Vec<usize> {
+        match self.quick {
+            true => vec![1_000, 5_000],
+            false => [10_000, 100_000, 1_000_000]
+                .into_iter()
+                .filter(|n| *n <= self.max_nodes)
+                .collect(),
+        }
     }
 
     fn zk(&self) -> Zk {
@@ -234,10 +249,136 @@ async fn bridge_requests(dst: &Zk, d: &Client) -> Option<u64> {
     line.split("recved=").nth(1)?.split(',').next()?.parse().ok()
 }
 
-/// Steady-state lag: sets data on random source nodes at `rate` for
-/// `seconds`; a separate client watching the target reads each changed
-/// node and matches its value to the source write's reply time.
-async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[String], rate: u32, seconds: u64) -> Lag {
+/// What a load generator writes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Workload {
+    /// Sets on random existing nodes.
+    Sets,
+    /// Of every ten writes six sets, two creates of new nodes and two
+    /// deletes of nodes created earlier (a set when none is left).
+    Mix,
+}
+
+/// An open-loop load: `rate` writes a second of one workload.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rate: u32,
+    workload: Workload,
+}
+
+impl Load {
+    fn sets(rate: u32) -> Load {
+        Load {
+            rate,
+            workload: Workload::Sets,
+        }
+    }
+}
+
+/// What the load generator achieved.
+struct Offered {
+    writes: u64,
+    rate: f64,
+    /// Write latency as the source's clients see it (send to reply), ms.
+    write_p99_ms: f64,
+}
+
+/// Writes `load` into the source for `seconds`, open loop (a write is sent
+/// when due, whether or not earlier ones have replied), under `root`,
+/// changing `leaves`. Every write's value is `w<seq>`; `on_reply(seq)`
+/// runs when its reply is back.
+async fn offer(
+    src: &Client,
+    root: &str,
+    leaves: &[String],
+    load: Load,
+    seconds: u64,
+    on_reply: impl Fn(u64) + Clone,
+) -> Offered {
+    let interval = Duration::from_secs_f64(1.0 / load.rate as f64);
+    let started = Instant::now();
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut writes = FuturesUnordered::new();
+    let created: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+    let mut latencies = Vec::new();
+    let mut sent = 0u64;
+    let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    // Names of created nodes are unique across loads: a node an earlier
+    // load created may still be there.
+    static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = LOADS.fetch_add(1, Ordering::Relaxed);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let due = started + interval * sent as u32;
+        if Instant::now() < due {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {},
+                Some(took) = writes.next(), if !writes.is_empty() => {
+                    latencies.push(took);
+                    continue;
+                }
+            }
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let seq = sent;
+        sent += 1;
+        let slot = seq % 10;
+        let op = match load.workload {
+            Workload::Mix if (6..8).contains(&slot) => Op::Create(format!("{root}/m{run}-{seq}")),
+            Workload::Mix if slot >= 8 => match created.lock().unwrap().pop_front() {
+                Some(path) => Op::Delete(path),
+                None => Op::Set(leaves[(rng % leaves.len() as u64) as usize].clone()),
+            },
+            _ => Op::Set(leaves[(rng % leaves.len() as u64) as usize].clone()),
+        };
+        let (src, on_reply, created, opts) = (src.clone(), on_reply.clone(), created.clone(), opts.clone());
+        writes.push(async move {
+            let sent_at = Instant::now();
+            let value = format!("w{seq}");
+            match op {
+                Op::Set(path) => {
+                    src.set_data(&path, value.as_bytes(), None).await.unwrap();
+                }
+                Op::Create(path) => {
+                    src.create(&path, value.as_bytes(), &opts).await.unwrap();
+                    created.lock().unwrap().push_back(path);
+                }
+                Op::Delete(path) => src.delete(&path, None).await.unwrap(),
+            }
+            on_reply(seq);
+            sent_at.elapsed().as_secs_f64() * 1000.0
+        });
+    }
+    while let Some(took) = writes.next().await {
+        latencies.push(took);
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Offered {
+        writes: sent,
+        rate: sent as f64 / started.elapsed().as_secs_f64(),
+        write_p99_ms: quantile(&latencies, 0.99),
+    }
+}
+
+enum Op {
+    Set(String),
+    Create(String),
+    Delete(String),
+}
+
+/// The `p` quantile of sorted values (NaN when empty).
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Steady-state lag: offers `load` to the source under `watch_root` for
+/// `seconds`; a separate client watching the target reads each changed or
+/// created node and matches its value to the source write's reply time.
+async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[String], load: Load, seconds: u64) -> Lag {
     let replies: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
@@ -249,7 +390,7 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
             loop {
                 tokio::select! {
                     event = watcher.changed() => {
-                        if event.event_type != EventType::NodeDataChanged {
+                        if !matches!(event.event_type, EventType::NodeDataChanged | EventType::NodeCreated) {
                             continue;
                         }
                         let dst = dst.clone();
@@ -273,34 +414,14 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
             }
         })
     };
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let started = Instant::now();
-    let mut rng = 0x9E3779B97F4A7C15u64;
-    let mut writes = FuturesUnordered::new();
-    let mut sent = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        let due = started + interval * sent as u32;
-        if Instant::now() < due {
-            tokio::select! {
-                _ = tokio::time::sleep_until(due.into()) => {},
-                Some(()) = writes.next(), if !writes.is_empty() => continue,
-            }
-        }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let path = &leaves[(rng % leaves.len() as u64) as usize];
-        let seq = sent;
-        sent += 1;
-        let (src, replies) = (src.clone(), replies.clone());
-        let path = path.clone();
-        writes.push(async move {
-            src.set_data(&path, format!("w{seq}").as_bytes(), None).await.unwrap();
+    let root = watch_root.trim_end_matches('/');
+    let on_reply = {
+        let replies = replies.clone();
+        move |seq| {
             replies.lock().unwrap().insert(seq, Instant::now());
-        });
-    }
-    while writes.next().await.is_some() {}
-    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+        }
+    };
+    let offered = offer(src, root, leaves, load, seconds, on_reply).await;
     // Let the last changes arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     done.store(true, Ordering::Relaxed);
@@ -312,19 +433,14 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let q = |p: f64| {
-        l.get(((l.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
     Lag {
         samples_ms: l.iter().map(|s| s * 1000.0).collect(),
-        p50_ms: q(0.5) * 1000.0,
-        p99_ms: q(0.99) * 1000.0,
+        p50_ms: quantile(&l, 0.5) * 1000.0,
+        p99_ms: quantile(&l, 0.99) * 1000.0,
         max_ms: l.last().copied().unwrap_or(f64::NAN) * 1000.0,
-        writes: sent,
+        writes: offered.writes,
         observed: l.len() as u64,
-        rate: achieved,
+        rate: offered.rate,
     }
 }
 
@@ -486,6 +602,12 @@ async fn main() {
         if args.runs_phase("routes") {
             clean &= many_routes(&args, &mut m).await;
         }
+        if args.runs_phase("scale") {
+            clean &= cost_curves(&args, &mut m).await;
+        }
+        if args.runs_phase("ceiling") {
+            clean &= throughput_ceiling(&args, &mut m).await;
+        }
     }
 
     let raw = m.med("raw_nodes_per_s");
@@ -497,8 +619,8 @@ async fn main() {
     };
     // Every run's figure, in run order: a tail shows in the slow runs, not
     // in the median.
-    let each = |key: &str| {
-        let runs: Vec<String> = m.get(key).iter().map(|v| format!("{v:.1}")).collect();
+    let each = |key: &str, digits: usize| {
+        let runs: Vec<String> = m.get(key).iter().map(|v| format!("{v:.digits$}")).collect();
         match runs.is_empty() {
             true => "n/a".to_string(),
             false => runs.join(" · "),
@@ -509,8 +631,12 @@ async fn main() {
         if s.is_null() {
             return "n/a".to_string();
         }
+        let unit = match unit {
+            "" => String::new(),
+            unit => format!(" {unit}"),
+        };
         format!(
-            "{:.*} {unit} ({:.*}–{:.*})",
+            "{:.*}{unit} ({:.*}–{:.*})",
             digits,
             s["median"].as_f64().unwrap(),
             digits,
@@ -528,22 +654,22 @@ async fn main() {
         ),
     );
     row(
-        "copy limit, same servers: cold / warm",
+        "copy limit, same servers: before / after the sync",
         format!(
             "{} / {}",
-            range("copy_limit_cold_nodes_per_s", "nodes/s", 0),
-            range("copy_limit_nodes_per_s", "nodes/s", 0)
+            range("copy_limit_before_nodes_per_s", "nodes/s", 0),
+            range("copy_limit_after_nodes_per_s", "nodes/s", 0)
         ),
-        "zkbridge's scan feeding pipelined multi creates, nothing else; cold: before the initial sync, warm: after it"
+        "zkbridge's scan feeding pipelined multi creates, nothing else; after a throwaway warm-up copy, then bracketing the sync"
             .to_string(),
     );
     row(
         "initial sync",
         range("sync_nodes_per_s", "nodes/s", 0),
         format!(
-            "{:.2} × the cold copy limit, {:.2} × the warm one, {:.2} × raw writes",
-            ratio("sync_nodes_per_s", m.med("copy_limit_cold_nodes_per_s")),
-            ratio("sync_nodes_per_s", m.med("copy_limit_nodes_per_s")),
+            "{} × the copy limit (mean of the two around it; each run: {}), {:.2} × raw writes",
+            range("sync_vs_copy_limit", "", 2),
+            each("sync_vs_copy_limit", 2),
             ratio("sync_nodes_per_s", raw)
         ),
     );
@@ -576,7 +702,20 @@ async fn main() {
             "{:.0} writes/s offered, {:.0}% seen individually (rest coalesced); p99 of each run: {} ms",
             m.med("lag_rate"),
             100.0 * m.med("lag_observed_fraction"),
-            each("lag_p99_ms")
+            each("lag_p99_ms", 1)
+        ),
+    );
+    row(
+        "steady-state floor: a minimal mirror, p50 / p99 / max",
+        format!(
+            "{} / {} / {}",
+            range("floor_lag_p50_ms", "ms", 1),
+            range("floor_lag_p99_ms", "ms", 1),
+            range("floor_lag_max_ms", "ms", 1)
+        ),
+        format!(
+            "the same load and watcher; watch → read → blind write, nothing else, on the same servers after the bridge stopped; p99 of each run: {} ms",
+            each("floor_lag_p99_ms", 1)
         ),
     );
     row(
@@ -601,7 +740,7 @@ async fn main() {
             "{:.0} writes/s; initial sync through the delay {:.0} nodes/s; p99 of each run: {} ms",
             m.med("wan_lag_rate"),
             m.med("wan_sync_nodes_per_s"),
-            each("wan_lag_p99_ms")
+            each("wan_lag_p99_ms", 1)
         ),
     );
     row(
@@ -653,6 +792,51 @@ async fn main() {
                 m.med(&format!("routes{k}_source_watches")),
                 m.med(&format!("routes{k}_target_watches")),
                 m.med(&format!("routes{k}_rss_mib"))
+            ),
+        );
+    }
+    for n in args.scale_sizes() {
+        let k = |f: &str| format!("scale{n}_{f}");
+        row(
+            &format!("cost curve: {n} nodes"),
+            format!(
+                "sync {}, resume {}",
+                range(&k("sync_s"), "s", 2),
+                range(&k("resume_s"), "s", 2)
+            ),
+            format!(
+                "sync peak RSS {:.1} MiB (budget 64 + 1 × {:.1} MiB mirrored), CPU {:.2} s; resume: {:.2} target ops per changed node, {:.2} × a bare scan ({:.2} s)",
+                m.med(&k("sync_rss_mib")),
+                m.med(&k("mirrored_mib")),
+                m.med(&k("sync_cpu_s")),
+                m.med(&k("resume_target_ops")) / m.med(&k("resume_changed")),
+                m.med(&k("resume_s")) / m.med(&k("scan_s")),
+                m.med(&k("scan_s"))
+            ),
+        );
+    }
+    for w in ["sets", "mix"] {
+        let at = |side: &str, what: &str| {
+            CEILING_RATES
+                .iter()
+                .filter_map(|r| {
+                    let v = m.get(&format!("ceiling_{w}_{side}_{what}_at_{r}"));
+                    (!v.is_empty()).then(|| format!("{r}: {:.0}", median(v)))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        row(
+            &format!("throughput ceiling ({w})"),
+            format!(
+                "kept up to {} writes/s; the source alone {}",
+                range(&format!("ceiling_{w}_bridge_kept"), "", 0),
+                range(&format!("ceiling_{w}_source_kept"), "", 0)
+            ),
+            format!(
+                "kept up: lag p99 ≤ 1 s and ≥ 95% of the offered rate accepted; lag p99 ms by offered rate {}; the source's write p99 ms {}",
+                at("bridge", "p99_ms"),
+                at("source", "write_p99_ms")
             ),
         );
     }
@@ -709,54 +893,133 @@ async fn main() {
     )
     .unwrap();
     eprintln!("wrote {}", dir.join("results.json").display());
-    charts(&dir, &m);
+    charts(&dir, &m, &args);
     if !clean {
         std::process::exit(1);
     }
 }
 
 /// The SVG charts of this run, next to `results.json`: the lag CDFs
-/// (steady state on loopback and through 40 ms each way; per route count)
-/// and lag against the number of routes. A chart without data is skipped.
-fn charts(dir: &std::path::Path, m: &Series) {
-    let steady = m.cdfs(&["loopback", "40 ms each way"]);
+/// (steady state on loopback and through 40 ms each way; per route count),
+/// lag against the number of routes, the cost curves (time, memory) and
+/// the throughput ceiling. A chart without data is skipped.
+fn charts(dir: &std::path::Path, m: &Series, args: &Args) {
+    let line = |name: &str, points: Vec<(f64, f64)>| (name.to_string(), points);
+    let over = |xs: &[f64], key: &dyn Fn(f64) -> String| -> Vec<(f64, f64)> {
+        xs.iter()
+            .map(|x| (*x, m.med(&key(*x))))
+            .filter(|p| p.1.is_finite())
+            .collect()
+    };
+    let routes: Vec<f64> = ROUTE_COUNTS.iter().map(|k| *k as f64).collect();
+    let sizes: Vec<f64> = args.scale_sizes().iter().map(|n| *n as f64).collect();
+    let rates: Vec<f64> = CEILING_RATES.iter().map(|r| *r as f64).collect();
     let per_routes: Vec<String> = ROUTE_COUNTS.iter().map(|k| format!("{k} route(s)")).collect();
-    let per_routes = m.cdfs(&per_routes.iter().map(String::as_str).collect::<Vec<_>>());
-    let points: Vec<(usize, f64, f64)> = ROUTE_COUNTS
-        .iter()
-        .map(|k| {
-            (
-                *k,
-                m.med(&format!("routes{k}_lag_p50_ms")),
-                m.med(&format!("routes{k}_lag_p99_ms")),
-            )
+    let cdf = |name: &str, title: &str, series: Vec<(String, Vec<f64>)>| {
+        (!series.is_empty()).then(|| {
+            let path = dir.join(name);
+            (charts::lag_cdf(&path, title, &series), path)
         })
-        .filter(|p| p.1.is_finite() && p.2.is_finite())
-        .collect();
-    let mut drawn = Vec::new();
-    if !steady.is_empty() {
-        let path = dir.join("lag-cdf.svg");
-        match charts::lag_cdf(&path, "steady-state replication lag (every run)", &steady) {
-            Ok(()) => drawn.push(path),
-            Err(e) => eprintln!("lag CDF chart: {e}"),
+    };
+    let xy = |name: &str, title: &str, x: &str, y: &str, lines: Vec<charts::Line>| {
+        lines.iter().any(|l| !l.1.is_empty()).then(|| {
+            let lines: Vec<charts::Line> = lines.into_iter().filter(|l| !l.1.is_empty()).collect();
+            let path = dir.join(name);
+            (charts::log_log(&path, title, x, y, &lines), path)
+        })
+    };
+    let drawn = [
+        cdf(
+            "lag-cdf.svg",
+            "steady-state replication lag (every run)",
+            m.cdfs(&["loopback", "loopback, minimal mirror", "40 ms each way"]),
+        ),
+        cdf(
+            "routes-lag-cdf.svg",
+            "replication lag by route count (every run)",
+            m.cdfs(&per_routes.iter().map(String::as_str).collect::<Vec<_>>()),
+        ),
+        xy(
+            "routes-lag.svg",
+            "lag against the number of routes (2 targets each)",
+            "routes (log scale)",
+            "lag (ms, log scale)",
+            vec![
+                line("p50", over(&routes, &|k| format!("routes{k}_lag_p50_ms"))),
+                line("p99", over(&routes, &|k| format!("routes{k}_lag_p99_ms"))),
+            ],
+        ),
+        xy(
+            "cost-time.svg",
+            "initial sync and resume against the tree size",
+            "nodes (log scale)",
+            "seconds (log scale)",
+            vec![
+                line("initial sync", over(&sizes, &|n| format!("scale{n}_sync_s"))),
+                line(
+                    "resume after 1% change",
+                    over(&sizes, &|n| format!("scale{n}_resume_s")),
+                ),
+                line("bare source scan", over(&sizes, &|n| format!("scale{n}_scan_s"))),
+                line(
+                    "bridge CPU, initial sync",
+                    over(&sizes, &|n| format!("scale{n}_sync_cpu_s")),
+                ),
+            ],
+        ),
+        xy(
+            "cost-memory.svg",
+            "bridge peak RSS against the tree size",
+            "nodes (log scale)",
+            "MiB (log scale)",
+            vec![
+                line(
+                    "peak RSS, initial sync",
+                    over(&sizes, &|n| format!("scale{n}_sync_rss_mib")),
+                ),
+                line(
+                    "peak RSS, resume",
+                    over(&sizes, &|n| format!("scale{n}_resume_rss_mib")),
+                ),
+                line(
+                    "budget: 64 MiB + 1 × mirrored bytes",
+                    over(&sizes, &|n| format!("scale{n}_mirrored_mib"))
+                        .into_iter()
+                        .map(|(n, mib)| (n, 64.0 + mib))
+                        .collect(),
+                ),
+            ],
+        ),
+        xy(
+            "ceiling.svg",
+            "throughput ceiling: lag p99 against the offered write rate",
+            "offered writes/s (log scale)",
+            "p99 (ms, log scale)",
+            vec![
+                line(
+                    "sets: bridge lag",
+                    over(&rates, &|r| format!("ceiling_sets_bridge_p99_ms_at_{r}")),
+                ),
+                line(
+                    "mix: bridge lag",
+                    over(&rates, &|r| format!("ceiling_mix_bridge_p99_ms_at_{r}")),
+                ),
+                line(
+                    "sets: source write latency",
+                    over(&rates, &|r| format!("ceiling_sets_source_write_p99_ms_at_{r}")),
+                ),
+                line(
+                    "mix: source write latency",
+                    over(&rates, &|r| format!("ceiling_mix_source_write_p99_ms_at_{r}")),
+                ),
+            ],
+        ),
+    ];
+    for (result, path) in drawn.into_iter().flatten() {
+        match result {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => eprintln!("{}: {e}", path.display()),
         }
-    }
-    if !per_routes.is_empty() {
-        let path = dir.join("routes-lag-cdf.svg");
-        match charts::lag_cdf(&path, "replication lag by route count (every run)", &per_routes) {
-            Ok(()) => drawn.push(path),
-            Err(e) => eprintln!("routes lag CDF chart: {e}"),
-        }
-    }
-    if !points.is_empty() {
-        let path = dir.join("routes-lag.svg");
-        match charts::routes(&path, &points) {
-            Ok(()) => drawn.push(path),
-            Err(e) => eprintln!("routes chart: {e}"),
-        }
-    }
-    for path in drawn {
-        eprintln!("wrote {}", path.display());
     }
 }
 
@@ -825,7 +1088,15 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             .filter(|(p, _)| p.matches('/').count() == 2)
             .map(|(p, _)| p.clone())
             .collect();
-        let lag = measure_lag(&s, &d, "/", &leaves, args.rate.min(1_000), args.seconds.min(20)).await;
+        let lag = measure_lag(
+            &s,
+            &d,
+            "/",
+            &leaves,
+            Load::sets(args.rate.min(1_000)),
+            args.seconds.min(20),
+        )
+        .await;
         m.add(format!("routes{k}_lag_p50_ms"), lag.p50_ms);
         m.add(format!("routes{k}_lag_p99_ms"), lag.p99_ms);
         m.add(format!("routes{k}_rate"), lag.rate);
@@ -841,6 +1112,76 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
         m.add(format!("routes{k}_rss_mib"), rss as f64 / 1048576.0);
         clean &= assert_clean(&bridge).await;
     }
+    clean
+}
+
+/// Offered write rates of the throughput ceiling, doubling.
+const CEILING_RATES: [u32; 6] = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000];
+/// Lag p99 past which the bridge no longer keeps up (the 1 s).
+const CEILING_P99_MS: f64 = 1_000.0;
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Sets => "sets",
+            Workload::Mix => "mix",
+        }
+    }
+}
+
+/// The throughput ceiling (4): the offered rate doubles until the lag p99
+/// passes 1 s or the source no longer accepts it; then, with the bridge
+/// stopped, the same generator against the source alone finds the
+/// source's own limit (every write replied within 1 s at p99, at least 95%
+/// of the rate offered). Sets on random nodes, and a mix with creates and
+/// deletes.
+async fn throughput_ceiling(args: &Args, m: &mut Series) -> bool {
+    let nodes = tree(10_000.min(args.nodes));
+    let leaves = leaves_of(&nodes);
+    let (src, dst, s) = seeded_pair(args, &nodes).await;
+    let seconds = if args.quick { 2 } else { args.seconds.min(10) };
+    let rates: Vec<u32> = CEILING_RATES.into_iter().take(if args.quick { 2 } else { 6 }).collect();
+    let mut bridge = Bridge::start(&bridge_config(&src.connect_string(), &dst.connect_string()));
+    await_ready(&bridge).await;
+    let d = dst.client().await;
+    for workload in [Workload::Sets, Workload::Mix] {
+        let w = workload.name();
+        let mut kept = 0.0;
+        for &rate in &rates {
+            eprintln!("  ceiling, {w}: {rate} writes/s through the bridge");
+            let lag = measure_lag(&s, &d, "/t", &leaves, Load { rate, workload }, seconds).await;
+            m.add(format!("ceiling_{w}_bridge_p99_ms_at_{rate}"), lag.p99_ms);
+            m.add(format!("ceiling_{w}_bridge_rate_at_{rate}"), lag.rate);
+            let accepted = lag.rate >= 0.95 * rate as f64;
+            if !(accepted && lag.p99_ms <= CEILING_P99_MS) {
+                break;
+            }
+            kept = rate as f64;
+        }
+        m.add(format!("ceiling_{w}_bridge_kept"), kept);
+    }
+    let clean = assert_clean(&bridge).await;
+    bridge.stop();
+    for workload in [Workload::Sets, Workload::Mix] {
+        let w = workload.name();
+        let mut kept = 0.0;
+        for &rate in &rates {
+            eprintln!("  ceiling, {w}: {rate} writes/s into the source alone");
+            let offered = offer(&s, "/t", &leaves, Load { rate, workload }, seconds, |_| {}).await;
+            m.add(
+                format!("ceiling_{w}_source_write_p99_ms_at_{rate}"),
+                offered.write_p99_ms,
+            );
+            m.add(format!("ceiling_{w}_source_rate_at_{rate}"), offered.rate);
+            if !(offered.rate >= 0.95 * rate as f64 && offered.write_p99_ms <= CEILING_P99_MS) {
+                break;
+            }
+            kept = rate as f64;
+        }
+        m.add(format!("ceiling_{w}_source_kept"), kept);
+    }
+    drop(bridge);
+    drop((s, d, src, dst));
     clean
 }
 
@@ -923,22 +1264,55 @@ async fn raw_writes(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) {
     m.add("raw_server_cpu_s", servers_cpu_s(&raw) - before);
 }
 
-/// Initial sync (2), then resume (6), then steady-state lag (4), on one
-/// pair of servers. Returns whether every phase ended `diff`-clean.
-async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
+/// Servers with the source tree copied by a bridge, and what the copy and a
+/// resume after it cost (recorded under keys starting with `prefix`).
+struct Synced {
+    src: Zk,
+    dst: Zk,
+    s: Client,
+    bridge: Bridge,
+    clean: bool,
+}
+
+/// The copy limit, bracketing (1): on the same servers as the initial
+/// sync, once before it and once after it (with the bridge stopped), so
+/// that a server warming up as the run goes on favours neither side. A
+/// throwaway copy first takes the servers' cold start out of both.
+#[derive(Clone, Copy, PartialEq)]
+enum CopyLimit {
+    Bracket,
+    Skip,
+}
+
+/// Initial sync (2) and resume after a 1% change (6) of `nodes`, with
+/// their costs, keyed by `prefix` (empty for the main figures).
+async fn sync_and_resume(
+    nodes: &[(String, Vec<u8>)],
+    args: &Args,
+    m: &mut Series,
+    prefix: &str,
+    limit: CopyLimit,
+) -> Synced {
+    let key = |k: &str| format!("{prefix}{k}");
     let mut clean = true;
-    eprintln!("  initial sync");
+    eprintln!("  initial sync of {} nodes", nodes.len());
     let (src, dst, s) = seeded_pair(args, nodes).await;
+    let copy = |to: &'static str| {
+        let (s, dst) = (s.clone(), &dst);
+        async move {
+            let d = dst.client().await;
+            let (took, copied) = copy_limit(&s, &d, to).await;
+            assert_eq!(copied, nodes.len());
+            copied as f64 / took.as_secs_f64()
+        }
+    };
+    if limit == CopyLimit::Bracket {
+        eprintln!("  copy limit: warm-up, then before the sync");
+        copy("/copy-warmup").await;
+        m.add("copy_limit_before_nodes_per_s", copy("/copy-before").await);
+    }
     // CPU the servers spend on the copy: on one machine they share its
     // cores with zkbridge (see docs/performance.md).
-    // The copy limit (1) on these servers, cold as the bridge's copy
-    // finds them; again, warm, after it (below).
-    eprintln!("  copy limit, cold");
-    let d = dst.client().await;
-    let (took, copied) = copy_limit(&s, &d, "/copy-cold").await;
-    assert_eq!(copied, nodes.len());
-    m.add("copy_limit_cold_nodes_per_s", copied as f64 / took.as_secs_f64());
-    drop(d);
     let servers_cpu = || (servers_cpu_s(&src), servers_cpu_s(&dst));
     let before = servers_cpu();
     let started = Instant::now();
@@ -946,19 +1320,21 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     await_ready(&bridge).await;
     let took = started.elapsed();
     let after = servers_cpu();
-    m.add("sync_source_server_cpu_s", after.0 - before.0);
-    m.add("sync_target_server_cpu_s", after.1 - before.1);
-    clean &= assert_clean(&bridge).await;
-    m.add("sync_nodes_per_s", nodes.len() as f64 / took.as_secs_f64());
+    m.add(key("sync_source_server_cpu_s"), after.0 - before.0);
+    m.add(key("sync_target_server_cpu_s"), after.1 - before.1);
+    m.add(key("sync_s"), took.as_secs_f64());
+    m.add(key("sync_nodes_per_s"), nodes.len() as f64 / took.as_secs_f64());
     let (rss, cpu) = process_cost(bridge.pid().unwrap());
-    m.add("sync_rss_mib", rss as f64 / 1048576.0);
-    m.add("sync_cpu_s", cpu);
+    m.add(key("sync_rss_mib"), rss as f64 / 1048576.0);
+    m.add(key("sync_cpu_s"), cpu);
+    clean &= assert_clean(&bridge).await;
 
     // Bare source scan, for scale.
     let scan_started = Instant::now();
     let scanned = zkbridge::tree::scan(&s, "/t", 16, |_| true).await.unwrap();
-    m.add("scan_s", scan_started.elapsed().as_secs_f64());
+    m.add(key("scan_s"), scan_started.elapsed().as_secs_f64());
     assert_eq!(scanned.len(), nodes.len());
+    drop(scanned);
 
     eprintln!("  resume");
     // Resume after a 1% change.
@@ -970,31 +1346,89 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bridge.stop();
-    // The copy limit (1), on the same servers, warm, with the bridge stopped.
-    eprintln!("  copy limit, warm");
-    let d = dst.client().await;
-    let (took, copied) = copy_limit(&s, &d, "/copy").await;
-    assert_eq!(copied, nodes.len());
-    m.add("copy_limit_nodes_per_s", copied as f64 / took.as_secs_f64());
-    drop(d);
+    if limit == CopyLimit::Bracket {
+        eprintln!("  copy limit, after the sync");
+        m.add("copy_limit_after_nodes_per_s", copy("/copy-after").await);
+        let (before, after) = (
+            m.get("copy_limit_before_nodes_per_s"),
+            m.get("copy_limit_after_nodes_per_s"),
+        );
+        let sync = m.get("sync_nodes_per_s");
+        if let (Some(b), Some(a), Some(s)) = (before.last(), after.last(), sync.last()) {
+            let ratio = s / ((a + b) / 2.0);
+            m.add("sync_vs_copy_limit", ratio);
+        }
+    }
     let changed = nodes.len() / 100;
+    let changes = FuturesUnordered::new();
     for (path, _) in nodes.iter().skip(1).step_by(100).take(changed) {
-        s.set_data(path, b"changed while stopped", None).await.unwrap();
+        changes.push(s.set_data(path, b"changed while stopped", None));
+    }
+    for r in changes.collect::<Vec<_>>().await {
+        r.unwrap();
     }
     let started = Instant::now();
     bridge.restart();
     await_ready(&bridge).await;
-    m.add("resume_s", started.elapsed().as_secs_f64());
+    m.add(key("resume_s"), started.elapsed().as_secs_f64());
     clean &= assert_clean(&bridge).await;
     let writes = bridge.metric("zkbridge_resume_target_writes_total", &[]);
     let reads = bridge.metric("zkbridge_resume_target_reads_total", &[]);
-    m.add("resume_target_ops", writes + reads);
-    m.add("resume_changed", changed as f64);
+    m.add(key("resume_target_ops"), writes + reads);
+    m.add(key("resume_changed"), changed as f64);
+    Synced {
+        src,
+        dst,
+        s,
+        bridge,
+        clean,
+    }
+}
 
+/// The steady-state floor beside (4): the least a mirror can do per
+/// change on these servers — a recursive watch on the source, and for each
+/// data change one read of the source and one blind write into the target,
+/// pipelined, nothing else (no coalescing, checkpoints or fencing).
+/// Measured by the same load and target watcher as the bridge, it tells
+/// the machine's and the servers' share of the lag tail from zkbridge's.
+async fn minimal_mirror(src: &Client, dst: &Client, root: &str) -> tokio::task::JoinHandle<()> {
+    let mut watcher = src.watch(root, AddWatchMode::PersistentRecursive).await.unwrap();
+    let (src, dst) = (src.clone(), dst.clone());
+    tokio::spawn(async move {
+        let mut copies = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                event = watcher.changed() => {
+                    if event.event_type != EventType::NodeDataChanged {
+                        continue;
+                    }
+                    let (src, dst) = (src.clone(), dst.clone());
+                    copies.push(async move {
+                        if let Ok((data, _)) = src.get_data(&event.path).await {
+                            let _ = dst.set_data(&event.path, &data, None).await;
+                        }
+                    });
+                }
+                Some(()) = copies.next(), if !copies.is_empty() => {}
+            }
+        }
+    })
+}
+
+/// Initial sync (2), then resume (6), then steady-state lag (4), on one
+/// pair of servers. Returns whether every phase ended `diff`-clean.
+async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bool {
+    let Synced {
+        src,
+        dst,
+        s,
+        mut bridge,
+        mut clean,
+    } = sync_and_resume(nodes, args, m, "", CopyLimit::Bracket).await;
     eprintln!("  steady-state lag");
     let d = dst.client().await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), args.rate, args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "lag_target_requests_per_write",
@@ -1012,8 +1446,45 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     m.add("lag_rss_mib", rss as f64 / 1048576.0);
     m.add("lag_cpu_s", cpu);
     bridge.stop();
+    eprintln!("  steady-state floor: a minimal mirror");
+    let floor = minimal_mirror(&s, &dst.client().await, "/t").await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
+    floor.abort();
+    m.add("floor_lag_p50_ms", lag.p50_ms);
+    m.add("floor_lag_p99_ms", lag.p99_ms);
+    m.add("floor_lag_max_ms", lag.max_ms);
+    m.samples("loopback, minimal mirror", &lag.samples_ms);
     drop(bridge);
     drop((s, d, src, dst));
+    clean
+}
+
+/// Cost curves (2): initial sync and resume after a 1% change at each tree
+/// size, each on fresh servers: time, the bridge's peak RSS and CPU, target
+/// ops per changed node, and a bare scan for scale.
+async fn cost_curves(args: &Args, m: &mut Series) -> bool {
+    let mut clean = true;
+    for n in args.scale_sizes() {
+        let nodes = tree(n);
+        let bytes: usize = nodes.iter().map(|(p, d)| p.len() + d.len()).sum();
+        m.add(format!("scale{n}_mirrored_mib"), bytes as f64 / 1048576.0);
+        let synced = sync_and_resume(&nodes, args, m, &format!("scale{n}_"), CopyLimit::Skip).await;
+        drop(nodes);
+        let Synced {
+            src,
+            dst,
+            s,
+            mut bridge,
+            clean: ok,
+        } = synced;
+        clean &= ok;
+        let (rss, cpu) = process_cost(bridge.pid().unwrap());
+        m.add(format!("scale{n}_resume_rss_mib"), rss as f64 / 1048576.0);
+        m.add(format!("scale{n}_resume_cpu_s"), cpu);
+        bridge.stop();
+        drop(bridge);
+        drop((s, src, dst));
+    }
     clean
 }
 
@@ -1035,7 +1506,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     );
     let d = dst.client().await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), args.rate, args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "wan_target_requests_per_write",

@@ -60,38 +60,54 @@ pub fn lag_cdf(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Resul
     root.present().map_err(|e| e.to_string())
 }
 
-/// Lag p50 and p99 against the number of routes, both axes log-scaled.
-pub fn routes(path: &Path, points: &[(usize, f64, f64)]) -> Result<(), String> {
-    let max_ms = points.iter().map(|p| p.2).fold(1.0f64, f64::max);
-    let max_routes = points.iter().map(|p| p.0).max().unwrap_or(1) as f64;
+/// One line of an x–y chart: its name and points.
+pub type Line = (String, Vec<(f64, f64)>);
+
+/// Lines of points on log–log axes (the cost curves, lag against the
+/// route count, the throughput ceiling): each line drawn with its points
+/// marked; non-finite points are left out.
+pub fn log_log(path: &Path, title: &str, x_desc: &str, y_desc: &str, lines: &[Line]) -> Result<(), String> {
+    let points = || {
+        lines
+            .iter()
+            .flat_map(|(_, p)| p.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let (x_min, x_max) = points().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    let (y_min, y_max) = points().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    if x_min > x_max {
+        return Err("no points".into());
+    }
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("lag against the number of routes (2 targets each)", ("sans-serif", 18))
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(50)
+        .y_label_area_size(60)
         .build_cartesian_2d(
-            (0.8f64..max_routes * 1.25).log_scale(),
-            (0.5f64..max_ms * 1.5).log_scale(),
+            (x_min.max(1e-3) * 0.8..x_max * 1.25).log_scale(),
+            (y_min.max(1e-3) * 0.6..y_max * 1.6).log_scale(),
         )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("routes (log scale)")
-        .y_desc("lag (ms, log scale)")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .draw()
         .map_err(|e| e.to_string())?;
-    for (name, color, pick) in [("p50", BLUE, 1usize), ("p99", RED, 2)] {
-        let line: Vec<(f64, f64)> = points
+    let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
+    for (i, (name, line)) in lines.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let line: Vec<(f64, f64)> = line
             .iter()
-            .map(|p| (p.0 as f64, if pick == 1 { p.1 } else { p.2 }))
-            .filter(|p| p.1.is_finite())
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
             .collect();
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(name)
+            .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart
             .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))

@@ -208,8 +208,9 @@ impl ZkServer {
             None => Command::new("java"),
         };
         if BENCHMARK_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
-            // Throughput over start-up time: the full JIT and more heap.
-            cmd.args(["-Xmx1g", "-XX:+UseParallelGC"]);
+            // Throughput over start-up time: the full JIT, and heap for a
+            // million-node tree (the cost curves).
+            cmd.args(["-Xmx2g", "-XX:+UseParallelGC"]);
         } else {
             cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
         }
