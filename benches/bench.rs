@@ -230,6 +230,28 @@ async fn await_ready(bridge: &Bridge) {
     }
 }
 
+/// A numeric field of the first log line carrying `message` (the bridge's
+/// tracing output, colours and all).
+fn logged_field(log: &str, message: &str, field: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                chars.by_ref().find(|c| c.is_ascii_alphabetic());
+            }
+            c => plain.push(c),
+        }
+    }
+    let value = plain.split(&format!("{field}=")).nth(1)?;
+    value
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether the target converges to a clean `diff` (within a minute).
 async fn assert_clean(bridge: &Bridge) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -391,7 +413,8 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 /// created node and matches its value to the source write's reply time.
 async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[String], load: Load, seconds: u64) -> Lag {
     let replies: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    // (reply time of the source write, its lag)
+    let latencies: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let mut watcher = dst.watch(watch_root, AddWatchMode::PersistentRecursive).await.unwrap();
     let reader = {
@@ -411,7 +434,7 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
                         let Some((data, seen)) = read else { continue };
                         let Some(seq) = std::str::from_utf8(&data).ok().and_then(|s| s.strip_prefix("w")).and_then(|s| s.parse::<u64>().ok()) else { continue };
                         if let Some(at) = replies.lock().unwrap().get(&seq) {
-                            latencies.lock().unwrap().push(seen.duration_since(*at).as_secs_f64());
+                            latencies.lock().unwrap().push((*at, seen.duration_since(*at).as_secs_f64()));
                         }
                     }
                     // `done` is read when this wakes, not when the select
@@ -432,6 +455,7 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
             replies.lock().unwrap().insert(seq, Instant::now());
         }
     };
+    let load_started = Instant::now();
     let offered = offer(src, root, leaves, load, seconds, on_reply).await;
     // Let the last changes arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -442,17 +466,36 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
         reader.abort();
         eprintln!("    (watching client still busy after 2 s; using what it measured)");
     }
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let samples = latencies.lock().unwrap().clone();
+    let sorted = |keep: &dyn Fn(Instant) -> bool| {
+        let mut l: Vec<f64> = samples
+            .iter()
+            .filter(|(at, _)| keep(*at))
+            .map(|(_, lag)| *lag)
+            .collect();
+        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        l
+    };
+    let l = sorted(&|_| true);
+    let settled_from = load_started + settling(seconds);
+    let settled = sorted(&|at| at >= settled_from);
     Lag {
         samples_ms: l.iter().map(|s| s * 1000.0).collect(),
         p50_ms: quantile(&l, 0.5) * 1000.0,
         p99_ms: quantile(&l, 0.99) * 1000.0,
         max_ms: l.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        settled_p99_ms: quantile(&settled, 0.99) * 1000.0,
         writes: offered.writes,
         observed: l.len() as u64,
         rate: offered.rate,
     }
+}
+
+/// How long after the load starts its lag counts as settled: fresh
+/// servers' JIT and the bridge's first seconds after a sync make the first
+/// ~10 s slower (see docs/performance.md); a third of a short run.
+fn settling(seconds: u64) -> Duration {
+    Duration::from_secs(10.min(seconds / 3))
 }
 
 /// Every node of a tree but its root: what the lag writers change.
@@ -467,6 +510,8 @@ struct Lag {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// p99 of the writes after `settling`: the steady state proper.
+    settled_p99_ms: f64,
     writes: u64,
     observed: u64,
     rate: f64,
@@ -627,8 +672,12 @@ async fn main() {
     let peer = m.get("peer_nodes_per_s");
     let ratio = |key: &str, reference: f64| m.med(key) / reference;
     let mut table = String::new();
-    let mut row = |name: &str, value: String, note: String| {
-        table.push_str(&format!("| {name} | {value} | {note} |\n"));
+    // A row belongs to the phase that measures it: phases not run (`--only`)
+    // print no row rather than a row of n/a.
+    let mut row = |phase: &str, name: &str, value: String, note: String| {
+        if args.runs_phase(phase) {
+            table.push_str(&format!("| {name} | {value} | {note} |\n"));
+        }
     };
     // Every run's figure, in run order: a tail shows in the slow runs, not
     // in the median.
@@ -659,6 +708,7 @@ async fn main() {
         )
     };
     row(
+        "raw",
         "raw target writes (limit)",
         range("raw_nodes_per_s", "nodes/s", 0),
         format!(
@@ -667,6 +717,7 @@ async fn main() {
         ),
     );
     row(
+        "sync",
         "copy limit, same servers: before / after the sync",
         format!(
             "{} / {}",
@@ -677,16 +728,23 @@ async fn main() {
             .to_string(),
     );
     row(
+        "sync",
         "initial sync",
         range("sync_nodes_per_s", "nodes/s", 0),
         format!(
-            "{} × the copy limit (mean of the two around it; each run: {}), {:.2} × raw writes",
+            "process start → ready: {} × the copy limit (mean of the two around it; each run: {}); the copy alone (the worker's own timing) {} nodes/s, {} ×{}",
             range("sync_vs_copy_limit", "", 2),
             each("sync_vs_copy_limit", 2),
-            ratio("sync_nodes_per_s", raw)
+            range("sync_copy_nodes_per_s", "", 0),
+            range("sync_copy_vs_copy_limit", "", 2),
+            match raw.is_nan() {
+                true => String::new(),
+                false => format!(", {:.2} × raw writes", ratio("sync_nodes_per_s", raw)),
+            }
         ),
     );
     row(
+        "peer",
         "zk-shell cp (peer)",
         match (peer.is_empty(), m.0.contains_key("peer_unavailable")) {
             (false, _) => range("peer_nodes_per_s", "nodes/s", 0),
@@ -704,6 +762,7 @@ async fn main() {
         },
     );
     row(
+        "sync",
         "steady-state lag p50 / p99 / max",
         format!(
             "{} / {} / {}",
@@ -712,13 +771,16 @@ async fn main() {
             range("lag_max_ms", "ms", 1)
         ),
         format!(
-            "{:.0} writes/s offered, {:.0}% seen individually (rest coalesced); p99 of each run: {} ms",
+            "{:.0} writes/s offered, {:.0}% seen individually (rest coalesced); p99 of each run: {} ms; settled (after the first {} s): {} ms",
             m.med("lag_rate"),
             100.0 * m.med("lag_observed_fraction"),
-            each("lag_p99_ms", 1)
+            each("lag_p99_ms", 1),
+            settling(args.seconds).as_secs(),
+            each("lag_settled_p99_ms", 1)
         ),
     );
     row(
+        "sync",
         "steady-state floor: a minimal mirror, p50 / p99 / max",
         format!(
             "{} / {} / {}",
@@ -727,11 +789,13 @@ async fn main() {
             range("floor_lag_max_ms", "ms", 1)
         ),
         format!(
-            "the same load and watcher; watch → read → blind write, nothing else, on the same servers after the bridge stopped; p99 of each run: {} ms",
-            each("floor_lag_p99_ms", 1)
+            "the same load and watcher; watch → read → blind write, nothing else, on the same servers after the bridge stopped; p99 of each run: {} ms; settled: {} ms",
+            each("floor_lag_p99_ms", 1),
+            each("floor_lag_settled_p99_ms", 1)
         ),
     );
     row(
+        "sync",
         "target requests per source write (steady / 40 ms)",
         format!(
             "{} / {}",
@@ -742,6 +806,7 @@ async fn main() {
             .to_string(),
     );
     row(
+        "wan",
         "with 40 ms each way: lag p50 / p99 / max",
         format!(
             "{} / {} / {}",
@@ -750,13 +815,15 @@ async fn main() {
             range("wan_lag_max_ms", "ms", 1)
         ),
         format!(
-            "{:.0} writes/s; initial sync through the delay {:.0} nodes/s; p99 of each run: {} ms",
+            "{:.0} writes/s; initial sync through the delay {:.0} nodes/s; p99 of each run: {} ms; settled: {} ms",
             m.med("wan_lag_rate"),
             m.med("wan_sync_nodes_per_s"),
-            each("wan_lag_p99_ms", 1)
+            each("wan_lag_p99_ms", 1),
+            each("wan_lag_settled_p99_ms", 1)
         ),
     );
     row(
+        "sync",
         "resume after 1% change",
         range("resume_s", "s", 2),
         format!(
@@ -769,6 +836,7 @@ async fn main() {
         ),
     );
     row(
+        "sync",
         "cost: initial sync",
         format!(
             "{} peak RSS, {} CPU",
@@ -784,6 +852,7 @@ async fn main() {
     );
     for n in args.switchover_sizes() {
         row(
+            "switchover",
             &format!("switchover: write-unavailable window, {n} nodes"),
             range(&format!("switchover{n}_window_s"), "s", 2),
             "freeze → unfreeze, loopback, 2 members (goal ≤ 2 s for 10,000)".to_string(),
@@ -791,11 +860,13 @@ async fn main() {
     }
     for k in ROUTE_COUNTS {
         row(
+            "routes",
             &format!("{k} route(s), 2 targets each"),
             format!(
-                "lag p50 / p99 {} / {}",
+                "lag p50 / p99 {} / {}; settled p99 {}",
                 range(&format!("routes{k}_lag_p50_ms"), "ms", 1),
-                range(&format!("routes{k}_lag_p99_ms"), "ms", 1)
+                range(&format!("routes{k}_lag_p99_ms"), "ms", 1),
+                range(&format!("routes{k}_lag_settled_p99_ms"), "ms", 1)
             ),
             format!(
                 "{:.0} writes/s in all; bridge sessions per ensemble (server `cons`) {:.0}; server watches (`mntr` zk_watch_count) {:.0} on the source, {:.0} on a target; peak RSS {:.1} MiB",
@@ -807,9 +878,23 @@ async fn main() {
             ),
         );
     }
+    row(
+        "routes",
+        "many routes' floor: a minimal mirror of the 1-route tree, fresh / warm servers",
+        format!(
+            "lag p99 {} / {}; settled p99 {} / {}",
+            range("routes_cold_floor_lag_p99_ms", "ms", 1),
+            range("routes_floor_lag_p99_ms", "ms", 1),
+            range("routes_cold_floor_lag_settled_p99_ms", "ms", 1),
+            range("routes_floor_lag_settled_p99_ms", "ms", 1)
+        ),
+        "the same hot nodes, load and watcher: on a pair of fresh servers before the bridge starts, and on the bridge's servers after it stopped"
+            .to_string(),
+    );
     for n in args.scale_sizes() {
         let k = |f: &str| format!("scale{n}_{f}");
         row(
+            "scale",
             &format!("cost curve: {n} nodes"),
             format!(
                 "sync {}, resume {}",
@@ -839,6 +924,7 @@ async fn main() {
                 .join(", ")
         };
         row(
+            "ceiling",
             &format!("throughput ceiling ({w})"),
             format!(
                 "kept up to {} writes/s; the source alone {}",
@@ -853,6 +939,7 @@ async fn main() {
         );
     }
     row(
+        "sync",
         "cost: steady state",
         format!(
             "{} peak RSS, {} CPU",
@@ -959,6 +1046,10 @@ fn charts(dir: &std::path::Path, m: &Series, args: &Args) {
             vec![
                 line("p50", over(&routes, &|k| format!("routes{k}_lag_p50_ms"))),
                 line("p99", over(&routes, &|k| format!("routes{k}_lag_p99_ms"))),
+                line(
+                    "p99, settled",
+                    over(&routes, &|k| format!("routes{k}_lag_settled_p99_ms")),
+                ),
             ],
         ),
         xy(
@@ -1081,6 +1172,29 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             ));
         }
         pipelined_create(&s, &nodes).await;
+        let leaves: Vec<String> = nodes
+            .iter()
+            .filter(|(p, _)| p.matches('/').count() == 2)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let load = Load::sets(args.rate.min(1_000));
+        let seconds = args.seconds.min(20);
+        if k == ROUTE_COUNTS[0] {
+            // The floor on servers as fresh as the bridge's (their JIT
+            // cold): a pair of its own holding the same tree; again on the
+            // bridge's servers once it stopped (warm).
+            let (cold_src, cold_dst) = (args.zk(), args.zk());
+            let (cs, cd) = (cold_src.client().await, cold_dst.client().await);
+            pipelined_create(&cs, &nodes).await;
+            pipelined_create(&cd, &nodes).await;
+            let floor = minimal_mirror(&cs, &cd, "/").await;
+            let lag = measure_lag(&cs, &cold_dst.client().await, "/", &leaves, load, seconds).await;
+            floor.abort();
+            drop((cs, cd, cold_src, cold_dst));
+            m.add("routes_cold_floor_lag_p50_ms", lag.p50_ms);
+            m.add("routes_cold_floor_lag_p99_ms", lag.p99_ms);
+            m.add("routes_cold_floor_lag_settled_p99_ms", lag.settled_p99_ms);
+        }
         let ens = |name: &str, zk: &Zk| {
             format!(
                 "[ensembles.{name}]\nconnect = \"{}\"\nsession_timeout_ms = 10000\n",
@@ -1088,29 +1202,18 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             )
         };
         let bridge = Bridge::start(&format!(
-            "heartbeat_interval_ms = 200\n{}{}{}{routes}",
+            "heartbeat_interval_ms = {}\n{}{}{}{routes}",
+            std::env::var("BENCH_HEARTBEAT_MS").unwrap_or("200".into()),
             ens("src", &src),
             ens("a", &a),
             ens("b", &b)
         ));
         await_ready(&bridge).await;
         let d = a.client().await;
-        let leaves: Vec<String> = nodes
-            .iter()
-            .filter(|(p, _)| p.matches('/').count() == 2)
-            .map(|(p, _)| p.clone())
-            .collect();
-        let lag = measure_lag(
-            &s,
-            &d,
-            "/",
-            &leaves,
-            Load::sets(args.rate.min(1_000)),
-            args.seconds.min(20),
-        )
-        .await;
+        let lag = measure_lag(&s, &d, "/", &leaves, load, seconds).await;
         m.add(format!("routes{k}_lag_p50_ms"), lag.p50_ms);
         m.add(format!("routes{k}_lag_p99_ms"), lag.p99_ms);
+        m.add(format!("routes{k}_lag_settled_p99_ms"), lag.settled_p99_ms);
         m.add(format!("routes{k}_rate"), lag.rate);
         m.samples(&format!("{k} route(s)"), &lag.samples_ms);
         // The bench holds one session on the source and one on `a`.
@@ -1123,6 +1226,24 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
         let rss = bridge.pid().map(|p| process_cost(p).0).unwrap_or(0);
         m.add(format!("routes{k}_rss_mib"), rss as f64 / 1048576.0);
         clean &= assert_clean(&bridge).await;
+        drop(bridge);
+        if k == ROUTE_COUNTS[0] {
+            // The floor on the same hot nodes: a minimal mirror into `a`.
+            let floor = minimal_mirror(&s, &a.client().await, "/").await;
+            let lag = measure_lag(
+                &s,
+                &d,
+                "/",
+                &leaves,
+                Load::sets(args.rate.min(1_000)),
+                args.seconds.min(20),
+            )
+            .await;
+            floor.abort();
+            m.add("routes_floor_lag_p50_ms", lag.p50_ms);
+            m.add("routes_floor_lag_p99_ms", lag.p99_ms);
+            m.add("routes_floor_lag_settled_p99_ms", lag.settled_p99_ms);
+        }
     }
     clean
 }
@@ -1336,6 +1457,11 @@ async fn sync_and_resume(
     m.add(key("sync_target_server_cpu_s"), after.1 - before.1);
     m.add(key("sync_s"), took.as_secs_f64());
     m.add(key("sync_nodes_per_s"), nodes.len() as f64 / took.as_secs_f64());
+    // The copy alone, as the worker logged it (lease held → copy done): the
+    // rest of `took` is process start, sessions, lease and role znodes.
+    if let Some(ms) = logged_field(&bridge.log(), "initial sync done", "elapsed_ms") {
+        m.add(key("sync_copy_nodes_per_s"), nodes.len() as f64 / (ms / 1000.0));
+    }
     let (rss, cpu) = process_cost(bridge.pid().unwrap());
     m.add(key("sync_rss_mib"), rss as f64 / 1048576.0);
     m.add(key("sync_cpu_s"), cpu);
@@ -1365,10 +1491,14 @@ async fn sync_and_resume(
             m.get("copy_limit_before_nodes_per_s"),
             m.get("copy_limit_after_nodes_per_s"),
         );
-        let sync = m.get("sync_nodes_per_s");
-        if let (Some(b), Some(a), Some(s)) = (before.last(), after.last(), sync.last()) {
-            let ratio = s / ((a + b) / 2.0);
-            m.add("sync_vs_copy_limit", ratio);
+        if let (Some(b), Some(a)) = (before.last(), after.last()) {
+            let limit = (a + b) / 2.0;
+            if let Some(s) = m.get("sync_nodes_per_s").last() {
+                m.add("sync_vs_copy_limit", s / limit);
+            }
+            if let Some(s) = m.get("sync_copy_nodes_per_s").last() {
+                m.add("sync_copy_vs_copy_limit", s / limit);
+            }
         }
     }
     let changed = nodes.len() / 100;
@@ -1450,6 +1580,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     clean &= assert_clean(&bridge).await;
     m.add("lag_p50_ms", lag.p50_ms);
     m.add("lag_p99_ms", lag.p99_ms);
+    m.add("lag_settled_p99_ms", lag.settled_p99_ms);
     m.add("lag_max_ms", lag.max_ms);
     m.add("lag_rate", lag.rate);
     m.samples("loopback", &lag.samples_ms);
@@ -1464,6 +1595,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     floor.abort();
     m.add("floor_lag_p50_ms", lag.p50_ms);
     m.add("floor_lag_p99_ms", lag.p99_ms);
+    m.add("floor_lag_settled_p99_ms", lag.settled_p99_ms);
     m.add("floor_lag_max_ms", lag.max_ms);
     m.samples("loopback, minimal mirror", &lag.samples_ms);
     drop(bridge);
@@ -1528,6 +1660,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     clean &= assert_clean(&bridge).await;
     m.add("wan_lag_p50_ms", lag.p50_ms);
     m.add("wan_lag_p99_ms", lag.p99_ms);
+    m.add("wan_lag_settled_p99_ms", lag.settled_p99_ms);
     m.add("wan_lag_max_ms", lag.max_ms);
     m.add("wan_lag_rate", lag.rate);
     m.samples("40 ms each way", &lag.samples_ms);
