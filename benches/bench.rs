@@ -195,14 +195,18 @@ async fn copy_limit(src: &Client, dst: &Client, to: &str) -> (Duration, usize) {
         })
     };
     let to = to.to_string();
+    // The limit holds nothing back: a closed backlog is unbounded.
+    let unbounded = tokio::sync::Semaphore::new(0);
+    unbounded.close();
     zkbridge::tree::scan_streaming(
         src,
         "/t",
         16,
+        &unbounded,
         |_| true,
         |rel, node| {
             let path = zkbridge::path::join(&to, rel);
-            let _ = tx.send((path, std::mem::take(&mut node.data)));
+            tx.send((path, std::mem::take(&mut node.data))).is_ok()
         },
     )
     .await
@@ -927,13 +931,17 @@ async fn main() {
             "ceiling",
             &format!("throughput ceiling ({w})"),
             format!(
-                "kept up to {} writes/s; the source alone {}",
+                "kept up to {} writes/s offered, the source alone {}; highest rate carried {} writes/s, the source alone {}",
                 range(&format!("ceiling_{w}_bridge_kept"), "", 0),
-                range(&format!("ceiling_{w}_source_kept"), "", 0)
+                range(&format!("ceiling_{w}_source_kept"), "", 0),
+                range(&format!("ceiling_{w}_bridge_carried"), "", 0),
+                range(&format!("ceiling_{w}_source_carried"), "", 0)
             ),
             format!(
-                "kept up: lag p99 ≤ 1 s and ≥ 95% of the offered rate accepted; lag p99 ms by offered rate {}; the source's write p99 ms {}",
+                "kept up: lag p99 ≤ 1 s and ≥ 95% of the offered rate accepted; carried: the highest rate the source accepted with lag (or its own write) p99 ≤ 1 s; by offered rate, accepted writes/s {} and lag p99 ms {}; the source alone, accepted {} and write p99 ms {}",
+                at("bridge", "rate"),
                 at("bridge", "p99_ms"),
+                at("source", "rate"),
                 at("source", "write_p99_ms")
             ),
         );
@@ -1202,8 +1210,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             )
         };
         let bridge = Bridge::start(&format!(
-            "heartbeat_interval_ms = {}\n{}{}{}{routes}",
-            std::env::var("BENCH_HEARTBEAT_MS").unwrap_or("200".into()),
+            "heartbeat_interval_ms = 200\n{}{}{}{routes}",
             ens("src", &src),
             ens("a", &a),
             ens("b", &b)
@@ -1279,12 +1286,19 @@ async fn throughput_ceiling(args: &Args, m: &mut Series) -> bool {
     let d = dst.client().await;
     for workload in [Workload::Sets, Workload::Mix] {
         let w = workload.name();
-        let mut kept = 0.0;
+        let (mut kept, mut carried) = (0.0, 0.0f64);
         for &rate in &rates {
             eprintln!("  ceiling, {w}: {rate} writes/s through the bridge");
             let lag = measure_lag(&s, &d, "/t", &leaves, Load { rate, workload }, seconds).await;
             m.add(format!("ceiling_{w}_bridge_p99_ms_at_{rate}"), lag.p99_ms);
             m.add(format!("ceiling_{w}_bridge_rate_at_{rate}"), lag.rate);
+            // The highest rate the source took that the bridge kept up
+            // with: on one machine the source slows once the bridge and the
+            // target server share its cores, so this, not the offered
+            // rate, is what the bridge carried.
+            if lag.p99_ms <= CEILING_P99_MS {
+                carried = carried.max(lag.rate);
+            }
             let accepted = lag.rate >= 0.95 * rate as f64;
             if !(accepted && lag.p99_ms <= CEILING_P99_MS) {
                 break;
@@ -1292,12 +1306,13 @@ async fn throughput_ceiling(args: &Args, m: &mut Series) -> bool {
             kept = rate as f64;
         }
         m.add(format!("ceiling_{w}_bridge_kept"), kept);
+        m.add(format!("ceiling_{w}_bridge_carried"), carried);
     }
     let clean = assert_clean(&bridge).await;
     bridge.stop();
     for workload in [Workload::Sets, Workload::Mix] {
         let w = workload.name();
-        let mut kept = 0.0;
+        let (mut kept, mut carried) = (0.0, 0.0f64);
         for &rate in &rates {
             eprintln!("  ceiling, {w}: {rate} writes/s into the source alone");
             let offered = offer(&s, "/t", &leaves, Load { rate, workload }, seconds, |_| {}).await;
@@ -1306,12 +1321,16 @@ async fn throughput_ceiling(args: &Args, m: &mut Series) -> bool {
                 offered.write_p99_ms,
             );
             m.add(format!("ceiling_{w}_source_rate_at_{rate}"), offered.rate);
+            if offered.write_p99_ms <= CEILING_P99_MS {
+                carried = carried.max(offered.rate);
+            }
             if !(offered.rate >= 0.95 * rate as f64 && offered.write_p99_ms <= CEILING_P99_MS) {
                 break;
             }
             kept = rate as f64;
         }
         m.add(format!("ceiling_{w}_source_kept"), kept);
+        m.add(format!("ceiling_{w}_source_carried"), carried);
     }
     drop(bridge);
     drop((s, d, src, dst));

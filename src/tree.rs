@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use tokio::sync::Semaphore;
+
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use zookeeper_client::{Acl, Client, Error, MultiReadResult, Stat};
 
@@ -96,14 +98,40 @@ pub async fn scan(
 /// breadth-first order (a parent before its children), so that a caller can
 /// start writing before the scan ends. The sink may take the node's data
 /// (the tree keeps what it leaves), so a copy holds each payload once.
+///
+/// `backlog` bounds how far the scan runs ahead of its consumer: a read
+/// takes one permit per node, a node the sink hands on (it returns `true`)
+/// keeps its permit until the consumer adds it back, and the others give
+/// theirs back at once. Without it, a scan faster than the writes (any
+/// remote target) would hold every payload of the tree in the queue. A
+/// closed semaphore lifts the bound (the consumer has stopped). It must
+/// hold more than `(max_in_flight + 1) × READ_BATCH` permits.
 pub async fn scan_streaming(
     client: &Client,
     base: &str,
     max_in_flight: usize,
+    backlog: &Semaphore,
     descend: impl Fn(&str) -> bool,
-    sink: impl FnMut(&str, &mut NodeState),
+    sink: impl FnMut(&str, &mut NodeState) -> bool,
 ) -> Result<Tree, Error> {
-    scan_inner(client, base, vec![String::new()], max_in_flight, None, descend, sink).await
+    let gate = Gate {
+        backlog: Some(backlog),
+        pause: None,
+    };
+    scan_inner(client, base, vec![String::new()], max_in_flight, gate, descend, sink).await
+}
+
+/// The most nodes a streaming scan may read ahead of its consumer with
+/// `max_in_flight` reads: `ahead` beyond what its reads in flight hold.
+pub fn backlog_permits(max_in_flight: usize, ahead: usize) -> usize {
+    (max_in_flight + 1) * READ_BATCH + ahead
+}
+
+/// What holds a scan back: a consumer's backlog, a pace, or nothing.
+#[derive(Clone, Copy, Default)]
+struct Gate<'a> {
+    backlog: Option<&'a Semaphore>,
+    pause: Option<std::time::Duration>,
 }
 
 /// Like [`scan`], at no more than `nodes_per_s` nodes per second: one
@@ -118,10 +146,15 @@ pub async fn scan_paced(
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
     let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
-    scan_inner(client, base, vec![String::new()], 1, Some(pause), descend, |_, node| {
+    let gate = Gate {
+        backlog: None,
+        pause: Some(pause),
+    };
+    scan_inner(client, base, vec![String::new()], 1, gate, descend, |_, node| {
         node.data = digest(&node.data).to_vec();
         // Already queued for reading; a pass compares nodes, not lists.
         node.children = Vec::new();
+        false
     })
     .await
 }
@@ -147,7 +180,10 @@ pub async fn scan_from(
     max_in_flight: usize,
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
-    scan_inner(client, base, roots, max_in_flight, None, descend, |_, _| {}).await
+    scan_inner(client, base, roots, max_in_flight, Gate::default(), descend, |_, _| {
+        false
+    })
+    .await
 }
 
 async fn scan_inner(
@@ -155,9 +191,9 @@ async fn scan_inner(
     base: &str,
     roots: Vec<String>,
     max_in_flight: usize,
-    pause: Option<std::time::Duration>,
+    gate: Gate<'_>,
     descend: impl Fn(&str) -> bool,
-    mut sink: impl FnMut(&str, &mut NodeState),
+    mut sink: impl FnMut(&str, &mut NodeState) -> bool,
 ) -> Result<Tree, Error> {
     let mut tree = Tree::new();
     let mut frontier: VecDeque<String> = roots.into();
@@ -165,6 +201,12 @@ async fn scan_inner(
     loop {
         while in_flight.len() < max_in_flight.max(1) && !frontier.is_empty() {
             let take = frontier.len().min(READ_BATCH);
+            if let Some(backlog) = gate.backlog {
+                // Closed: the consumer is gone, nothing to hold back for.
+                if let Ok(permits) = backlog.acquire_many(take as u32).await {
+                    permits.forget();
+                }
+            }
             let chunk: Vec<String> = frontier.drain(..take).collect();
             let mut reader = client.new_multi_reader();
             for rel in &chunk {
@@ -178,10 +220,12 @@ async fn scan_inner(
         let Some((chunk, results)) = in_flight.next().await else {
             break;
         };
-        if let Some(pause) = pause {
+        if let Some(pause) = gate.pause {
             tokio::time::sleep(pause).await;
         }
         let mut results = results?.into_iter();
+        let mut handed_on = 0;
+        let read = chunk.len();
         for rel in chunk {
             let (data, children) = (results.next(), results.next());
             match (data, children) {
@@ -198,7 +242,7 @@ async fn scan_inner(
                         }
                     }
                     let mut node = NodeState { data, stat, children };
-                    sink(&rel, &mut node);
+                    handed_on += usize::from(sink(&rel, &mut node));
                     tree.insert(rel, node);
                 }
                 (Some(MultiReadResult::Error { err: Error::NoNode }), _)
@@ -218,6 +262,9 @@ async fn scan_inner(
                     )))
                 }
             }
+        }
+        if let Some(backlog) = gate.backlog {
+            backlog.add_permits(read - handed_on);
         }
     }
     Ok(tree)

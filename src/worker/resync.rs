@@ -319,25 +319,34 @@ impl Worker {
     pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
         let route = &self.route;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
+        // Each write takes up to `per_write` creates (several waves of
+        // batches in flight); the scan may run one write's worth ahead of
+        // the one being written, so memory stays bounded by that window,
+        // not by the tree, when the target is the slower side.
+        let per_write = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
+        let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, 2 * per_write));
         let scan = tree::scan_streaming(
             src,
             &route.source.path,
             self.limits.max_in_flight,
+            &backlog,
             |rel| !route.filter.excluded(rel),
             move |rel, node| {
                 // Once the writer stopped (an error), the scan only reads.
-                if plan::is_mirrored(route, rel, node) && !tx.is_closed() {
-                    // The rest of the resync needs stats and child lists,
-                    // not payloads: the create takes the data.
-                    let _ = tx.send(Op::Create {
-                        rel: rel.to_string(),
-                        kind: NodeKind::of(route, node),
-                        data: std::mem::take(&mut node.data),
-                    });
+                if !plan::is_mirrored(route, rel, node) || tx.is_closed() {
+                    return false;
                 }
+                // The rest of the resync needs stats and child lists,
+                // not payloads: the create takes the data.
+                tx.send(Op::Create {
+                    rel: rel.to_string(),
+                    kind: NodeKind::of(route, node),
+                    data: std::mem::take(&mut node.data),
+                })
+                .is_ok()
             },
         );
-        let write = async move {
+        let write = async {
             // Owning the receiver: on an error it goes, and the scan stops
             // handing over payloads that nobody would write.
             let mut rx = rx;
@@ -345,11 +354,20 @@ impl Worker {
             let none = BTreeMap::new();
             while let Some(first) = rx.recv().await {
                 let mut ops = vec![first];
-                while let Ok(op) = rx.try_recv() {
-                    ops.push(op);
+                while ops.len() < per_write {
+                    match rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
                 }
-                written += ops.len();
-                self.write(lease, ops, &none, Instant::now(), None).await?;
+                let taken = ops.len();
+                if let Err(e) = self.write(lease, ops, &none, Instant::now(), None).await {
+                    // Nothing will add permits back: the scan must not wait.
+                    backlog.close();
+                    return Err(e);
+                }
+                written += taken;
+                backlog.add_permits(taken);
             }
             Ok::<usize, Interrupted>(written)
         };
