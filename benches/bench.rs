@@ -15,7 +15,9 @@
 //! Options: `--quick` (small and short: keeps the bench working in CI, says
 //! nothing about speed), `--nodes N`, `--runs N`, `--rate OPS`, `--seconds S`,
 //! `--peer-nodes N`, `--max-nodes N` (largest cost-curve point, 1000000 for
-//! the 1 M one), `--ensemble` (3-node source and target), `--only PHASES`.
+//! the 1 M one), `--sweep-runs N` (runs of the sweeps: routes, scale,
+//! ceiling, switchover; default 1), `--ensemble` (3-node source and
+//! target), `--only PHASES`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,6 +34,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType};
 
+/// Phases that sweep many points in one run (see `Args::sweep_runs`).
+const SWEEPS: [&str; 4] = ["switchover", "routes", "scale", "ceiling"];
+
 struct Args {
     quick: bool,
     nodes: usize,
@@ -43,6 +48,10 @@ struct Args {
     /// The largest tree of the cost curves (`--max-nodes`; 1,000,000 adds
     /// the million-node point, which the default run leaves out).
     max_nodes: usize,
+    /// Runs of the sweeps (`--sweep-runs`, default 1): routes, scale,
+    /// ceiling and switchover each measure many points already, and three
+    /// runs of them would take `make bench` well past its 20 minutes.
+    sweep_runs: usize,
     /// Phases to run (`--only raw,sync,wan,peer,switchover,routes,scale,ceiling`; `sync` includes resume and
     /// steady-state lag, which start from its copy): all by default.
     only: Option<Vec<String>>,
@@ -70,6 +79,7 @@ impl Args {
             // keeps the bench within its time budget; the figure is a rate.
             peer_nodes: value("--peer-nodes").unwrap_or(if quick { 300 } else { 5_000 }) as usize,
             max_nodes: value("--max-nodes").unwrap_or(100_000) as usize,
+            sweep_runs: value("--sweep-runs").unwrap_or(1) as usize,
             only: argv
                 .iter()
                 .position(|a| a == "--only")
@@ -80,6 +90,12 @@ impl Args {
 
     fn runs_phase(&self, phase: &str) -> bool {
         self.only.as_ref().is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+
+    /// Whether `phase` runs in run number `run` (from 1).
+    fn runs_phase_in(&self, phase: &str, run: usize) -> bool {
+        let sweep = SWEEPS.contains(&phase);
+        self.runs_phase(phase) && (!sweep || run <= self.sweep_runs)
     }
 
     /// Tree sizes of the cost curves.
@@ -644,30 +660,30 @@ async fn main() {
     let mut clean = true;
     for run in 1..=args.runs {
         eprintln!("run {run}/{}", args.runs);
-        if args.runs_phase("raw") {
+        if args.runs_phase_in("raw", run) {
             raw_writes(&nodes, &args, &mut m).await;
         }
-        if args.runs_phase("sync") {
+        if args.runs_phase_in("sync", run) {
             clean &= sync_resume_lag(&nodes, &args, &mut m).await;
         }
-        if args.runs_phase("wan") {
+        if args.runs_phase_in("wan", run) {
             clean &= wan_lag(&nodes, &args, &mut m).await;
         }
-        if args.runs_phase("peer") {
+        if args.runs_phase_in("peer", run) {
             peer(&args, &mut m).await;
         }
-        if args.runs_phase("switchover") {
+        if args.runs_phase_in("switchover", run) {
             for n in args.switchover_sizes() {
                 clean &= switchover(n, &args, &mut m).await;
             }
         }
-        if args.runs_phase("routes") {
+        if args.runs_phase_in("routes", run) {
             clean &= many_routes(&args, &mut m).await;
         }
-        if args.runs_phase("scale") {
+        if args.runs_phase_in("scale", run) {
             clean &= cost_curves(&args, &mut m).await;
         }
-        if args.runs_phase("ceiling") {
+        if args.runs_phase_in("ceiling", run) {
             clean &= throughput_ceiling(&args, &mut m).await;
         }
     }
@@ -984,6 +1000,7 @@ async fn main() {
     let results = json!({
         "nodes": args.nodes,
         "runs": args.runs,
+        "sweep_runs": args.sweep_runs,
         "quick": args.quick,
         "rate": args.rate,
         "seconds": args.seconds,

@@ -8,9 +8,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use tokio::sync::Semaphore;
-
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use tokio::sync::Semaphore;
 use zookeeper_client::{Acl, Client, Error, MultiReadResult, Stat};
 
 use crate::path::join;

@@ -319,10 +319,10 @@ impl Worker {
     pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
         let route = &self.route;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
-        // Each write takes up to `per_write` creates (several waves of
-        // batches in flight); the scan may run one write's worth ahead of
-        // the one being written, so memory stays bounded by that window,
-        // not by the tree, when the target is the slower side.
+        // Each write takes up to `per_write` creates (four waves of
+        // batches in flight); the scan may run two writes' worth ahead, so
+        // memory stays bounded by that window, not by the tree, when the
+        // target is the slower side.
         let per_write = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
         let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, 2 * per_write));
         let scan = tree::scan_streaming(
