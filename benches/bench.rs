@@ -442,6 +442,12 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             loop {
+                // Checked on every turn: under a watch that never goes
+                // quiet (zkbridge's own znodes under `/`), the idle timer
+                // below would never fire.
+                if done.load(Ordering::Relaxed) && pending.is_empty() {
+                    break;
+                }
                 tokio::select! {
                     event = watcher.changed() => {
                         if !matches!(event.event_type, EventType::NodeDataChanged | EventType::NodeCreated) {
