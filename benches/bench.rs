@@ -572,6 +572,14 @@ impl Series {
     fn med(&self, key: &str) -> f64 {
         median(self.get(key))
     }
+    /// A lag measurement's figures under `{prefix}lag_…`: p50, p99, the
+    /// settled p99 and max.
+    fn add_lag(&mut self, prefix: &str, lag: &Lag) {
+        self.add(format!("{prefix}lag_p50_ms"), lag.p50_ms);
+        self.add(format!("{prefix}lag_p99_ms"), lag.p99_ms);
+        self.add(format!("{prefix}lag_settled_p99_ms"), lag.settled_p99_ms);
+        self.add(format!("{prefix}lag_max_ms"), lag.max_ms);
+    }
     /// Every latency of a lag measurement, for the charts (kept apart from
     /// the figures: a CDF, not a number).
     fn samples(&mut self, series: &str, ms: &[f64]) {
@@ -733,6 +741,11 @@ async fn main() {
             s["max"].as_f64().unwrap()
         )
     };
+    // p50 / p99 / max of the lag figures under `{prefix}lag_…`.
+    let lag_ranges = |prefix: &str| {
+        let r = |q: &str| range(&format!("{prefix}lag_{q}_ms"), "ms", 1);
+        format!("{} / {} / {}", r("p50"), r("p99"), r("max"))
+    };
     row(
         "raw",
         "raw target writes (limit)",
@@ -790,12 +803,7 @@ async fn main() {
     row(
         "sync",
         "steady-state lag p50 / p99 / max",
-        format!(
-            "{} / {} / {}",
-            range("lag_p50_ms", "ms", 1),
-            range("lag_p99_ms", "ms", 1),
-            range("lag_max_ms", "ms", 1)
-        ),
+        lag_ranges(""),
         format!(
             "{:.0} writes/s offered, {:.0}% seen individually (rest coalesced); p99 of each run: {} ms; settled (after the first {} s): {} ms",
             m.med("lag_rate"),
@@ -808,12 +816,7 @@ async fn main() {
     row(
         "sync",
         "steady-state floor: a minimal mirror, p50 / p99 / max",
-        format!(
-            "{} / {} / {}",
-            range("floor_lag_p50_ms", "ms", 1),
-            range("floor_lag_p99_ms", "ms", 1),
-            range("floor_lag_max_ms", "ms", 1)
-        ),
+        lag_ranges("floor_"),
         format!(
             "the same load and watcher; watch → read → blind write, nothing else, on the same servers after the bridge stopped; p99 of each run: {} ms; settled: {} ms",
             each("floor_lag_p99_ms", 1),
@@ -834,12 +837,7 @@ async fn main() {
     row(
         "wan",
         "with 40 ms each way: lag p50 / p99 / max",
-        format!(
-            "{} / {} / {}",
-            range("wan_lag_p50_ms", "ms", 1),
-            range("wan_lag_p99_ms", "ms", 1),
-            range("wan_lag_max_ms", "ms", 1)
-        ),
+        lag_ranges("wan_"),
         format!(
             "{:.0} writes/s; initial sync through the delay {:.0} nodes/s; p99 of each run: {} ms; settled: {} ms",
             m.med("wan_lag_rate"),
@@ -1222,9 +1220,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             let lag = measure_lag(&cs, &cold_dst.client().await, "/", &leaves, load, seconds).await;
             floor.abort();
             drop((cs, cd, cold_src, cold_dst));
-            m.add("routes_cold_floor_lag_p50_ms", lag.p50_ms);
-            m.add("routes_cold_floor_lag_p99_ms", lag.p99_ms);
-            m.add("routes_cold_floor_lag_settled_p99_ms", lag.settled_p99_ms);
+            m.add_lag("routes_cold_floor_", &lag);
         }
         let ens = |name: &str, zk: &Zk| {
             format!(
@@ -1241,9 +1237,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
         await_ready(&bridge).await;
         let d = a.client().await;
         let lag = measure_lag(&s, &d, "/", &leaves, load, seconds).await;
-        m.add(format!("routes{k}_lag_p50_ms"), lag.p50_ms);
-        m.add(format!("routes{k}_lag_p99_ms"), lag.p99_ms);
-        m.add(format!("routes{k}_lag_settled_p99_ms"), lag.settled_p99_ms);
+        m.add_lag(&format!("routes{k}_"), &lag);
         m.add(format!("routes{k}_rate"), lag.rate);
         m.samples(&format!("{k} route(s)"), &lag.samples_ms);
         // The bench holds one session on the source and one on `a`.
@@ -1270,9 +1264,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             )
             .await;
             floor.abort();
-            m.add("routes_floor_lag_p50_ms", lag.p50_ms);
-            m.add("routes_floor_lag_p99_ms", lag.p99_ms);
-            m.add("routes_floor_lag_settled_p99_ms", lag.settled_p99_ms);
+            m.add_lag("routes_floor_", &lag);
         }
     }
     clean
@@ -1620,10 +1612,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
         );
     }
     clean &= assert_clean(&bridge).await;
-    m.add("lag_p50_ms", lag.p50_ms);
-    m.add("lag_p99_ms", lag.p99_ms);
-    m.add("lag_settled_p99_ms", lag.settled_p99_ms);
-    m.add("lag_max_ms", lag.max_ms);
+    m.add_lag("", &lag);
     m.add("lag_rate", lag.rate);
     m.samples("loopback", &lag.samples_ms);
     m.add("lag_observed_fraction", lag.observed as f64 / lag.writes.max(1) as f64);
@@ -1635,10 +1624,7 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     let floor = minimal_mirror(&s, &dst.client().await, "/t").await;
     let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
     floor.abort();
-    m.add("floor_lag_p50_ms", lag.p50_ms);
-    m.add("floor_lag_p99_ms", lag.p99_ms);
-    m.add("floor_lag_settled_p99_ms", lag.settled_p99_ms);
-    m.add("floor_lag_max_ms", lag.max_ms);
+    m.add_lag("floor_", &lag);
     m.samples("loopback, minimal mirror", &lag.samples_ms);
     drop(bridge);
     drop((s, d, src, dst));
@@ -1700,10 +1686,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
         );
     }
     clean &= assert_clean(&bridge).await;
-    m.add("wan_lag_p50_ms", lag.p50_ms);
-    m.add("wan_lag_p99_ms", lag.p99_ms);
-    m.add("wan_lag_settled_p99_ms", lag.settled_p99_ms);
-    m.add("wan_lag_max_ms", lag.max_ms);
+    m.add_lag("wan_", &lag);
     m.add("wan_lag_rate", lag.rate);
     m.samples("40 ms each way", &lag.samples_ms);
     drop(bridge);
