@@ -221,8 +221,8 @@ async fn copy_limit(src: &Client, dst: &Client, to: &str) -> (Duration, usize) {
         &unbounded,
         |_| true,
         |rel, node| {
-            let path = zkbridge::path::join(&to, rel);
-            tx.send((path, std::mem::take(&mut node.data))).is_ok()
+            let path = zkbridge::path::join(&to, &rel);
+            tx.send((path, node.data)).is_ok()
         },
     )
     .await
@@ -847,6 +847,16 @@ async fn main() {
         ),
     );
     row(
+        "wan",
+        "40 ms floor: a minimal mirror, p50 / p99 / max",
+        lag_ranges("wan_floor_"),
+        format!(
+            "the loopback floor's mirror writing through the same proxy after the bridge stopped; p99 of each run: {} ms; settled: {} ms",
+            each("wan_floor_lag_p99_ms", 1),
+            each("wan_floor_lag_settled_p99_ms", 1)
+        ),
+    );
+    row(
         "sync",
         "resume after 1% change",
         range("resume_s", "s", 2),
@@ -1060,7 +1070,12 @@ fn charts(dir: &std::path::Path, m: &Series, args: &Args) {
         cdf(
             "lag-cdf.svg",
             "steady-state replication lag (every run)",
-            m.cdfs(&["loopback", "loopback, minimal mirror", "40 ms each way"]),
+            m.cdfs(&[
+                "loopback",
+                "loopback, minimal mirror",
+                "40 ms each way",
+                "40 ms each way, minimal mirror",
+            ]),
         ),
         cdf(
             "routes-lag-cdf.svg",
@@ -1690,7 +1705,20 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     m.add("wan_lag_rate", lag.rate);
     m.samples("40 ms each way", &lag.samples_ms);
     drop(bridge);
-    drop((s, d, src, dst));
+    // The same minimal mirror as on loopback, writing through the same
+    // proxy: what one trip costs here, proxy and all.
+    eprintln!("  40 ms floor: a minimal mirror");
+    let far = Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&proxy.connect_string())
+        .await
+        .expect("a session through the delay proxy");
+    let floor = minimal_mirror(&s, &far, "/t").await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
+    floor.abort();
+    m.add_lag("wan_floor_", &lag);
+    m.samples("40 ms each way, minimal mirror", &lag.samples_ms);
+    drop((s, d, far, src, dst));
     clean
 }
 

@@ -80,7 +80,7 @@ impl Op {
 /// type: ephemerals only when the route's `ephemerals` mode asks).
 pub fn is_mirrored(route: &Route, rel: &str, node: &NodeState) -> bool {
     let type_ok = !node.is_ephemeral() || route.config.ephemerals != EphemeralMode::Skip;
-    type_ok && node.stat.ephemeral_owner != -1 && !node.is_unreadable() && route.filter.managed(rel)
+    type_ok && !node.is_listed_only() && !node.is_unreadable() && route.filter.managed(rel)
 }
 
 /// The full plan from two scans: deletes first (children before parents),

@@ -31,7 +31,7 @@ pub struct NodeState {
 
 impl NodeState {
     /// A node known to exist (listed by its parent) but not read.
-    fn unread() -> Self {
+    pub fn unread() -> Self {
         let stat = Stat {
             czxid: -1,
             mzxid: -1,
@@ -58,6 +58,12 @@ impl NodeState {
         let mut node = NodeState::unread();
         node.stat.ephemeral_owner = UNREADABLE;
         node
+    }
+
+    /// Listed by its parent but not read: the scan did not descend there
+    /// (excluded), so only its existence is known.
+    pub fn is_listed_only(&self) -> bool {
+        self.stat.ephemeral_owner == -1
     }
 
     pub fn is_unreadable(&self) -> bool {
@@ -93,10 +99,11 @@ pub async fn scan(
     scan_from(client, base, vec![String::new()], max_in_flight, descend).await
 }
 
-/// Like [`scan`], handing each node to `sink` as soon as it is read, in
-/// breadth-first order (a parent before its children), so that a caller can
-/// start writing before the scan ends. The sink may take the node's data
-/// (the tree keeps what it leaves), so a copy holds each payload once.
+/// Hands each node of the subtree at `base` to `sink` as soon as it is read,
+/// in breadth-first order (a parent before its children), and keeps none of
+/// it: a copy that writes while it reads holds only what its writer has not
+/// taken yet, whatever the tree's size. Nodes listed by their parent but
+/// not descended into (`descend` says no) come as [`NodeState::is_listed_only`].
 ///
 /// `backlog` bounds how far the scan runs ahead of its consumer: a read
 /// takes one permit per node, a node the sink hands on (it returns `true`)
@@ -111,8 +118,8 @@ pub async fn scan_streaming(
     max_in_flight: usize,
     backlog: &Semaphore,
     descend: impl Fn(&str) -> bool,
-    sink: impl FnMut(&str, &mut NodeState) -> bool,
-) -> Result<Tree, Error> {
+    sink: impl FnMut(String, NodeState) -> bool,
+) -> Result<(), Error> {
     let gate = Gate {
         backlog: Some(backlog),
         pause: None,
@@ -133,7 +140,7 @@ struct Gate<'a> {
     pause: Option<std::time::Duration>,
 }
 
-/// Like [`scan`], at no more than `nodes_per_s` nodes per second: one
+/// Like [`scan_from`], at no more than `nodes_per_s` nodes per second: one
 /// multi-read at a time, spaced out. For background passes that must not
 /// compete with the ensemble's clients. Payloads are replaced by a 128-bit
 /// digest as they arrive — enough to tell equal from different, and a pass
@@ -141,21 +148,70 @@ struct Gate<'a> {
 pub async fn scan_paced(
     client: &Client,
     base: &str,
+    roots: Vec<String>,
     nodes_per_s: u32,
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
-    let pause = std::time::Duration::from_secs_f64(READ_BATCH as f64 / nodes_per_s.max(1) as f64);
-    let gate = Gate {
-        backlog: None,
-        pause: Some(pause),
-    };
-    scan_inner(client, base, vec![String::new()], 1, gate, descend, |_, node| {
-        node.data = digest(&node.data).to_vec();
+    let mut tree = Tree::new();
+    scan_inner(client, base, roots, 1, paced(nodes_per_s), descend, |rel, mut node| {
+        if !node.is_listed_only() {
+            node.data = digest(&node.data).to_vec();
+        }
         // Already queued for reading; a pass compares nodes, not lists.
         node.children = Vec::new();
-        false
+        keep(&mut tree, rel, node)
     })
-    .await
+    .await?;
+    Ok(tree)
+}
+
+/// The nodes at `rels` with their child lists, payloads as digests, paced
+/// like [`scan_paced`]: one level of a tree, for a pass that picks where to
+/// split it. Nodes that do not exist are left out.
+pub async fn read_level_paced(
+    client: &Client,
+    base: &str,
+    rels: Vec<String>,
+    nodes_per_s: u32,
+) -> Result<Vec<(String, NodeState)>, Error> {
+    let mut level = Vec::with_capacity(rels.len());
+    scan_inner(
+        client,
+        base,
+        rels,
+        1,
+        paced(nodes_per_s),
+        |_| false,
+        |rel, mut node| {
+            if !node.is_listed_only() {
+                node.data = digest(&node.data).to_vec();
+                level.push((rel, node));
+            }
+            false
+        },
+    )
+    .await?;
+    Ok(level)
+}
+
+fn paced(nodes_per_s: u32) -> Gate<'static> {
+    Gate {
+        backlog: None,
+        pause: Some(std::time::Duration::from_secs_f64(
+            READ_BATCH as f64 / nodes_per_s.max(1) as f64,
+        )),
+    }
+}
+
+/// Records a scanned node in `tree`. A node only listed (not descended
+/// into) never replaces one that was read. Never holds a backlog permit.
+fn keep(tree: &mut Tree, rel: String, node: NodeState) -> bool {
+    if node.is_listed_only() {
+        tree.entry(rel).or_insert(node);
+    } else {
+        tree.insert(rel, node);
+    }
+    false
 }
 
 /// A 128-bit digest of a payload (two SipHash passes with different keys):
@@ -179,10 +235,18 @@ pub async fn scan_from(
     max_in_flight: usize,
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
-    scan_inner(client, base, roots, max_in_flight, Gate::default(), descend, |_, _| {
-        false
-    })
-    .await
+    let mut tree = Tree::new();
+    scan_inner(
+        client,
+        base,
+        roots,
+        max_in_flight,
+        Gate::default(),
+        descend,
+        |rel, node| keep(&mut tree, rel, node),
+    )
+    .await?;
+    Ok(tree)
 }
 
 async fn scan_inner(
@@ -192,9 +256,8 @@ async fn scan_inner(
     max_in_flight: usize,
     gate: Gate<'_>,
     descend: impl Fn(&str) -> bool,
-    mut sink: impl FnMut(&str, &mut NodeState) -> bool,
-) -> Result<Tree, Error> {
-    let mut tree = Tree::new();
+    mut sink: impl FnMut(String, NodeState) -> bool,
+) -> Result<(), Error> {
     let mut frontier: VecDeque<String> = roots.into();
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -235,14 +298,12 @@ async fn scan_inner(
                         if descend(&child_rel) {
                             frontier.push_back(child_rel);
                         } else {
-                            // Still record that the child exists so callers can
+                            // Still report that the child exists so callers can
                             // tell "excluded" from "absent".
-                            tree.entry(child_rel).or_insert_with(NodeState::unread);
+                            sink(child_rel, NodeState::unread());
                         }
                     }
-                    let mut node = NodeState { data, stat, children };
-                    handed_on += usize::from(sink(&rel, &mut node));
-                    tree.insert(rel, node);
+                    handed_on += usize::from(sink(rel, NodeState { data, stat, children }));
                 }
                 (Some(MultiReadResult::Error { err: Error::NoNode }), _)
                 | (_, Some(MultiReadResult::Error { err: Error::NoNode })) => {}
@@ -250,7 +311,7 @@ async fn scan_inner(
                 | (_, Some(MultiReadResult::Error { err: Error::NoAuth })) => {
                     // Recorded, not descended into: the caller reports it
                     // and leaves its target twin (and subtree) alone.
-                    tree.insert(rel, NodeState::unreadable());
+                    sink(rel, NodeState::unreadable());
                 }
                 (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => {
                     return Err(err)
@@ -266,7 +327,7 @@ async fn scan_inner(
             backlog.add_permits(read - handed_on);
         }
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// Reads data and stat of several nodes in pipelined `multi` reads; `None`

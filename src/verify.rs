@@ -62,8 +62,16 @@ pub struct Positions {
     pub reference: i64,
 }
 
-/// Sorts the differences between two scans (see the module docs).
-pub fn classify(route: &Route, source: &Tree, target: &Tree, at: Positions, kept: impl Fn(&str) -> bool) -> Findings {
+/// Sorts the differences between two scans (see the module docs), but
+/// those `skip` says to leave alone (kept by `target-wins`, or another
+/// part's).
+pub fn classify(
+    route: &Route,
+    source: &Tree,
+    target: &Tree,
+    at: Positions,
+    mut skip: impl FnMut(&str) -> bool,
+) -> Findings {
     let Positions {
         checkpoint: c,
         reference: t,
@@ -71,7 +79,7 @@ pub fn classify(route: &Route, source: &Tree, target: &Tree, at: Positions, kept
     let mut found = Findings::default();
     for op in plan::plan(route, source, target) {
         let rel = op.rel();
-        if kept(rel) {
+        if skip(rel) {
             continue;
         }
         let s = source.get(rel);
@@ -111,6 +119,29 @@ pub fn classify(route: &Route, source: &Tree, target: &Tree, at: Positions, kept
         }
     }
     found
+}
+
+/// A level of the trees with at least this many nodes is where a pass
+/// splits them into parts: the levels above it are the top.
+const FRONTIER_MIN: usize = 256;
+
+/// Subtrees (frontier nodes) per part: with a balanced tree, a part holds
+/// a few thousand nodes of each side whatever the tree's size.
+const PART_ROOTS: usize = 16;
+
+/// The levels of both trees above the frontier, and the frontier (sorted,
+/// on either side), from which a pass reads the parts.
+#[derive(Default)]
+struct Top {
+    source: Tree,
+    target: Tree,
+    frontier: Vec<String>,
+}
+
+/// Both trees' nodes for one part: some subtrees, and the top for context.
+struct Part {
+    source: Tree,
+    target: Tree,
 }
 
 /// What a pass reads of the worker it runs beside.
@@ -183,6 +214,9 @@ impl Verifier {
         }
     }
 
+    /// One pass, part by part (see [`Verifier::top`]): the top of the tree
+    /// alone, then its subtrees a few at a time with the top for context,
+    /// so that a pass holds a part of both trees rather than both whole.
     async fn pass(&self) -> Result<Option<Findings>, zookeeper_client::Error> {
         let Some(c) = self.status.checkpoint_zxid() else {
             return Ok(None);
@@ -191,30 +225,111 @@ impl Verifier {
         if t <= 0 {
             return Ok(None);
         }
+        let at = Positions {
+            checkpoint: c,
+            reference: t,
+        };
         let route = &self.route;
         let src = self.source_zk.session().await.client;
         let tgt = self.target_zk.session().await.client;
-        let source = tree::scan_paced(&src, &route.source.path, self.reads_per_s, |rel| {
-            !route.filter.excluded(rel)
+        let top = self.top(&src, &tgt).await?;
+        let in_top = |rel: &str| top.source.contains_key(rel) || top.target.contains_key(rel);
+        // A top node's differences are found with the top alone, except
+        // a scaffold whose mirrored descendants are all below it: that one
+        // is found with the part that holds them, once.
+        let mut judged = std::collections::HashSet::new();
+        let mut found = Findings::default();
+        let part = Part {
+            source: top.source.clone(),
+            target: top.target.clone(),
+        };
+        let everything = |_: &str| true;
+        self.judge(&src, &tgt, part, at, &mut found, everything, |rel| {
+            judged.insert(rel.to_string());
+            true
         })
         .await?;
-        let target = tree::scan_paced(&tgt, &self.target.path, self.reads_per_s, |rel| {
-            !route.filter.excluded(rel)
-        })
-        .await?;
-        let mut source = source;
+        let descend = |rel: &str| !route.filter.excluded(rel);
+        for roots in top.frontier.chunks(PART_ROOTS) {
+            let mut part = Part {
+                source: top.source.clone(),
+                target: top.target.clone(),
+            };
+            let read = tree::scan_paced(&src, &route.source.path, roots.to_vec(), self.reads_per_s, descend).await?;
+            part.source.extend(read);
+            let read = tree::scan_paced(&tgt, &self.target.path, roots.to_vec(), self.reads_per_s, descend).await?;
+            part.target.extend(read);
+            let below = |rel: &str| {
+                roots.iter().any(|r| {
+                    rel.strip_prefix(r.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
+            };
+            self.judge(&src, &tgt, part, at, &mut found, below, |rel| {
+                below(rel) || (in_top(rel) && judged.insert(rel.to_string()))
+            })
+            .await?;
+        }
+        Ok(Some(found))
+    }
+
+    /// The top of both trees, read level by level until a level holds at
+    /// least [`FRONTIER_MIN`] nodes (or the trees end): those nodes, the
+    /// frontier, are the roots of the parts a pass reads one after another.
+    /// Levels above it are small by construction, so the top is too.
+    async fn top(&self, src: &Client, tgt: &Client) -> Result<Top, zookeeper_client::Error> {
+        let route = &self.route;
+        let mut top = Top::default();
+        let mut level = vec![String::new()];
+        while !level.is_empty() {
+            let mut next = std::collections::BTreeSet::new();
+            for (client, base, tree) in [
+                (src, &route.source.path, &mut top.source),
+                (tgt, &self.target.path, &mut top.target),
+            ] {
+                for (rel, mut node) in tree::read_level_paced(client, base, level.clone(), self.reads_per_s).await? {
+                    for name in std::mem::take(&mut node.children) {
+                        let child = crate::path::child(&rel, &name);
+                        if route.filter.excluded(&child) {
+                            // Listed, as a scan records it: excluded, not absent.
+                            tree.insert(child, tree::NodeState::unread());
+                        } else {
+                            next.insert(child);
+                        }
+                    }
+                    tree.insert(rel, node);
+                }
+            }
+            if next.len() >= FRONTIER_MIN {
+                top.frontier = next.into_iter().collect();
+                break;
+            }
+            level = next.into_iter().collect();
+        }
+        Ok(top)
+    }
+
+    /// Classifies one part, confirms what looks local or drift against a
+    /// fresh source read, compares ACLs where the route copies them, and
+    /// marks what needs repair. `holds` says which nodes the part answers
+    /// for (their ACLs are compared), `ours` which differences (called once
+    /// per difference found: the top's nodes come with every part).
+    #[allow(clippy::too_many_arguments)]
+    async fn judge(
+        &self,
+        src: &Client,
+        tgt: &Client,
+        part: Part,
+        at: Positions,
+        found: &mut Findings,
+        holds: impl Fn(&str) -> bool,
+        mut ours: impl FnMut(&str) -> bool,
+    ) -> Result<(), zookeeper_client::Error> {
+        let route = &self.route;
+        let Part { mut source, target } = part;
         let kept = |rel: &str| self.status.is_kept(rel);
-        let mut found = classify(
-            route,
-            &source,
-            &target,
-            Positions {
-                checkpoint: c,
-                reference: t,
-            },
-            kept,
-        );
-        if !found.local.is_empty() || !found.drift.is_empty() {
+        let mut part = classify(route, &source, &target, at, |rel| kept(rel) || !ours(rel));
+        if !part.local.is_empty() || !part.drift.is_empty() {
             // The source was read before the target: a change the bridge
             // applied between the two scans would look local (the target
             // changed after T, the source snapshot not after C). The
@@ -224,8 +339,8 @@ impl Verifier {
             // the pass's target reads meet the bridge's writes on the target
             // link right after every initial sync (the 40 ms bench's p99
             // doubled).
-            let candidates: Vec<String> = found.local.iter().chain(&found.drift).cloned().collect();
-            self.refresh(&src, &mut source, candidates.clone()).await?;
+            let candidates: Vec<String> = part.local.iter().chain(&part.drift).cloned().collect();
+            self.refresh(src, &mut source, candidates.clone()).await?;
             // Sorted again on the candidates alone (with their ancestors for
             // context): a second full comparison would double the pass's CPU.
             // Every ancestor comes along: the plan walks up from a mirrored
@@ -237,38 +352,33 @@ impl Verifier {
                     .filter_map(|rel| tree.get(rel).map(|n| (rel.to_string(), n.clone())))
                     .collect()
             };
-            let again = classify(
-                route,
-                &subset(&source),
-                &subset(&target),
-                Positions {
-                    checkpoint: c,
-                    reference: t,
-                },
-                kept,
-            );
+            let again = classify(route, &subset(&source), &subset(&target), at, kept);
             let wanted: std::collections::HashSet<&String> = candidates.iter().collect();
             let local: Vec<String> = again.local.into_iter().filter(|r| wanted.contains(r)).collect();
             let drift: Vec<String> = again.drift.into_iter().filter(|r| wanted.contains(r)).collect();
-            found.pending += candidates.len() - local.len() - drift.len();
-            found.local = local;
-            found.drift = drift;
+            part.pending += candidates.len() - local.len() - drift.len();
+            part.local = local;
+            part.drift = drift;
         }
         if route.config.acls == AclMode::Copy {
             // An ACL read that fails costs the ACL part of the pass, not
             // what the data part found.
-            match self.acl_differences(&src, &tgt, &source, &target, &found).await {
-                Ok(differs) => found.drift.extend(differs),
+            match self.acl_differences(src, tgt, &source, &target, &part, holds).await {
+                Ok(differs) => part.drift.extend(differs),
                 Err(e) => warn!(error = %e, "anti-entropy: ACL comparison interrupted; the next pass retries"),
             }
         }
-        for rel in &found.local {
+        for rel in &part.local {
             self.queue.mark_target(rel);
         }
-        for rel in found.drift.iter().chain(&found.expired_copies) {
+        for rel in part.drift.iter().chain(&part.expired_copies) {
             self.queue.mark(rel);
         }
-        Ok(Some(found))
+        found.pending += part.pending;
+        found.local.extend(part.local);
+        found.drift.extend(part.drift);
+        found.expired_copies.extend(part.expired_copies);
+        Ok(())
     }
 
     /// Reads `rels` and their parents from the source again, into `source`
@@ -316,12 +426,13 @@ impl Verifier {
         source: &Tree,
         target: &Tree,
         found: &Findings,
+        holds: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>, zookeeper_client::Error> {
         let route = &self.route;
         let found_already: std::collections::HashSet<&String> = found.local.iter().chain(&found.drift).collect();
         let rels: Vec<String> = source
             .iter()
-            .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && target.contains_key(*rel))
+            .filter(|(rel, n)| holds(rel) && plan::is_mirrored(route, rel, n) && target.contains_key(*rel))
             .map(|(rel, _)| rel.clone())
             .filter(|rel| !found_already.contains(rel) && !self.status.is_kept(rel))
             .collect();
@@ -334,7 +445,11 @@ impl Verifier {
                     differs.push(rel.clone());
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // At the pass's rate, however small the part.
+            tokio::time::sleep(Duration::from_secs_f64(
+                chunk.len() as f64 / self.reads_per_s.max(1) as f64,
+            ))
+            .await;
         }
         Ok(differs)
     }

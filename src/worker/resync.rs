@@ -17,7 +17,7 @@ impl Worker {
         let ops = self.guard_plan(lease, &src, &tgt, &scanned, ops).await?;
         let planned = ops.len() + scanned.streamed;
         self.status.update(|s| {
-            s.scanned = scanned.source.len() as u64;
+            s.scanned = scanned.summary.nodes as u64;
             s.planned = planned as u64;
         });
         if !self.status.get().initial_sync_done {
@@ -31,8 +31,7 @@ impl Worker {
         let checkpoint = self.ride_along_checkpoint(None);
         self.write(lease, ops, &BTreeMap::new(), since, checkpoint).await?;
         let write_ms = since.elapsed().as_millis() as u64;
-        self.finish_resync(lease, &src, &scanned.source, start.resume_from)
-            .await?;
+        self.finish_resync(lease, &src, scanned.summary).await?;
         let mirrored = scanned.mirrored;
         self.metrics.mirrored.set(mirrored as i64);
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -156,9 +155,10 @@ impl Worker {
             Some(_) => None,
         };
         let streaming = full_target.as_ref().is_some_and(|t| t.is_empty()) && route.config.include == ["**"];
-        let (source, streamed) = if streaming {
+        let (source, summary, streamed) = if streaming {
             self.ensure_target_parent(tgt).await?;
-            self.stream_copy(lease, src).await?
+            let (summary, streamed) = self.stream_copy(lease, src).await?;
+            (tree::Tree::new(), summary, streamed)
         } else {
             let source = tree::scan(src, &route.source.path, self.limits.max_in_flight, |rel| {
                 !route.filter.excluded(rel)
@@ -168,9 +168,13 @@ impl Worker {
                 side: Side::Source,
                 source,
             })?;
-            (source, 0)
+            let mut summary = SourceSummary::default();
+            for (rel, node) in &source {
+                summary.add(route, rel, node, resume_from);
+            }
+            (source, summary, 0)
         };
-        for (rel, _) in source.iter().filter(|(_, n)| n.is_unreadable()) {
+        for rel in &summary.unreadable {
             self.report_unreadable(rel);
         }
         // Managed nodes in the target, when it was scanned.
@@ -187,10 +191,7 @@ impl Worker {
                 plan::plan(route, &source, &target)
             }
         };
-        let mirrored = source
-            .iter()
-            .filter(|(rel, n)| plan::is_mirrored(route, rel, n))
-            .count();
+        let mirrored = summary.mirrored;
         // What the target mirrored before this scan, for the breaker: the
         // scan's count, or for a resume (which reads the target only where
         // the source changed) the source's count with the plan undone.
@@ -203,6 +204,7 @@ impl Worker {
         };
         let scanned = Scanned {
             source,
+            summary,
             streamed,
             mirrored,
             target_before,
@@ -229,7 +231,7 @@ impl Worker {
             .unwrap()
             .set_count(scanned.target_before, Instant::now());
         let mut ops = self
-            .hold_mass_deletes(lease, src, ops, &BTreeMap::new(), source.is_empty())
+            .hold_mass_deletes(lease, src, ops, &BTreeMap::new(), scanned.summary.nodes == 0)
             .await?;
         let mut ended = Vec::new();
         ops.retain(|op| {
@@ -274,31 +276,16 @@ impl Worker {
 
     /// What follows the writes of a resync: ACLs, sequence counters, and a
     /// checkpoint where none rode along.
-    async fn finish_resync(
-        &self,
-        lease: &Lease,
-        src: &Client,
-        source: &BTreeMap<String, NodeState>,
-        resume_from: Option<i64>,
-    ) -> Result<(), Interrupted> {
-        let route = &self.route;
-        if route.config.acls == AclMode::Copy {
+    async fn finish_resync(&self, lease: &Lease, src: &Client, summary: SourceSummary) -> Result<(), Interrupted> {
+        if self.route.config.acls == AclMode::Copy {
             // A resume looks at nodes changed since C; an ACL-only change
             // leaves no trace there and is found by the anti-entropy pass
             // that follows a resume.
-            let acl_rels = source
-                .iter()
-                .filter(|(rel, n)| plan::is_mirrored(route, rel, n) && resume_from.is_none_or(|c| n.stat.mzxid > c))
-                .filter(|(rel, _)| !self.status.is_kept(rel))
-                .map(|(rel, _)| rel.clone())
-                .collect();
+            let mut acl_rels = summary.acl_rels;
+            acl_rels.retain(|rel| !self.status.is_kept(rel));
             self.sync_acls(lease, src, acl_rels).await?;
         }
-        let sequential_parents: Vec<String> = source
-            .iter()
-            .filter(|(rel, n)| route.filter.managed(rel) && n.children.iter().any(|c| path::is_sequential_name(c)))
-            .map(|(rel, _)| rel.clone())
-            .collect();
+        let sequential_parents = summary.sequential_parents;
         self.align_sequence_counters(lease, src, sequential_parents).await?;
         // A first checkpoint has no node to ride along on, and a streamed
         // copy leaves no batch to carry one: it is written before the sync
@@ -315,8 +302,9 @@ impl Worker {
     /// batches as they come, parents first (the scan is breadth-first and a
     /// session's requests are applied in order). Scan and write overlap, so
     /// the copy takes about as long as the slower of the two instead of
-    /// their sum. Returns the source tree and the number of creates.
-    pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(tree::Tree, usize), Interrupted> {
+    /// their sum. Keeps no tree: returns what the rest of the resync needs
+    /// to know of the source, and the number of creates.
+    pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(SourceSummary, usize), Interrupted> {
         let route = &self.route;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
         // Each write takes up to `per_write` creates (four waves of
@@ -325,23 +313,26 @@ impl Worker {
         // target is the slower side.
         let per_write = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
         let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, 2 * per_write));
+        let mut summary = SourceSummary::default();
+        let gathered = &mut summary;
         let scan = tree::scan_streaming(
             src,
             &route.source.path,
             self.limits.max_in_flight,
             &backlog,
             |rel| !route.filter.excluded(rel),
+            // Owning the sender: when the scan ends, the writer's channel
+            // closes and it finishes.
             move |rel, node| {
+                gathered.add(route, &rel, &node, None);
                 // Once the writer stopped (an error), the scan only reads.
-                if !plan::is_mirrored(route, rel, node) || tx.is_closed() {
+                if !plan::is_mirrored(route, &rel, &node) || tx.is_closed() {
                     return false;
                 }
-                // The rest of the resync needs stats and child lists,
-                // not payloads: the create takes the data.
                 tx.send(Op::Create {
-                    rel: rel.to_string(),
-                    kind: NodeKind::of(route, node),
-                    data: std::mem::take(&mut node.data),
+                    kind: NodeKind::of(route, &node),
+                    rel,
+                    data: node.data,
                 })
                 .is_ok()
             },
@@ -372,11 +363,11 @@ impl Worker {
             Ok::<usize, Interrupted>(written)
         };
         let (scanned, written) = tokio::join!(scan, write);
-        let source = scanned.map_err(|source| Interrupted {
+        scanned.map_err(|source| Interrupted {
             side: Side::Source,
             source,
         })?;
-        Ok((source, written?))
+        Ok((summary, written?))
     }
 
     /// The ops a resume from checkpoint `c` needs: the target is read only
@@ -385,7 +376,7 @@ impl Worker {
     /// the only place a delete can hide).
     pub(super) async fn resume_plan(&self, tgt: &Client, source: &tree::Tree, c: i64) -> Result<Vec<Op>, Interrupted> {
         let route = &self.route;
-        let read = |n: &NodeState| n.stat.ephemeral_owner != -1;
+        let read = |n: &NodeState| !n.is_listed_only();
         let changed: Vec<String> = source
             .iter()
             .filter(|(_, n)| read(n) && n.stat.mzxid > c)
@@ -510,13 +501,51 @@ struct ResyncStart {
 
 /// What a resync's scan found.
 struct Scanned {
+    /// The source tree, where a plan needs it (empty after a streamed copy,
+    /// which keeps none).
     source: BTreeMap<String, NodeState>,
+    summary: SourceSummary,
     /// Nodes a streaming copy wrote already.
     streamed: usize,
     /// Mirrored nodes in the source.
     mirrored: usize,
     /// Mirrored nodes in the target before the scan (for the breaker).
     target_before: usize,
+}
+
+/// What the end of a resync needs to know of the source, gathered node by
+/// node as the scan reads them, so that a streamed copy of a million nodes
+/// need not keep the tree to learn it.
+#[derive(Debug, Default)]
+pub(super) struct SourceSummary {
+    /// Nodes scanned, excluded ones listed by their parents included (0:
+    /// the source root is missing).
+    nodes: usize,
+    mirrored: usize,
+    /// Nodes this session may not read: reported, their twins left alone.
+    unreadable: Vec<String>,
+    /// Mirrored nodes whose ACLs to copy (`acls = "copy"`): all of them,
+    /// or on a resume those changed after the checkpoint.
+    acl_rels: Vec<String>,
+    /// Managed nodes with sequential children, whose counters to align.
+    sequential_parents: Vec<String>,
+}
+
+impl SourceSummary {
+    fn add(&mut self, route: &Route, rel: &str, node: &NodeState, resume_from: Option<i64>) {
+        self.nodes += 1;
+        if node.is_unreadable() {
+            self.unreadable.push(rel.to_string());
+        }
+        let mirrored = plan::is_mirrored(route, rel, node);
+        self.mirrored += usize::from(mirrored);
+        if mirrored && route.config.acls == AclMode::Copy && resume_from.is_none_or(|c| node.stat.mzxid > c) {
+            self.acl_rels.push(rel.to_string());
+        }
+        if route.filter.managed(rel) && node.children.iter().any(|c| path::is_sequential_name(c)) {
+            self.sequential_parents.push(rel.to_string());
+        }
+    }
 }
 
 /// Where a resync may start from.
