@@ -57,6 +57,21 @@ impl HeartbeatSchedule {
         HeartbeatSchedule { interval, phase, epoch }
     }
 
+    /// The same place in the spread on another interval: a route's other
+    /// periodic reads (its runner's role reads) keep apart like its beats.
+    pub fn scaled_to(&self, interval: Duration) -> HeartbeatSchedule {
+        let fraction = if self.interval.is_zero() {
+            0.0
+        } else {
+            self.phase.as_secs_f64() / self.interval.as_secs_f64()
+        };
+        HeartbeatSchedule {
+            interval,
+            phase: interval.mul_f64(fraction),
+            epoch: self.epoch,
+        }
+    }
+
     /// The first beat at or after `now` on this route's phase.
     pub fn next_after(&self, now: Instant) -> Instant {
         let interval = self.interval.as_nanos().max(1);
@@ -270,5 +285,9 @@ mod tests {
             third.next_after(epoch + Duration::from_millis(500)),
             epoch + Duration::from_millis(500)
         );
+        // Its role reads, every 1 s against beats every 200 ms, keep the
+        // same place in the spread.
+        let fast = HeartbeatSchedule::spread(Duration::from_millis(200), 2, 4, epoch);
+        assert_eq!(fast.scaled_to(second).phase, Duration::from_millis(500));
     }
 }

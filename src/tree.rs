@@ -1,12 +1,17 @@
 //! Reading whole subtrees quickly: the initial sync, every resync and `diff`
 //! start here.
 //!
-//! A scan is a breadth-first walk whose frontier is read with batched `multi`
+//! A scan is a walk whose frontier is read with batched `multi`
 //! reads (get data + get children for up to `READ_BATCH` nodes each), many in
 //! flight at once. One request per node would cap a scan at the round-trip
 //! rate (~1,300 nodes/s here); batching and pipelining reach the server's rate.
+//!
+//! The frontier is taken from its newest end (deepest first): a node is
+//! still read after its parent, yet the frontier holds about a batch's
+//! children per level of depth rather than the widest level of the tree —
+//! breadth-first, a million-node tree kept some 900,000 names waiting.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
@@ -100,7 +105,7 @@ pub async fn scan(
 }
 
 /// Hands each node of the subtree at `base` to `sink` as soon as it is read,
-/// in breadth-first order (a parent before its children), and keeps none of
+/// a parent before its children, and keeps none of
 /// it: a copy that writes while it reads holds only what its writer has not
 /// taken yet, whatever the tree's size. Nodes listed by their parent but
 /// not descended into (`descend` says no) come as [`NodeState::is_listed_only`].
@@ -258,7 +263,7 @@ async fn scan_inner(
     descend: impl Fn(&str) -> bool,
     mut sink: impl FnMut(String, NodeState) -> bool,
 ) -> Result<(), Error> {
-    let mut frontier: VecDeque<String> = roots.into();
+    let mut frontier: Vec<String> = roots;
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < max_in_flight.max(1) && !frontier.is_empty() {
@@ -269,7 +274,7 @@ async fn scan_inner(
                     permits.forget();
                 }
             }
-            let chunk: Vec<String> = frontier.drain(..take).collect();
+            let chunk: Vec<String> = frontier.split_off(frontier.len() - take);
             let mut reader = client.new_multi_reader();
             for rel in &chunk {
                 let path = join(base, rel);
@@ -296,7 +301,7 @@ async fn scan_inner(
                     for child in &children {
                         let child_rel = crate::path::child(&rel, child);
                         if descend(&child_rel) {
-                            frontier.push_back(child_rel);
+                            frontier.push(child_rel);
                         } else {
                             // Still report that the child exists so callers can
                             // tell "excluded" from "absent".

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
@@ -114,8 +114,12 @@ impl RouteRunner {
                         running = Some(self.start(role));
                     }
                 }
+                // On the route's own phase: a hundred runners reading their
+                // roles in step would send the source a burst of reads each
+                // second, and every change arriving then would wait behind it.
+                let next = self.heartbeat.scaled_to(REREAD).next_after(Instant::now());
                 tokio::select! {
-                    _ = tokio::time::sleep(REREAD) => {}
+                    _ = tokio::time::sleep_until(next.into()) => {}
                     _ = shutdown.requested() => {}
                 }
                 if shutdown.is_requested() {

@@ -299,7 +299,7 @@ impl Worker {
 
     /// Copies the source into an empty target while scanning it: each node
     /// read becomes a create at once, and creates are written in pipelined
-    /// batches as they come, parents first (the scan is breadth-first and a
+    /// batches as they come, parents first (the scan reads a node after its parent and a
     /// session's requests are applied in order). Scan and write overlap, so
     /// the copy takes about as long as the slower of the two instead of
     /// their sum. Keeps no tree: returns what the rest of the resync needs
@@ -310,8 +310,12 @@ impl Worker {
         // Each write takes up to `per_write` creates (four waves of
         // batches in flight); the scan may run two writes' worth ahead, so
         // memory stays bounded by that window, not by the tree, when the
-        // target is the slower side.
+        // target is the slower side. A write waits for two waves at least
+        // (or the end of the scan): taking what had come, a write behind
+        // a slower scan took a read's worth, sent a part-full `multi` or
+        // two and waited for them alone, leaving the pipeline mostly empty.
         let per_write = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
+        let at_least = per_write / 2;
         let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, 2 * per_write));
         let mut summary = SourceSummary::default();
         let gathered = &mut summary;
@@ -345,6 +349,12 @@ impl Worker {
             let none = BTreeMap::new();
             while let Some(first) = rx.recv().await {
                 let mut ops = vec![first];
+                while ops.len() < at_least {
+                    match rx.recv().await {
+                        Some(op) => ops.push(op),
+                        None => break,
+                    }
+                }
                 while ops.len() < per_write {
                     match rx.try_recv() {
                         Ok(op) => ops.push(op),
