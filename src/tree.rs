@@ -104,11 +104,11 @@ pub async fn scan(
     scan_from(client, base, vec![String::new()], max_in_flight, descend).await
 }
 
-/// Hands each node of the subtree at `base` to `sink` as soon as it is read,
-/// a parent before its children, and keeps none of
-/// it: a copy that writes while it reads holds only what its writer has not
-/// taken yet, whatever the tree's size. Nodes listed by their parent but
-/// not descended into (`descend` says no) come as [`NodeState::is_listed_only`].
+/// Hands each node of the subtree at `base` to `sink` as soon as it is
+/// read, a parent before its children, and keeps none of it: a copy that
+/// writes while it reads holds only what its writer has not taken yet,
+/// whatever the tree's size. Nodes listed by their parent but not descended
+/// into (`descend` says no) come as [`NodeState::is_listed_only`].
 ///
 /// `backlog` bounds how far the scan runs ahead of its consumer: a read
 /// takes one permit per node, a node the sink hands on (it returns `true`)

@@ -236,7 +236,16 @@ async fn changed_while_stopped(policy: &str) -> (Zk, Zk, Bridge) {
     mkdirs(&s, "/c").await;
     create(&s, "/c/a", b"source").await;
     create(&s, "/c/b", b"source").await;
-    let mut bridge = Bridge::start(&config(&src, &dst, &format!("conflict = \"{policy}\"")));
+    let (mut bridge, t) = synced_then_stopped(&src, &dst, &format!("conflict = \"{policy}\"")).await;
+    t.set_data("/c/a", b"local", None).await.unwrap();
+    bridge.restart();
+    (src, dst, bridge)
+}
+
+/// A bridge on `src`'s tree, in sync and checkpointed, then stopped: the
+/// target is changed behind it before the restart. Returns a target client.
+async fn synced_then_stopped(src: &Zk, dst: &Zk, extra: &str) -> (Bridge, zookeeper_client::Client) {
+    let mut bridge = Bridge::start(&config(src, dst, extra));
     await_in_sync(&bridge.config(), CONVERGE).await;
     let t = dst.client().await;
     eventually("a checkpoint", CONVERGE, async || {
@@ -244,9 +253,7 @@ async fn changed_while_stopped(policy: &str) -> (Zk, Zk, Bridge) {
     })
     .await;
     assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
-    t.set_data("/c/a", b"local", None).await.unwrap();
-    bridge.restart();
-    (src, dst, bridge)
+    (bridge, t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,14 +284,7 @@ async fn a_pass_in_parts_finds_changes_in_every_part() {
         nodes.push((format!("/c/w/{i}/leaf"), b"source".to_vec()));
     }
     create_many(&s, &nodes).await;
-    let mut bridge = Bridge::start(&config(&src, &dst, "conflict = \"source-wins\""));
-    await_in_sync(&bridge.config(), CONVERGE).await;
-    let t = dst.client().await;
-    eventually("a checkpoint", CONVERGE, async || {
-        get(&t, "/zkbridge/routes/c/dst/checkpoint").await.is_some()
-    })
-    .await;
-    assert_eq!(bridge.stop().and_then(|st| st.code()), Some(0));
+    let (mut bridge, t) = synced_then_stopped(&src, &dst, "conflict = \"source-wins\"").await;
     t.set_data("/c", b"local", None).await.unwrap();
     t.set_data("/c/w/250/leaf", b"local", None).await.unwrap();
     t.delete("/c/w/17/leaf", None).await.unwrap();
