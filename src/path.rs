@@ -66,8 +66,9 @@ pub fn self_and_ancestors(relative: &str) -> impl Iterator<Item = &str> {
     std::iter::successors(Some(relative), |p| parent(p))
 }
 
-/// Whether `inner` is `outer` or lies beneath it (absolute paths, segment
-/// aware: `/ab` is not within `/a`).
+/// Whether `inner` is `outer` or lies beneath it (segment aware: `/ab` is
+/// not within `/a`). Absolute paths, or relative ones under a non-empty
+/// `outer` (`"a/b"` is within `"a"`).
 pub fn is_within(inner: &str, outer: &str) -> bool {
     outer == "/" || inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'))
 }
@@ -143,6 +144,8 @@ mod tests {
         assert!(is_within("/a", "/a"));
         assert!(!is_within("/ab", "/a"));
         assert!(is_within("/x", "/"));
+        assert!(is_within("w/17/leaf", "w/17") && is_within("w/17", "w/17"));
+        assert!(!is_within("w/170", "w/17"));
     }
 
     #[test]

@@ -158,10 +158,8 @@ pub async fn scan_paced(
     descend: impl Fn(&str) -> bool,
 ) -> Result<Tree, Error> {
     let mut tree = Tree::new();
-    scan_inner(client, base, roots, 1, paced(nodes_per_s), descend, |rel, mut node| {
-        if !node.is_listed_only() {
-            node.data = digest(&node.data).to_vec();
-        }
+    scan_inner(client, base, roots, 1, paced(nodes_per_s), descend, |rel, node| {
+        let mut node = digested(node);
         // Already queued for reading; a pass compares nodes, not lists.
         node.children = Vec::new();
         keep(&mut tree, rel, node)
@@ -187,16 +185,24 @@ pub async fn read_level_paced(
         1,
         paced(nodes_per_s),
         |_| false,
-        |rel, mut node| {
+        |rel, node| {
             if !node.is_listed_only() {
-                node.data = digest(&node.data).to_vec();
-                level.push((rel, node));
+                level.push((rel, digested(node)));
             }
             false
         },
     )
     .await?;
     Ok(level)
+}
+
+/// The node with its payload replaced by the payload's digest (a node only
+/// listed has no payload to digest).
+fn digested(mut node: NodeState) -> NodeState {
+    if !node.is_listed_only() {
+        node.data = digest(&node.data).to_vec();
+    }
+    node
 }
 
 fn paced(nodes_per_s: u32) -> Gate<'static> {

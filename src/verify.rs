@@ -259,12 +259,7 @@ impl Verifier {
             part.source.extend(read);
             let read = tree::scan_paced(&tgt, &self.target.path, roots.to_vec(), self.reads_per_s, descend).await?;
             part.target.extend(read);
-            let below = |rel: &str| {
-                roots.iter().any(|r| {
-                    rel.strip_prefix(r.as_str())
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-                })
-            };
+            let below = |rel: &str| roots.iter().any(|r| crate::path::is_within(rel, r));
             self.judge(&src, &tgt, part, at, &mut found, below, |rel| {
                 below(rel) || (in_top(rel) && judged.insert(rel.to_string()))
             })
