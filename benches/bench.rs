@@ -52,6 +52,8 @@ struct Args {
     /// ceiling and switchover each measure many points already, and three
     /// runs of them would take `make bench` well past its 20 minutes.
     sweep_runs: usize,
+    /// Route counts of the many-routes phase (`--route-counts 1,10,100`).
+    route_counts: Vec<usize>,
     /// Phases to run (`--only raw,sync,wan,peer,switchover,routes,scale,ceiling`; `sync` includes resume and
     /// steady-state lag, which start from its copy): all by default.
     only: Option<Vec<String>>,
@@ -80,6 +82,12 @@ impl Args {
             peer_nodes: value("--peer-nodes").unwrap_or(if quick { 300 } else { 5_000 }) as usize,
             max_nodes: value("--max-nodes").unwrap_or(100_000) as usize,
             sweep_runs: value("--sweep-runs").unwrap_or(1) as usize,
+            route_counts: argv
+                .iter()
+                .position(|a| a == "--route-counts")
+                .and_then(|i| argv.get(i + 1))
+                .map(|v| v.split(',').filter_map(|k| k.parse().ok()).collect())
+                .unwrap_or_else(|| ROUTE_COUNTS.to_vec()),
             only: argv
                 .iter()
                 .position(|a| a == "--only")
@@ -428,6 +436,56 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The bridge's `zkbridge_replication_latency_seconds` for one target,
+/// summed over its routes: cumulative counts per bucket bound (seconds).
+struct Histogram(Vec<(f64, f64)>);
+
+fn replication_latency(bridge: &Bridge, target: &str) -> Histogram {
+    let body = bridge.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let label = format!("target=\"{target}\"");
+    let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("zkbridge_replication_latency_seconds_bucket{") else {
+            continue;
+        };
+        if !rest.contains(&label) {
+            continue;
+        }
+        let le = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next());
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            *buckets.entry(bound.to_bits()).or_default() += count;
+        }
+    }
+    let mut h: Vec<(f64, f64)> = buckets.into_iter().map(|(b, c)| (f64::from_bits(b), c)).collect();
+    h.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    Histogram(h)
+}
+
+impl Histogram {
+    fn since(&self, before: &Histogram) -> Histogram {
+        let earlier = |bound: f64| before.0.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, c)| *c);
+        Histogram(self.0.iter().map(|(b, c)| (*b, c - earlier(*b))).collect())
+    }
+
+    /// The bound of the bucket the quantile falls in (an upper estimate).
+    fn quantile_ms(&self, p: f64) -> f64 {
+        let total = self.0.last().map_or(0.0, |(_, c)| *c);
+        if total == 0.0 {
+            return f64::NAN;
+        }
+        self.0
+            .iter()
+            .find(|(_, c)| *c >= p * total)
+            .map_or(f64::NAN, |(b, _)| b * 1000.0)
+    }
+}
+
 /// Steady-state lag: offers `load` to the source under `watch_root` for
 /// `seconds`; a separate client watching the target reads each changed or
 /// created node and matches its value to the source write's reply time.
@@ -437,9 +495,14 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
     let latencies: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let mut watcher = dst.watch(watch_root, AddWatchMode::PersistentRecursive).await.unwrap();
+    // Under `/` the watch also sees zkbridge's own znodes (checkpoints,
+    // leases): reading each back would load the target, and this client,
+    // with work the floor's runs do not have.
+    let own = format!("{}/", zkbridge::config::BridgeConfig::default().meta_path);
     let reader = {
         let (dst, replies, latencies, done) = (dst.clone(), replies.clone(), latencies.clone(), done.clone());
         tokio::spawn(async move {
+            let own = own;
             let mut pending = FuturesUnordered::new();
             loop {
                 // Checked on every turn: under a watch that never goes
@@ -450,7 +513,9 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
                 }
                 tokio::select! {
                     event = watcher.changed() => {
-                        if !matches!(event.event_type, EventType::NodeDataChanged | EventType::NodeCreated) {
+                        if !matches!(event.event_type, EventType::NodeDataChanged | EventType::NodeCreated)
+                            || event.path.starts_with(&own)
+                        {
                             continue;
                         }
                         let dst = dst.clone();
@@ -892,22 +957,29 @@ async fn main() {
             "freeze → unfreeze, loopback, 2 members (goal ≤ 2 s for 10,000)".to_string(),
         );
     }
-    for k in ROUTE_COUNTS {
+    for &k in &args.route_counts {
         row(
             "routes",
             &format!("{k} route(s), 2 targets each"),
             format!(
-                "lag p50 / p99 {} / {}; settled p99 {}; the floor {} / {}, settled {}",
+                "warm servers: lag p50 / p99 {} / {}; settled p99 {}; inside the bridge ≤ {} / ≤ {}; the floor {} / {}, settled {}; fresh servers (JIT compiling): p50 / p99 {} / {}, settled p99 {}",
                 range(&format!("routes{k}_lag_p50_ms"), "ms", 1),
                 range(&format!("routes{k}_lag_p99_ms"), "ms", 1),
                 range(&format!("routes{k}_lag_settled_p99_ms"), "ms", 1),
+                range(&format!("routes{k}_inside_p50_ms"), "ms", 0),
+                range(&format!("routes{k}_inside_p99_ms"), "ms", 0),
                 range(&format!("routes{k}_floor_lag_p50_ms"), "ms", 1),
                 range(&format!("routes{k}_floor_lag_p99_ms"), "ms", 1),
-                range(&format!("routes{k}_floor_lag_settled_p99_ms"), "ms", 1)
+                range(&format!("routes{k}_floor_lag_settled_p99_ms"), "ms", 1),
+                range(&format!("routes{k}_cold_lag_p50_ms"), "ms", 1),
+                range(&format!("routes{k}_cold_lag_p99_ms"), "ms", 1),
+                range(&format!("routes{k}_cold_lag_settled_p99_ms"), "ms", 1)
             ),
             format!(
-                "{:.0} writes/s in all; bridge sessions per ensemble (server `cons`) {:.0}; server watches (`mntr` zk_watch_count) {:.0} on the source, {:.0} on a target; peak RSS {:.1} MiB",
+                "{:.0} writes/s in all; the bridge's own transactions in the source {:.0}/s; transactions in a target {:.0}/s; bridge sessions per ensemble (server `cons`) {:.0}; server watches (`mntr` zk_watch_count) {:.0} on the source, {:.0} on a target; peak RSS {:.1} MiB",
                 m.med(&format!("routes{k}_rate")),
+                m.med(&format!("routes{k}_source_own_tx_per_s")),
+                m.med(&format!("routes{k}_target_tx_per_s")),
                 m.med(&format!("routes{k}_sessions")),
                 m.med(&format!("routes{k}_source_watches")),
                 m.med(&format!("routes{k}_target_watches")),
@@ -1050,10 +1122,10 @@ fn charts(dir: &std::path::Path, m: &Series, args: &Args) {
             .filter(|p| p.1.is_finite())
             .collect()
     };
-    let routes: Vec<f64> = ROUTE_COUNTS.iter().map(|k| *k as f64).collect();
+    let routes: Vec<f64> = args.route_counts.iter().map(|k| *k as f64).collect();
     let sizes: Vec<f64> = args.scale_sizes().iter().map(|n| *n as f64).collect();
     let rates: Vec<f64> = CEILING_RATES.iter().map(|r| *r as f64).collect();
-    let per_routes: Vec<String> = ROUTE_COUNTS.iter().map(|k| format!("{k} route(s)")).collect();
+    let per_routes: Vec<String> = args.route_counts.iter().map(|k| format!("{k} route(s)")).collect();
     let cdf = |name: &str, title: &str, series: Vec<(String, Vec<f64>)>| {
         (!series.is_empty()).then(|| {
             let path = dir.join(name);
@@ -1175,7 +1247,7 @@ fn charts(dir: &std::path::Path, m: &Series, args: &Args) {
     }
 }
 
-/// Route counts the many-routes phase compares.
+/// Route counts the many-routes phase compares by default.
 const ROUTE_COUNTS: [usize; 3] = [1, 10, 100];
 /// Nodes under each route in that phase.
 const ROUTE_NODES: usize = 20;
@@ -1187,6 +1259,16 @@ fn server_connections(zk: &Zk, mine: usize) -> f64 {
     let cons = four_letter(zk.servers[0].port, "cons").unwrap_or_default();
     let lines = cons.lines().filter(|l| l.contains("queued=")).count();
     lines.saturating_sub(mine + 1) as f64
+}
+
+/// The last transaction id of an ensemble (`srvr`'s `Zxid`, its counter
+/// part): two readings give the transactions committed in between.
+fn server_zxid(zk: &Zk) -> f64 {
+    let srvr = four_letter(zk.servers[0].port, "srvr").unwrap_or_default();
+    srvr.lines()
+        .find_map(|l| l.strip_prefix("Zxid: 0x"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 16).ok())
+        .map_or(f64::NAN, |z| (z & 0xffff_ffff) as f64)
 }
 
 /// The watches one ensemble's server holds (`mntr`'s `zk_watch_count`).
@@ -1204,7 +1286,7 @@ fn server_watches(zk: &Zk) -> f64 {
 /// through one target and the bridge's peak RSS, per route count.
 async fn many_routes(args: &Args, m: &mut Series) -> bool {
     let mut clean = true;
-    for k in ROUTE_COUNTS {
+    for &k in &args.route_counts {
         eprintln!("  {k} route(s)");
         let (src, a, b) = (args.zk(), args.zk(), args.zk());
         let s = src.client().await;
@@ -1228,7 +1310,7 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
             .collect();
         let load = Load::sets(args.rate.min(1_000));
         let seconds = args.seconds.min(20);
-        if k == ROUTE_COUNTS[0] {
+        if k == args.route_counts[0] {
             // The floor on servers as fresh as the bridge's (their JIT
             // cold): a pair of its own holding the same tree; again on the
             // bridge's servers once it stopped (warm).
@@ -1248,16 +1330,46 @@ async fn many_routes(args: &Args, m: &mut Series) -> bool {
                 zk.connect_string()
             )
         };
-        let bridge = Bridge::start(&format!(
+        let config = format!(
             "heartbeat_interval_ms = 200\n{}{}{}{routes}",
             ens("src", &src),
             ens("a", &a),
             ens("b", &b)
-        ));
+        );
+        // First on fresh servers: their JIT compiles under the load, which
+        // takes the servers' every cycle for several seconds (with the
+        // servers limited to C1 the first run is like any other). Then the
+        // same bridge restarted on the now warm servers, as a production
+        // ensemble is: the headline figures, beside the warm floor.
+        let mut cold = Bridge::start(&config);
+        await_ready(&cold).await;
+        let lag = measure_lag(&s, &a.client().await, "/", &leaves, load, seconds).await;
+        m.add_lag(&format!("routes{k}_cold_"), &lag);
+        clean &= assert_clean(&cold).await;
+        cold.stop();
+        let bridge = Bridge::start(&config);
         await_ready(&bridge).await;
         let d = a.client().await;
+        let before = replication_latency(&bridge, "a");
+        let (src_zxid, a_zxid, started) = (server_zxid(&src), server_zxid(&a), Instant::now());
         let lag = measure_lag(&s, &d, "/", &leaves, load, seconds).await;
         m.add_lag(&format!("routes{k}_"), &lag);
+        // The bridge's own transactions (heartbeats, progress; checkpoints,
+        // leases) beside the load's, per second.
+        let elapsed = started.elapsed().as_secs_f64();
+        m.add(
+            format!("routes{k}_source_own_tx_per_s"),
+            (server_zxid(&src) - src_zxid - lag.writes as f64) / elapsed,
+        );
+        m.add(
+            format!("routes{k}_target_tx_per_s"),
+            (server_zxid(&a) - a_zxid) / elapsed,
+        );
+        // What the bridge itself measures (source event seen → target
+        // commit), so a tail is placed inside the bridge or around it.
+        let inside = replication_latency(&bridge, "a").since(&before);
+        m.add(format!("routes{k}_inside_p50_ms"), inside.quantile_ms(0.5));
+        m.add(format!("routes{k}_inside_p99_ms"), inside.quantile_ms(0.99));
         m.add(format!("routes{k}_rate"), lag.rate);
         m.samples(&format!("{k} route(s)"), &lag.samples_ms);
         // The bench holds one session on the source and one on `a`.

@@ -14,7 +14,6 @@ use prometheus::IntCounter;
 use tracing::{info, warn, Instrument};
 use zookeeper_client::EventType;
 
-use crate::checkpoint::put_json;
 use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::path::relative;
@@ -167,7 +166,9 @@ impl Capture {
     /// completes any reply that follows it on the wire, and the server sends
     /// a session's events and replies in zxid order; so after the reply,
     /// draining the channel handles every event of a transaction ≤ H before
-    /// the barrier is placed.
+    /// the barrier is placed. The heartbeat may share its `multi` with other
+    /// routes' records (`Ensemble::put_record`), but never leaves the
+    /// watch's own session, on which all of this holds.
     async fn heartbeat(
         &self,
         client: &zookeeper_client::Client,
@@ -180,14 +181,8 @@ impl Capture {
             bridge: self.bridge_id.clone(),
             ts_ms,
         };
-        match put_json(
-            client,
-            &heartbeat_path(&self.meta_path, self.route.name()),
-            &beat,
-            &self.source.acl,
-        )
-        .await
-        {
+        let path = heartbeat_path(&self.meta_path, self.route.name());
+        match self.source.put_record(client, &path, &beat).await {
             Ok(zxid) => {
                 while let Some(event) = watcher.changed().now_or_never() {
                     match self.handle(event, kinds, session_events) {

@@ -41,11 +41,16 @@ pub async fn ensemble_id(client: &Client, meta: &str, acl: &[Acl]) -> Result<Str
 /// Returns the zxid of the write.
 pub async fn put_json(client: &Client, path: &str, value: &impl Serialize, acl: &[Acl]) -> Result<i64, Error> {
     let data = serde_json::to_vec(value).expect("JSON of plain structs");
-    match client.set_data(path, &data, None).await {
+    put_bytes(client, path, &data, acl).await
+}
+
+/// [`put_json`] of bytes already encoded.
+pub async fn put_bytes(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<i64, Error> {
+    match client.set_data(path, data, None).await {
         Ok(stat) => Ok(stat.mzxid),
-        Err(Error::NoNode) => match create_with_parents(client, path, &data, acl).await {
+        Err(Error::NoNode) => match create_with_parents(client, path, data, acl).await {
             Ok(stat) if !stat.is_invalid() => Ok(stat.mzxid),
-            Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, &data, None).await?.mzxid),
+            Ok(_) | Err(Error::NodeExists) => Ok(client.set_data(path, data, None).await?.mzxid),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

@@ -10,13 +10,15 @@
 //! command-line operations, the `wait` barrier and `role_watch` (which
 //! member is primary) for applications, and what
 //! the examples, tests and benchmark need to talk to ZooKeeper the way
-//! zkbridge does (`zk::connect`, `tree::scan`, `path`, `zxid`).
+//! zkbridge does (`zk::connect`, `tree::scan`, `path`, `zxid`,
+//! `record_writer`).
 
 pub mod bridge;
 pub mod config;
 pub mod diff;
 pub mod ops;
 pub mod path;
+pub mod record_writer;
 pub mod role_watch;
 pub mod shutdown;
 pub mod supervise;

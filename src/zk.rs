@@ -18,6 +18,7 @@ use zookeeper_client::{SaslOptions, TlsOptions};
 
 use crate::config::{read_digest_file, read_secret_file, EnsembleConfig, TlsConfig};
 use crate::metrics::Metrics;
+use crate::record_writer::RecordWriter;
 use crate::shutdown::Shutdown;
 
 /// A live session, tagged with the generation it belongs to.
@@ -40,6 +41,7 @@ pub struct Ensemble {
     /// Whether the session is connected now (owned by the supervisor).
     connected: watch::Receiver<bool>,
     supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    records: RecordWriter,
 }
 
 impl Ensemble {
@@ -65,7 +67,21 @@ impl Ensemble {
             publish,
             connected,
             supervisor: Arc::new(std::sync::Mutex::new(Some(handle))),
+            records: RecordWriter::start(config.acl()),
         }
+    }
+
+    /// Writes one of zkbridge's periodic records (a route's heartbeat, a
+    /// route/target's progress) as JSON on `client`'s session, in a `multi`
+    /// with the others waiting in this ensemble (see `record_writer`);
+    /// creates the node when missing. Returns the write's zxid.
+    pub async fn put_record(
+        &self,
+        client: &Client,
+        path: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<i64, zookeeper_client::Error> {
+        self.records.put_json(client, path, value).await
     }
 
     /// Closes the session once every user is done with it (after shutdown),

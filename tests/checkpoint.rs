@@ -338,3 +338,57 @@ async fn status_reads_the_znodes_while_running_and_while_stopped() {
     let text = status(false);
     assert!(text.contains("(none)") && text.contains(&final_hex), "{text}");
 }
+
+/// zkbridge's periodic records (heartbeats, progress) waiting together go
+/// to the server as one transaction, each still answered with its zxid;
+/// missing nodes and parents are created; records of another session are
+/// written on that session. (A current-thread runtime: every record below
+/// is queued before the writer task runs, so the batching is certain.)
+#[tokio::test]
+async fn records_waiting_together_are_one_transaction() {
+    use zkbridge::record_writer::RecordWriter;
+    use zookeeper_client::Acls;
+
+    let zk = Zk::standalone();
+    let (one, other) = (zk.client().await, zk.client().await);
+    let writer = RecordWriter::start(Acls::anyone_all().to_vec());
+    let paths: Vec<String> = (0..50).map(|i| format!("/zkbridge/routes/r{i}/heartbeat")).collect();
+    let put_all = |n: u64| {
+        let writer = writer.clone();
+        let (one, paths) = (one.clone(), paths.clone());
+        async move {
+            let value = serde_json::json!({ "n": n });
+            let puts = paths.iter().map(|p| writer.put_json(&one, p, &value));
+            futures::future::join_all(puts).await
+        }
+    };
+    // Every node missing: each created on its own, parents too.
+    for zxid in put_all(1).await {
+        assert!(zxid.unwrap() > 0);
+    }
+    let progress = serde_json::json!({ "n": 2 });
+    let (zxids, elsewhere) = tokio::join!(
+        put_all(2),
+        writer.put_json(&other, "/zkbridge/routes/r0/progress", &progress)
+    );
+    let zxids: Vec<i64> = zxids.into_iter().map(Result::unwrap).collect();
+    let distinct: std::collections::BTreeSet<i64> = zxids.iter().copied().collect();
+    assert_eq!(distinct.len(), 1, "one multi for the 50 records: {distinct:?}");
+    let elsewhere = elsewhere.unwrap();
+    assert!(
+        !distinct.contains(&elsewhere),
+        "another session's record has its own transaction"
+    );
+    for (path, zxid) in paths.iter().zip(&zxids) {
+        let (data, stat) = one.get_data(path).await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&data).unwrap()["n"],
+            2,
+            "{path}"
+        );
+        assert_eq!(stat.mzxid, *zxid, "{path}: the zxid answered is the write's");
+    }
+    let (data, stat) = other.get_data("/zkbridge/routes/r0/progress").await.unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&data).unwrap()["n"], 2);
+    assert_eq!(stat.mzxid, elsewhere);
+}

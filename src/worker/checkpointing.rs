@@ -84,7 +84,7 @@ impl Worker {
         self.metrics.checkpoint_zxid.set(zxid);
         let src = self.source_zk.session().await.client;
         let path = progress_path(&self.identity.meta_path, self.route.name(), &self.target.ensemble);
-        if let Err(e) = put_json(&src, &path, &progress, &self.source_zk.acl).await {
+        if let Err(e) = self.source_zk.put_record(&src, &path, &progress).await {
             debug!(error = %e, "cannot write progress to the source; the next checkpoint retries");
         }
     }

@@ -19,7 +19,7 @@ use zookeeper_client::{
     PersistentWatcher,
 };
 
-use crate::checkpoint::{ensemble_id, persistent, put_json};
+use crate::checkpoint::{ensemble_id, persistent};
 use crate::config::{AclMode, BridgeConfig, ConflictPolicy, Endpoint, Route};
 use crate::conflict::{self, Echoes};
 use crate::lease::{Balancer, Lease};

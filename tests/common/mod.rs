@@ -211,6 +211,9 @@ impl ZkServer {
             // Throughput over start-up time: the full JIT, and heap for a
             // million-node tree (the cost curves).
             cmd.args(["-Xmx2g", "-XX:+UseParallelGC"]);
+            if let Ok(extra) = std::env::var("ZK_JVM_EXTRA") {
+                cmd.args(extra.split_whitespace());
+            }
         } else {
             cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
         }
