@@ -102,8 +102,8 @@ async fn write_batches(mut pending: mpsc::UnboundedReceiver<Record>, acl: Vec<Ac
     }
 }
 
-/// Writes records of one session in one `multi`; when one of their nodes
-/// is missing (the first record of a route), each on its own, creating.
+/// Writes records of one session in one `multi`; when one of them fails,
+/// each on its own.
 async fn write_together(records: Vec<Record>, acl: &[Acl]) {
     let client = records[0].client.clone();
     let mut multi = client.new_multi_writer();
@@ -124,13 +124,14 @@ async fn write_together(records: Vec<Record>, acl: &[Acl]) {
                 let _ = r.done.send(zxid);
             }
         }
-        Err(MultiWriteError::OperationFailed {
-            source: Error::NoNode, ..
-        }) => write_each(records, acl).await,
-        Err(e) => {
-            let e = Error::from(e);
+        // A node missing (a route's first record), or one the server
+        // refuses (its ACL changed by hand, say): each record on its own,
+        // so only that one fails and every other route's goes on.
+        Err(MultiWriteError::OperationFailed { .. }) => write_each(records, acl).await,
+        // The request itself failed (connection, session): for all alike.
+        Err(MultiWriteError::RequestFailed { source }) => {
             for r in records {
-                let _ = r.done.send(Err(e.clone()));
+                let _ = r.done.send(Err(source.clone()));
             }
         }
     }

@@ -342,7 +342,7 @@ async fn status_reads_the_znodes_while_running_and_while_stopped() {
 /// zkbridge's periodic records (heartbeats, progress) waiting together go
 /// to the server as one transaction, each still answered with its zxid;
 /// missing nodes and parents are created; records of another session are
-/// written on that session. (A current-thread runtime: every record below
+/// written on that session; a record the server refuses fails alone. (A current-thread runtime: every record below
 /// is queued before the writer task runs, so the batching is certain.)
 #[tokio::test]
 async fn records_waiting_together_are_one_transaction() {
@@ -391,4 +391,20 @@ async fn records_waiting_together_are_one_transaction() {
     let (data, stat) = other.get_data("/zkbridge/routes/r0/progress").await.unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&data).unwrap()["n"], 2);
     assert_eq!(stat.mzxid, elsewhere);
+
+    // One record the server refuses (its node made read-only by hand) fails
+    // alone: the others in its batch are written.
+    one.set_acl(&paths[7], &Acls::anyone_read(), None).await.unwrap();
+    let results = put_all(3).await;
+    for (i, (path, result)) in paths.iter().zip(results).enumerate() {
+        let (data, _) = one.get_data(path).await.unwrap();
+        let n = serde_json::from_slice::<serde_json::Value>(&data).unwrap()["n"].clone();
+        if i == 7 {
+            assert_eq!(result, Err(zookeeper_client::Error::NoAuth), "{path}");
+            assert_eq!(n, 2, "{path}: the refused record left the node as it was");
+        } else {
+            assert!(result.is_ok(), "{path}: {result:?}");
+            assert_eq!(n, 3, "{path}");
+        }
+    }
 }
