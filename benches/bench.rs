@@ -441,30 +441,24 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 struct Histogram(Vec<(f64, f64)>);
 
 fn replication_latency(bridge: &Bridge, target: &str) -> Histogram {
-    let body = bridge.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
-    let label = format!("target=\"{target}\"");
-    let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix("zkbridge_replication_latency_seconds_bucket{") else {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    let samples = bridge.metrics().map(|scrape| scrape.samples).unwrap_or_default();
+    for sample in samples
+        .iter()
+        .filter(|s| s.metric == "zkbridge_replication_latency_seconds" && s.labels.get("target") == Some(target))
+    {
+        let prometheus_parse::Value::Histogram(counts) = &sample.value else {
             continue;
         };
-        if !rest.contains(&label) {
-            continue;
-        }
-        let le = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next());
-        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
-        if let (Some(le), Some(count)) = (le, count) {
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            *buckets.entry(bound.to_bits()).or_default() += count;
+        for c in counts {
+            match buckets.iter_mut().find(|(bound, _)| *bound == c.less_than) {
+                Some((_, count)) => *count += c.count,
+                None => buckets.push((c.less_than, c.count)),
+            }
         }
     }
-    let mut h: Vec<(f64, f64)> = buckets.into_iter().map(|(b, c)| (f64::from_bits(b), c)).collect();
-    h.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    Histogram(h)
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    Histogram(buckets)
 }
 
 impl Histogram {
@@ -502,7 +496,6 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
     let reader = {
         let (dst, replies, latencies, done) = (dst.clone(), replies.clone(), latencies.clone(), done.clone());
         tokio::spawn(async move {
-            let own = own;
             let mut pending = FuturesUnordered::new();
             loop {
                 // Checked on every turn: under a watch that never goes
