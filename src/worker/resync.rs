@@ -307,16 +307,11 @@ impl Worker {
     pub(super) async fn stream_copy(&self, lease: &Lease, src: &Client) -> Result<(SourceSummary, usize), Interrupted> {
         let route = &self.route;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
-        // Each write takes up to `per_write` creates (four waves of
-        // batches in flight); the scan may run two writes' worth ahead, so
+        // The scan may read four waves of batches ahead of the writes, so
         // memory stays bounded by that window, not by the tree, when the
-        // target is the slower side. A write waits for two waves at least
-        // (or the end of the scan): taking what had come, a write behind
-        // a slower scan took a read's worth, sent a part-full `multi` or
-        // two and waited for them alone, leaving the pipeline mostly empty.
-        let per_write = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
-        let at_least = per_write / 2;
-        let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, 2 * per_write));
+        // target is the slower side.
+        let ahead = self.limits.batch_max_ops * self.limits.max_in_flight * 4;
+        let backlog = tokio::sync::Semaphore::new(tree::backlog_permits(self.limits.max_in_flight, ahead));
         let mut summary = SourceSummary::default();
         let gathered = &mut summary;
         let scan = tree::scan_streaming(
@@ -344,33 +339,12 @@ impl Worker {
         let write = async {
             // Owning the receiver: on an error it goes, and the scan stops
             // handing over payloads that nobody would write.
-            let mut rx = rx;
-            let mut written = 0;
-            let none = BTreeMap::new();
-            while let Some(first) = rx.recv().await {
-                let mut ops = vec![first];
-                while ops.len() < at_least {
-                    match rx.recv().await {
-                        Some(op) => ops.push(op),
-                        None => break,
-                    }
-                }
-                while ops.len() < per_write {
-                    match rx.try_recv() {
-                        Ok(op) => ops.push(op),
-                        Err(_) => break,
-                    }
-                }
-                let taken = ops.len();
-                if let Err(e) = self.write(lease, ops, &none, Instant::now(), None).await {
-                    // Nothing will add permits back: the scan must not wait.
-                    backlog.close();
-                    return Err(e);
-                }
-                written += taken;
-                backlog.add_permits(taken);
+            let written = self.write_streamed(lease, rx, |n| backlog.add_permits(n)).await;
+            if written.is_err() {
+                // Nothing will add permits back: the scan must not wait.
+                backlog.close();
             }
-            Ok::<usize, Interrupted>(written)
+            written
         };
         let (scanned, written) = tokio::join!(scan, write);
         scanned.map_err(|source| Interrupted {
