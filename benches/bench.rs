@@ -16,8 +16,10 @@
 //! nothing about speed), `--nodes N`, `--runs N`, `--rate OPS`, `--seconds S`,
 //! `--peer-nodes N`, `--max-nodes N` (largest cost-curve point, 1000000 for
 //! the 1 M one), `--sweep-runs N` (runs of the sweeps: routes, scale,
-//! ceiling, switchover; default 1), `--ensemble` (3-node source and
-//! target), `--only PHASES`.
+//! ceiling, switchover; default 1), `--route-counts 1,10,100`, `--ensemble`
+//! (3-node source and target), `--only PHASES`. Environment:
+//! `ZK_JVM_EXTRA` (more JVM options for the bench's servers),
+//! `BENCH_TIMELINE=1` (every lag measurement's p99 second by second).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -249,12 +251,14 @@ fn bridge_config(src: &str, dst: &str) -> String {
     )
 }
 
+/// Polled every 5 ms: the initial sync's ratio is taken over a second or
+/// two, where 20 ms steps cost it up to 1 %.
 async fn await_ready(bridge: &Bridge) {
     loop {
         if bridge.http_get("/readyz").is_some_and(|(code, _)| code == 200) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -561,6 +565,21 @@ async fn measure_lag(src: &Client, dst: &Client, watch_root: &str, leaves: &[Str
         l
     };
     let l = sorted(&|_| true);
+    // Where in the load a tail sits (`BENCH_TIMELINE=1`): the first
+    // seconds after a start, or a pause anywhere.
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        for second in 0..seconds {
+            let from = load_started + Duration::from_secs(second);
+            let to = from + Duration::from_secs(1);
+            let w = sorted(&|at| at >= from && at < to);
+            eprintln!(
+                "    second {second}: {} changes, lag p99 {:.1} ms, max {:.1} ms",
+                w.len(),
+                quantile(&w, 0.99) * 1000.0,
+                w.last().copied().unwrap_or(0.0) * 1000.0
+            );
+        }
+    }
     let settled_from = load_started + settling(seconds);
     let settled = sorted(&|at| at >= settled_from);
     Lag {
@@ -629,6 +648,13 @@ impl Series {
     }
     fn med(&self, key: &str) -> f64 {
         median(self.get(key))
+    }
+    /// How long a phase took (`phase_{name}_s` in `results.json`): what
+    /// to trim when `make bench` outgrows its 20 minutes.
+    fn phase_took(&mut self, name: &str, started: Instant) {
+        let took = started.elapsed().as_secs_f64();
+        eprintln!("  ({name}: {took:.0} s)");
+        self.add(format!("phase_{name}_s"), took);
     }
     /// A lag measurement's figures under `{prefix}lag_…`: p50, p99, the
     /// settled p99 and max.
@@ -733,30 +759,46 @@ async fn main() {
     for run in 1..=args.runs {
         eprintln!("run {run}/{}", args.runs);
         if args.runs_phase_in("raw", run) {
+            let started = Instant::now();
             raw_writes(&nodes, &args, &mut m).await;
+            m.phase_took("raw", started);
         }
         if args.runs_phase_in("sync", run) {
+            let started = Instant::now();
             clean &= sync_resume_lag(&nodes, &args, &mut m).await;
+            m.phase_took("sync", started);
         }
         if args.runs_phase_in("wan", run) {
+            let started = Instant::now();
             clean &= wan_lag(&nodes, &args, &mut m).await;
+            m.phase_took("wan", started);
         }
         if args.runs_phase_in("peer", run) {
+            let started = Instant::now();
             peer(&args, &mut m).await;
+            m.phase_took("peer", started);
         }
         if args.runs_phase_in("switchover", run) {
+            let started = Instant::now();
             for n in args.switchover_sizes() {
                 clean &= switchover(n, &args, &mut m).await;
             }
+            m.phase_took("switchover", started);
         }
         if args.runs_phase_in("routes", run) {
+            let started = Instant::now();
             clean &= many_routes(&args, &mut m).await;
+            m.phase_took("routes", started);
         }
         if args.runs_phase_in("scale", run) {
+            let started = Instant::now();
             clean &= cost_curves(&args, &mut m).await;
+            m.phase_took("scale", started);
         }
         if args.runs_phase_in("ceiling", run) {
+            let started = Instant::now();
             clean &= throughput_ceiling(&args, &mut m).await;
+            m.phase_took("ceiling", started);
         }
     }
 
@@ -1788,6 +1830,10 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     // traffic does not.
     let proxy = proxy::FaultyEnsemble::start(&dst).await;
     proxy.set(proxy::Fault::Delay(Duration::from_millis(40)));
+    // Half a minute of load is 60,000 samples, plenty for a p99; the
+    // phase runs three times with its floor, and the bench must stay
+    // within its 20 minutes.
+    let seconds = args.seconds.min(30);
     let started = Instant::now();
     let bridge = Bridge::start(&bridge_config(&src.connect_string(), &proxy.connect_string()));
     await_ready(&bridge).await;
@@ -1797,7 +1843,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
     );
     let d = dst.client().await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "wan_target_requests_per_write",
@@ -1818,7 +1864,7 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
         .await
         .expect("a session through the delay proxy");
     let floor = minimal_mirror(&s, &far, "/t").await;
-    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), args.seconds).await;
+    let lag = measure_lag(&s, &d, "/t", &leaves_of(nodes), Load::sets(args.rate), seconds).await;
     floor.abort();
     m.add_lag("wan_floor_", &lag);
     m.samples("40 ms each way, minimal mirror", &lag.samples_ms);
