@@ -243,10 +243,15 @@ async fn copy_limit(src: &Client, dst: &Client, to: &str) -> (Duration, usize) {
 }
 
 fn bridge_config(src: &str, dst: &str) -> String {
+    route_config(src, dst, "bench", "/t")
+}
+
+/// One route `name` mirroring `path` from `src` into `dst`.
+fn route_config(src: &str, dst: &str, name: &str, path: &str) -> String {
     format!(
         "heartbeat_interval_ms = 200\n[ensembles.src]\nconnect = \"{src}\"\nsession_timeout_ms = 10000\n\
          [ensembles.dst]\nconnect = \"{dst}\"\nsession_timeout_ms = 10000\n\
-         [[routes]]\nname = \"bench\"\nsource = \"src:/t\"\ntargets = [\"dst:/t\"]\n\
+         [[routes]]\nname = \"{name}\"\nsource = \"src:{path}\"\ntargets = [\"dst:{path}\"]\n\
          max_delete_fraction = 1.0\n"
     )
 }
@@ -1660,8 +1665,12 @@ async fn sync_and_resume(
         s.create("/warm-up", b"", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
             .await
             .unwrap();
-        let config = bridge_config(&src.connect_string(), &dst.connect_string()).replace("/t", "/warm-up");
-        let mut warm_up = Bridge::start(&config.replace("\"bench\"", "\"warm-up\""));
+        let mut warm_up = Bridge::start(&route_config(
+            &src.connect_string(),
+            &dst.connect_string(),
+            "warm-up",
+            "/warm-up",
+        ));
         await_ready(&warm_up).await;
         warm_up.stop();
     }

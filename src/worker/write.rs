@@ -69,11 +69,7 @@ impl Worker {
             };
             match result {
                 Ok(target_zxid) => {
-                    self.count_committed(&batch);
-                    for op in &batch {
-                        let first_seen = dirty.get(op.rel()).map(|d| d.since).unwrap_or(since);
-                        self.metrics.latency.observe(first_seen.elapsed().as_secs_f64());
-                    }
+                    self.note_committed(&batch, dirty, since);
                     if carried && in_flight.is_empty() && pending.len() == 0 {
                         if let Some(c) = checkpoint.clone() {
                             self.checkpoint_committed(c, target_zxid.unwrap_or(-1)).await;
@@ -150,11 +146,7 @@ impl Worker {
                 biased;
                 Some((b, result, acls, since)) = in_flight.next(), if !in_flight.is_empty() => match result {
                     Ok(_) => {
-                        self.count_committed(&b);
-                        let took = since.elapsed().as_secs_f64();
-                        for _ in &b {
-                            self.metrics.latency.observe(took);
-                        }
+                        self.note_committed(&b, &none, since);
                         done(b.len());
                     }
                     Err(e) if is_transient(&e) && !is_node_level(&e) => {
@@ -190,6 +182,17 @@ impl Worker {
                 source,
             }),
             None => Ok(taken),
+        }
+    }
+
+    /// Counts a committed batch and the replication latency of each of its
+    /// ops, from when its path was first marked dirty (or `since`).
+    fn note_committed(&self, batch: &[Op], dirty: &BTreeMap<String, Dirty>, since: Instant) {
+        self.count_committed(batch);
+        let now = Instant::now();
+        for op in batch {
+            let first_seen = dirty.get(op.rel()).map(|d| d.since).unwrap_or(since);
+            self.metrics.latency.observe((now - first_seen).as_secs_f64());
         }
     }
 
@@ -250,8 +253,7 @@ impl Worker {
         let op = &batch[0];
         let error = match result {
             Ok(_) => {
-                self.count_committed(std::slice::from_ref(op));
-                self.metrics.latency.observe(d.since.elapsed().as_secs_f64());
+                self.note_committed(std::slice::from_ref(op), dirty, since);
                 return Ok(());
             }
             Err(e) => e,
