@@ -31,12 +31,12 @@ soak:
 
 # Side-by-side figures (see docs/performance.md): `make bench ARGS="--nodes 20000"`.
 bench:
-	scripts/install-deps.sh
+	scripts/install-deps.sh --bench
 	cargo bench --bench bench -- $(ARGS)
 
 # Small and short: keeps the benchmark working (CI), says nothing about speed.
 bench-quick:
-	scripts/install-deps.sh
+	scripts/install-deps.sh --bench
 	cargo bench --bench bench -- --quick
 
 lint:

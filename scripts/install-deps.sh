@@ -7,9 +7,14 @@
 #   /opt/zkbridge/zookeeper-3.9), run on bookworm's dependency jars;
 # - promtool (Debian's `prometheus`) and systemd-analyze (`systemd`), which
 #   the deploy tests use to check the alert rules and the unit file;
-# - chromium, headless, for the test of the status page at `/`.
+# - chromium, headless, for the test of the status page at `/`;
+# - with --bench, the JDK's jcmd, with which the benchmark settles the
+#   servers' heaps before measuring a steady state.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
+
+bench=""
+[ "${1:-}" = "--bench" ] && bench=1
 
 ZK39_HOME="${ZK39_HOME:-/opt/zkbridge/zookeeper-3.9}"
 
@@ -47,6 +52,11 @@ if [ ! -f /usr/share/java/zookeeper.jar ]; then
   test -f /usr/share/java/zookeeper.jar
 fi
 command -v java >/dev/null || { echo "java is missing: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+
+if [ -n "$bench" ] && ! command -v jcmd >/dev/null 2>&1; then
+  echo "jcmd not found: installing openjdk-17-jdk-headless (the benchmark settles the servers' heaps with it)" >&2
+  apt_install openjdk-17-jdk-headless
+fi
 
 for tool in ip:iproute2 nft:nftables; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || { echo "${tool%%:*} not found: installing Debian's ${tool#*:} (the region rig uses it)" >&2; apt_install "${tool#*:}"; }
