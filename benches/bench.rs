@@ -632,10 +632,12 @@ fn start_load_s(args: &Args) -> u64 {
 /// Brings the servers and whatever mirrors between them to where a pair
 /// running for a while is, before a steady-state window is measured, and
 /// records what the start cost (`{prefix}lag_start_p99_ms`, each run):
-/// - [`start_load_s`] seconds of the same load. The first seconds after
-///   a sync are a start, not a steady state: the bridge's first
-///   anti-entropy pass begins then, and the servers meet the load's
-///   requests for the first time. Their p99 is reported on its own;
+/// - [`start_load_s`] seconds of the same load. The first seconds of a
+///   load are a start, not a steady state: slow for the floor as much as
+///   for the bridge (the servers and the watcher meet the load for the
+///   first time; for the bridge, right after its sync, its first
+///   anti-entropy pass begins too, though starting that pass later did
+///   not change them). Their p99 is reported on its own;
 /// - a full collection in every server JVM. Right after a copy the
 ///   target's young generation still holds the copied tree, and copying it
 ///   between survivor spaces paused the server 35–60 ms every ~8 s until it
