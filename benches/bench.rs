@@ -15,7 +15,7 @@
 //! A steady-state window (the bridge's and each floor's) follows 5 s of the
 //! same load, whose p99 is reported apart as the start, and a full garbage
 //! collection in the servers (`jcmd`, from the JDK), so that neither side
-//! is measured on servers still settling from the copy (see `start_load`).
+//! is measured on servers still settling from the copy (see `Steady::start`).
 //!
 //! Options: `--quick` (small and short: keeps the bench working in CI, says
 //! nothing about speed), `--nodes N`, `--runs N`, `--rate OPS`, `--seconds S`,
@@ -629,35 +629,43 @@ fn start_load_s(args: &Args) -> u64 {
     }
 }
 
-/// Brings the servers and whatever mirrors between them to where a pair
-/// running for a while is, before a steady-state window is measured, and
-/// records what the start cost (`{prefix}lag_start_p99_ms`, each run):
-/// - [`start_load_s`] seconds of the same load. The first seconds of a
-///   load are a start, not a steady state: slow for the floor as much as
-///   for the bridge (the servers and the watcher meet the load for the
-///   first time; for the bridge, right after its sync, its first
-///   anti-entropy pass begins too, though starting that pass later did
-///   not change them). Their p99 is reported on its own;
-/// - a full collection in every server JVM. Right after a copy the
-///   target's young generation still holds the copied tree, and copying it
-///   between survivor spaces paused the server 35–60 ms every ~8 s until it
-///   was tenured (15 ms after). A long-running ensemble's tree is long
-///   tenured; and whichever of the bridge or its floor was measured first
-///   paid for it alone.
-#[allow(clippy::too_many_arguments)]
-async fn start_load(
-    servers: &[&Zk],
-    src: &Client,
-    dst: &Client,
-    leaves: &[String],
+/// A steady-state window's setting: `load` written into `src`, each change
+/// read back by a watcher on `dst`, between the servers of `servers`. The
+/// bridge's window and its floor's are measured in the same one.
+struct Steady<'a> {
+    servers: [&'a Zk; 2],
+    src: &'a Client,
+    dst: &'a Client,
+    leaves: &'a [String],
     load: Load,
-    args: &Args,
-    m: &mut Series,
-    prefix: &str,
-) {
-    let start = measure_lag(src, dst, "/t", leaves, load, start_load_s(args)).await;
-    m.add(format!("{prefix}lag_start_p99_ms"), start.p99_ms);
-    collect_garbage(servers);
+}
+
+impl Steady<'_> {
+    /// Brings the servers and whatever mirrors between them to where a
+    /// pair running for a while is, before a window is measured, and
+    /// records what the start cost (`{prefix}lag_start_p99_ms`, each run):
+    /// - [`start_load_s`] seconds of the same load. The first seconds of a
+    ///   load are a start, not a steady state: slow for the floor as much
+    ///   as for the bridge (the servers and the watcher meet the load for
+    ///   the first time; for the bridge, right after its sync, its first
+    ///   anti-entropy pass begins too, though starting that pass later did
+    ///   not change them). Their p99 is reported on its own;
+    /// - a full collection in every server JVM. Right after a copy the
+    ///   target's young generation still holds the copied tree, and copying
+    ///   it between survivor spaces paused the server 35–60 ms every ~8 s
+    ///   until it was tenured (15 ms after). A long-running ensemble's tree
+    ///   is long tenured; and whichever of the bridge or its floor was
+    ///   measured first paid for it alone.
+    async fn start(&self, args: &Args, m: &mut Series, prefix: &str) {
+        let start = self.measure(start_load_s(args)).await;
+        m.add(format!("{prefix}lag_start_p99_ms"), start.p99_ms);
+        collect_garbage(&self.servers);
+    }
+
+    /// The window itself: `seconds` of the load.
+    async fn measure(&self, seconds: u64) -> Lag {
+        measure_lag(self.src, self.dst, "/t", self.leaves, self.load, seconds).await
+    }
 }
 
 /// A full garbage collection in every server of `ensembles`, done when
@@ -1876,10 +1884,17 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     } = sync_and_resume(nodes, args, m, "", CopyLimit::Bracket).await;
     eprintln!("  steady-state lag");
     let d = dst.client().await;
-    let (leaves, load) = (leaves_of(nodes), Load::sets(args.rate));
-    start_load(&[&src, &dst], &s, &d, &leaves, load, args, m, "").await;
+    let leaves = leaves_of(nodes);
+    let steady = Steady {
+        servers: [&src, &dst],
+        src: &s,
+        dst: &d,
+        leaves: &leaves,
+        load: Load::sets(args.rate),
+    };
+    steady.start(args, m, "").await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, "/t", &leaves, load, args.seconds).await;
+    let lag = steady.measure(args.seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "lag_target_requests_per_write",
@@ -1897,8 +1912,8 @@ async fn sync_resume_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Serie
     bridge.stop();
     eprintln!("  steady-state floor: a minimal mirror");
     let floor = minimal_mirror(&s, &dst.client().await, "/t").await;
-    start_load(&[&src, &dst], &s, &d, &leaves, load, args, m, "floor_").await;
-    let lag = measure_lag(&s, &d, "/t", &leaves, load, args.seconds).await;
+    steady.start(args, m, "floor_").await;
+    let lag = steady.measure(args.seconds).await;
     floor.abort();
     m.add_lag("floor_", &lag);
     m.samples("loopback, minimal mirror", &lag.samples_ms);
@@ -1957,10 +1972,17 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
         nodes.len() as f64 / started.elapsed().as_secs_f64(),
     );
     let d = dst.client().await;
-    let (leaves, load) = (leaves_of(nodes), Load::sets(args.rate));
-    start_load(&[&src, &dst], &s, &d, &leaves, load, args, m, "wan_").await;
+    let leaves = leaves_of(nodes);
+    let steady = Steady {
+        servers: [&src, &dst],
+        src: &s,
+        dst: &d,
+        leaves: &leaves,
+        load: Load::sets(args.rate),
+    };
+    steady.start(args, m, "wan_").await;
     let before = bridge_requests(&dst, &d).await;
-    let lag = measure_lag(&s, &d, "/t", &leaves, load, seconds).await;
+    let lag = steady.measure(seconds).await;
     if let (Some(before), Some(after)) = (before, bridge_requests(&dst, &d).await) {
         m.add(
             "wan_target_requests_per_write",
@@ -1981,8 +2003,8 @@ async fn wan_lag(nodes: &[(String, Vec<u8>)], args: &Args, m: &mut Series) -> bo
         .await
         .expect("a session through the delay proxy");
     let floor = minimal_mirror(&s, &far, "/t").await;
-    start_load(&[&src, &dst], &s, &d, &leaves, load, args, m, "wan_floor_").await;
-    let lag = measure_lag(&s, &d, "/t", &leaves, load, seconds).await;
+    steady.start(args, m, "wan_floor_").await;
+    let lag = steady.measure(seconds).await;
     floor.abort();
     m.add_lag("wan_floor_", &lag);
     m.samples("40 ms each way, minimal mirror", &lag.samples_ms);
